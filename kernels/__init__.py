@@ -1,0 +1,9 @@
+"""Numba kernels of refinefit: they see only arrays and scalars.
+
+Installed as ``refinefit.kernels``.
+"""
+from .lm import (BLANK, CONVERGED, MAX_ITER, MODE_CLUSTER, MODE_CONST,
+                 MODE_VAR, NO_PIXELS, NOT_FINITE, solve_clusters)
+from .masks import count_mask_pixels, fill_mask_pixels
+from .models import DISC, GAUSS, INV_SERIES, RING, shape_value
+from .terms import evaluate_model, feature_term

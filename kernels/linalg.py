@@ -1,0 +1,38 @@
+"""Small dense linear algebra without BLAS, so results never depend on threads."""
+import math
+
+from ._jit import kernel
+
+
+@kernel
+def cholesky_inplace(a, n):
+    """Lower Cholesky factor of ``a[:n, :n]`` in place; False if not SPD."""
+    for j in range(n):
+        s = a[j, j]
+        for k in range(j):
+            s -= a[j, k] * a[j, k]
+        if not s > 0.0:
+            return False
+        s = math.sqrt(s)
+        a[j, j] = s
+        for i in range(j + 1, n):
+            t = a[i, j]
+            for k in range(j):
+                t -= a[i, k] * a[j, k]
+            a[i, j] = t / s
+    return True
+
+
+@kernel
+def cholesky_solve(l, n, b):
+    """Solve ``L L^T x = b`` in place in ``b[:n]``."""
+    for i in range(n):
+        t = b[i]
+        for k in range(i):
+            t -= l[i, k] * b[k]
+        b[i] = t / l[i, i]
+    for i in range(n - 1, -1, -1):
+        t = b[i]
+        for k in range(i + 1, n):
+            t -= l[k, i] * b[k]
+        b[i] = t / l[i, i]

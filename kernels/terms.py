@@ -1,0 +1,85 @@
+"""One feature's contribution to one pixel, with its parameter derivatives.
+
+Per-feature parameter layout: ``[background, signal, pos (ndim),
+size (1 or ndim), extra shape parameters]``.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import kernel, parallel_kernel
+from .models import shape_value
+
+
+@kernel
+def feature_term(coord, p, ndim, n_size, model_id, continuous, deriv, dextra):
+    """Return ``signal * f(r2)`` at pixel ``coord`` and its derivatives.
+
+    ``deriv[j]`` receives d(value)/d(p[j]) for every parameter except the
+    background (``deriv[0]`` is set to 0: background enters once per pixel,
+    not once per feature). Returns NaN, leaving ``deriv`` untouched, when the
+    model is not continuous at r = 0 and the pixel lies closer than 1 px to
+    the centre: such pixels are ignored by the fit.
+    """
+    size_at = 2 + ndim
+    extra_at = size_at + n_size
+    dist2 = 0.0
+    r2 = 0.0
+    for d in range(ndim):
+        delta = coord[d] - p[2 + d]
+        size = p[size_at + d] if n_size > 1 else p[size_at]
+        dist2 += delta * delta
+        r2 += delta * delta / (size * size)
+    if not continuous and dist2 < 1.0:
+        return math.nan
+    signal = p[1]
+    f, df_dr2 = shape_value(model_id, r2, p[extra_at:], ndim, dextra)
+    slope = signal * df_dr2
+    deriv[0] = 0.0
+    deriv[1] = f
+    for d in range(ndim):
+        delta = coord[d] - p[2 + d]
+        size = p[size_at + d] if n_size > 1 else p[size_at]
+        deriv[2 + d] = -2.0 * slope * delta / (size * size)
+        if n_size > 1:
+            deriv[size_at + d] = -2.0 * slope * delta * delta / (size * size * size)
+    if n_size == 1:
+        deriv[size_at] = -2.0 * slope * r2 / p[size_at]
+    for j in range(p.shape[0] - extra_at):
+        deriv[extra_at + j] = signal * dextra[j]
+    return signal * f
+
+
+@parallel_kernel
+def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
+                   cluster_feat_off, params, ndim, n_size, model_id,
+                   continuous, model, excluded, entry_deriv):
+    """Model image and per-entry derivatives over a flattened batch.
+
+    ``model[p]`` = background of the cluster's first feature + the sum of the
+    terms of the features whose mask holds pixel ``p``; ``excluded[p]`` marks
+    pixels ignored by a non-continuous model; ``entry_deriv[e]`` holds the
+    derivatives of entry ``e``'s term (background column 0 is 1).
+    """
+    n_clusters = cluster_feat_off.shape[0] - 1
+    n_extra = max(params.shape[1] - 2 - ndim - n_size, 1)
+    for c in prange(n_clusters):
+        dextra = np.empty(n_extra)
+        f0 = cluster_feat_off[c]
+        for q in range(cluster_pix_off[c], cluster_pix_off[c + 1]):
+            model[q] = params[f0, 0]
+            excluded[q] = False
+        for feat in range(f0, cluster_feat_off[c + 1]):
+            for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
+                q = entry_pix[e]
+                value = feature_term(pix_coord[q], params[feat], ndim, n_size,
+                                     model_id, continuous, entry_deriv[e],
+                                     dextra)
+                if math.isnan(value):
+                    excluded[q] = True
+                    entry_deriv[e, :] = 0.0
+                else:
+                    model[q] += value
+                    entry_deriv[e, 0] = 1.0
+

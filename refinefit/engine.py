@@ -1,0 +1,199 @@
+"""Batches of clusters: flatten masks frame by frame, solve, re-centre.
+
+Features arrive sorted by cluster, clusters sorted by frame. Frames are read
+in chunks; each chunk is one flattened batch that the Numba solver refines in
+parallel. Masks are rebuilt around the new positions for the clusters whose
+features moved more than ``max_shift`` (at most ``max_iter`` solves): Python
+runs once per chunk and re-centring round, never per cluster or pixel.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import CONVERGED, count_mask_pixels, fill_mask_pixels, solve_clusters
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine needs besides the data."""
+
+    model_id: int
+    continuous: bool
+    ndim: int
+    n_size: int
+    modes: np.ndarray
+    radius: tuple
+    tol: float = 1e-6
+    max_eval: int = 100
+    max_iter: int = 10
+    max_shift: float = 1.0
+    max_rms_dev: float = 1.0
+    dense_limit: int = 48
+    chunk_features: int = 50_000
+    chunk_frames: int = 64
+
+
+@dataclass
+class FlatBatch:
+    """Masks of a batch of clusters, concatenated (see kernels.masks)."""
+
+    pix_val: np.ndarray
+    pix_coord: np.ndarray
+    cluster_pix_off: np.ndarray
+    entry_pix: np.ndarray
+    feat_entry_off: np.ndarray
+    cluster_feat_off: np.ndarray
+
+
+def _shape3(image):
+    return np.array((1,) + image.shape if image.ndim == 2 else image.shape,
+                    dtype=np.int64)
+
+
+def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius):
+    """Build a :class:`FlatBatch`; ``cluster_image`` indexes ``images``.
+
+    Clusters must be sorted by ``cluster_image``.
+    """
+    ndim = centres.shape[1]
+    n_clusters = len(cluster_feat_off) - 1
+    radius3 = np.array(((1.0,) if ndim == 2 else ()) + tuple(radius), float)
+    cluster_n_pix = np.zeros(n_clusters, dtype=np.int64)
+    feat_n_entries = np.zeros(len(centres), dtype=np.int64)
+    bounds = np.searchsorted(cluster_image, np.arange(len(images) + 1))
+    for i, image in enumerate(images):
+        ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
+        if len(ids):
+            count_mask_pixels(image.ravel(), _shape3(image), ndim, centres,
+                              cluster_feat_off, ids, radius3, cluster_n_pix,
+                              feat_n_entries)
+    cluster_pix_off = np.zeros(n_clusters + 1, dtype=np.int64)
+    np.cumsum(cluster_n_pix, out=cluster_pix_off[1:])
+    feat_entry_off = np.zeros(len(centres) + 1, dtype=np.int64)
+    np.cumsum(feat_n_entries, out=feat_entry_off[1:])
+    pix_val = np.empty(cluster_pix_off[-1])
+    pix_coord = np.empty((cluster_pix_off[-1], ndim))
+    entry_pix = np.empty(feat_entry_off[-1], dtype=np.int64)
+    for i, image in enumerate(images):
+        ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
+        if len(ids):
+            fill_mask_pixels(image.ravel(), _shape3(image), ndim, centres,
+                             cluster_feat_off, ids, radius3, cluster_pix_off,
+                             feat_entry_off, pix_val, pix_coord, entry_pix)
+    return FlatBatch(pix_val, pix_coord, cluster_pix_off, entry_pix,
+                     feat_entry_off, cluster_feat_off)
+
+
+def _member_index(cluster_feat_off, clusters):
+    """Feature indices of ``clusters`` and the offsets of the sub-batch."""
+    sizes = cluster_feat_off[clusters + 1] - cluster_feat_off[clusters]
+    sub_off = np.zeros(len(clusters) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=sub_off[1:])
+    starts = np.repeat(cluster_feat_off[clusters] - sub_off[:-1], sizes)
+    return starts + np.arange(sub_off[-1]), sub_off
+
+
+def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
+                 lower, upper, settings):
+    """Refine one chunk of clusters whose frames are all in ``images``.
+
+    Returns
+    -------
+    params_out : ndarray (features x parameters)
+    cost : ndarray per cluster, NaN where the fit failed
+    status : ndarray per cluster (kernel status code, 0 converged)
+    """
+    n_clusters = len(cluster_feat_off) - 1
+    pos = slice(2, 2 + settings.ndim)
+    current = params.copy()
+    centres = np.ascontiguousarray(params[:, pos])
+    sumsq = np.full(n_clusters, np.nan)
+    n_pix = np.zeros(n_clusters, dtype=np.int64)
+    status = np.full(n_clusters, CONVERGED, dtype=np.int64)
+    active = np.arange(n_clusters, dtype=np.int64)
+    for _ in range(max(settings.max_iter, 1)):
+        members, sub_off = _member_index(cluster_feat_off, active)
+        batch = flatten_masks(images, cluster_image[active], sub_off,
+                              np.ascontiguousarray(centres[members]),
+                              settings.radius)
+        start = np.ascontiguousarray(current[members])
+        out = np.empty_like(start)
+        sub_sumsq = np.empty(len(active))
+        sub_status = np.empty(len(active), dtype=np.int64)
+        sub_n_eval = np.empty(len(active), dtype=np.int64)
+        solve_clusters(np.arange(len(active), dtype=np.int64), batch.pix_val,
+                       batch.pix_coord, batch.cluster_pix_off,
+                       batch.entry_pix, batch.feat_entry_off, sub_off, start,
+                       np.ascontiguousarray(lower[members]),
+                       np.ascontiguousarray(upper[members]), settings.modes,
+                       settings.ndim, settings.n_size, settings.model_id,
+                       settings.continuous, settings.tol, settings.max_eval,
+                       settings.dense_limit, out, sub_sumsq, sub_status,
+                       sub_n_eval)
+        current[members] = out
+        sumsq[active] = sub_sumsq
+        status[active] = sub_status
+        n_pix[active] = np.diff(batch.cluster_pix_off)
+        shift2 = np.sum((out[:, pos] - centres[members]) ** 2, axis=1)
+        moved = np.maximum.reduceat(shift2, sub_off[:-1]) >= settings.max_shift ** 2
+        again = moved & (sub_status == CONVERGED)
+        redo = np.repeat(again, np.diff(sub_off))
+        centres[members[redo]] = out[redo][:, pos]
+        active = active[again]
+        if len(active) == 0:
+            break
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
+    failed = (status != CONVERGED) | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
+    cost[failed] = np.nan
+    return current, cost, status
+
+
+def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
+                  upper, settings):
+    """Refine all clusters, reading frames chunk by chunk from ``source``.
+
+    ``cluster_frames`` holds each cluster's frame number (non-decreasing).
+    """
+    n_clusters = len(cluster_frames)
+    params_out = params.copy()
+    cost = np.full(n_clusters, np.nan)
+    status = np.zeros(n_clusters, dtype=np.int64)
+    c0 = 0
+    while c0 < n_clusters:
+        c1 = _chunk_end(cluster_frames, cluster_feat_off, c0, settings)
+        frames, cluster_image = np.unique(cluster_frames[c0:c1],
+                                          return_inverse=True)
+        images = [source.image(fr) for fr in frames]
+        frame_max = np.array([_frame_max(im) for im in images])
+        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+        out, cost[c0:c1], status[c0:c1] = refine_chunk(
+            images, frame_max, cluster_image.astype(np.int64),
+            cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1], lower[f0:f1],
+            upper[f0:f1], settings)
+        params_out[f0:f1] = out
+        c0 = c1
+    return params_out, cost, status
+
+
+def _chunk_end(cluster_frames, cluster_feat_off, c0, settings):
+    """End of the chunk starting at cluster c0: whole frames only."""
+    first = cluster_frames[c0]
+    last_frame_end = np.searchsorted(cluster_frames, first, side="right")
+    frame_ends = np.unique(np.searchsorted(
+        cluster_frames, cluster_frames[c0:], side="right"))
+    n_feat = cluster_feat_off[frame_ends] - cluster_feat_off[c0]
+    fits = (n_feat <= settings.chunk_features) & (
+        np.arange(1, len(frame_ends) + 1) <= settings.chunk_frames)
+    if not fits.any():
+        return int(last_frame_end)
+    return int(frame_ends[np.nonzero(fits)[0][-1]])
+
+
+def _frame_max(image):
+    if image.size == 0:
+        return np.nan
+    if np.issubdtype(image.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            return float(np.nanmax(image)) if not np.all(np.isnan(image)) else np.nan
+    return float(image.max())

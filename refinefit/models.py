@@ -1,0 +1,72 @@
+"""Registry of the built-in fit functions: name -> kernel id and parameters."""
+from dataclasses import dataclass, field
+
+from .kernels import DISC, GAUSS, INV_SERIES, RING
+
+
+@dataclass(frozen=True)
+class Model:
+    """A radial model shape as the kernels know it.
+
+    Attributes
+    ----------
+    name : str
+        Name as given by the user.
+    kernel_id : int
+        Id of the shape in ``refinefit.kernels.models``.
+    params : tuple of str
+        Extra shape parameters, after background, signal, positions, sizes.
+    default : dict
+        Default values of the extra parameters (and of ``background``).
+    continuous : bool
+        False when f(r) is not continuous at r = 0: pixels closer than 1 px
+        to a centre are then ignored.
+    """
+
+    name: str
+    kernel_id: int
+    params: tuple = ()
+    default: dict = field(default_factory=dict)
+    continuous: bool = True
+
+
+_BUILTIN = {
+    "gauss": Model("gauss", GAUSS),
+    "disc": Model("disc", DISC, ("disc_size",), {"disc_size": 0.5}),
+    "ring": Model("ring", RING, ("thickness",), {"thickness": 0.2},
+                  continuous=False),
+}
+_BUILTIN["hat"] = Model("hat", DISC, ("disc_size",), {"disc_size": 0.5})
+
+BUILTIN_NAMES = ("gauss", "disc", "hat", "ring", "inv_series_<n>")
+
+
+def resolve_model(fit_function):
+    """Return the :class:`Model` for a ``fit_function`` argument.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    NotImplementedError
+        For a custom fit-function dict (not supported yet).
+    TypeError
+        For anything that is neither a string nor a dict.
+    """
+    if isinstance(fit_function, dict):
+        raise NotImplementedError(
+            "fit_function: custom fit-function dicts are not supported yet; "
+            f"use one of {', '.join(BUILTIN_NAMES)}")
+    if not isinstance(fit_function, str):
+        raise TypeError("fit_function must be a string such as 'gauss', got "
+                        f"{type(fit_function).__name__}")
+    if fit_function in _BUILTIN:
+        return _BUILTIN[fit_function]
+    prefix, _, order = fit_function.rpartition("_")
+    if prefix == "inv_series" and order.isdigit():
+        names = ("signal_mult",) + tuple(
+            "param_" + chr(97 + i) for i in range(int(order)))
+        return Model(fit_function, INV_SERIES, names,
+                     {name: 1.0 for name in names})
+    raise ValueError(f"fit_function: unknown fit function {fit_function!r}; "
+                     f"choose one of {', '.join(BUILTIN_NAMES)}")

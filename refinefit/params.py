@@ -1,0 +1,104 @@
+"""Parameter layout and parameter modes.
+
+Per-feature parameters are ordered ``[background, signal, <pos>, <size>,
+<extra>]`` as in trackpy. Mode numbers are trackpy's: 0 const, 1 var,
+2 global, 3 cluster, then particle and frame.
+"""
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+MODE_NUMBERS = {"const": 0, "var": 1, "global": 2, "cluster": 3,
+                "particle": 4, "frame": 5}
+_NOT_YET = {2: "global", 4: "particle", 5: "frame"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names and modes of the per-feature parameters of one problem."""
+
+    names: tuple
+    pos_columns: tuple
+    size_columns: tuple
+    extra: tuple
+    modes: np.ndarray
+
+    @property
+    def ndim(self):
+        return len(self.pos_columns)
+
+    @property
+    def n_size(self):
+        return len(self.size_columns)
+
+    def index(self, name):
+        return self.names.index(name)
+
+
+def size_columns_for(pos_columns, isotropic):
+    """``['size']`` or one ``size_<axis>`` per position column."""
+    if isotropic:
+        return ("size",)
+    return tuple("size_" + col for col in pos_columns)
+
+
+def make_layout(model, pos_columns, isotropic, param_mode=None):
+    """Build the :class:`Layout` for a model and a ``param_mode`` dict.
+
+    Defaults follow trackpy: positions and signal 'var', background
+    'cluster', everything else 'const'. 'pos' and 'size' broadcast to their
+    columns (a direct column entry wins). A 'var' background becomes
+    'cluster' with a warning: overlapping masks share one background.
+    """
+    pos_columns = tuple(pos_columns)
+    size_columns = size_columns_for(pos_columns, isotropic)
+    names = ("background", "signal") + pos_columns + size_columns + tuple(
+        model.params)
+    if param_mode is None:
+        param_mode = {}
+    if not isinstance(param_mode, dict):
+        raise TypeError("param_mode must be a dict such as {'size': 'var'}, "
+                        f"got {type(param_mode).__name__}")
+    given = dict(param_mode)
+    for group, columns in (("pos", pos_columns), ("size", size_columns)):
+        if group in given and group not in names:
+            value = given.pop(group)
+            for col in columns:
+                given.setdefault(col, value)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"param_mode: unknown parameter(s) {unknown}; the "
+                         f"parameters of this fit are {list(names)}")
+    modes = {"signal": 1, "background": 3}
+    modes.update({col: 1 for col in pos_columns})
+    for name, value in given.items():
+        modes[name] = _mode_number(name, value)
+    if modes["background"] == 1:
+        warnings.warn("param_mode: the background cannot vary per feature "
+                      "(overlapping masks share it); varying it per cluster",
+                      UserWarning, stacklevel=3)
+        modes["background"] = 3
+    mode_array = np.array([modes.get(name, 0) for name in names],
+                          dtype=np.int64)
+    return Layout(names, pos_columns, size_columns, tuple(model.params),
+                  mode_array)
+
+
+def _mode_number(name, value):
+    if isinstance(value, (str, np.str_)):
+        if value not in MODE_NUMBERS:
+            raise ValueError(f"param_mode: unknown mode {value!r} for "
+                             f"{name!r}; choose one of {list(MODE_NUMBERS)}")
+        number = MODE_NUMBERS[value]
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+            and 0 <= value <= 5:
+        number = int(value)
+    else:
+        raise ValueError(f"param_mode: unknown mode {value!r} for {name!r}; "
+                         f"choose one of {list(MODE_NUMBERS)}")
+    if number in _NOT_YET:
+        raise NotImplementedError(
+            f"param_mode: the {_NOT_YET[number]!r} mode (for {name!r}) is not "
+            "supported yet; use 'const', 'var' or 'cluster'")
+    return number

@@ -1,0 +1,270 @@
+"""The public ``refine_leastsq``: validate, cluster, refine, write back."""
+import numbers
+
+import numpy as np
+import pandas as pd
+
+from .bounds import bound_spec, compute_bounds
+from .clustering import cluster_features
+from .engine import Settings, refine_sorted
+from .models import resolve_model
+from .params import make_layout
+from .readers import frame_source
+
+_DEFAULT_TOL = 1e-6
+_DEFAULT_MAXITER = 100
+
+
+def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
+                   param_mode=None, param_val=None, constraints=None,
+                   bounds=None, compute_error=False, pos_columns=None,
+                   t_column="frame", max_iter=10, max_shift=1,
+                   max_rms_dev=1.0, residual_factor=100000.0, **kwargs):
+    """Refine feature positions by least-squares fits of radial models.
+
+    A drop-in replacement for ``trackpy.refine_leastsq``: same arguments,
+    defaults and output. Features closer than ``separation`` are fitted
+    jointly as one cluster. A failed fit never raises: the cluster keeps its
+    initial parameters and gets a NaN ``cost``.
+
+    Parameters
+    ----------
+    f : DataFrame
+        Features: position columns (see ``pos_columns``), the frame column
+        (see ``t_column``) when ``reader`` is a movie, and optionally
+        parameter columns (``background``, ``signal``, ``size`` or
+        ``size_<axis>``, extra shape parameters). Never modified.
+    reader : pims.FramesSequence, pims.Frame or ndarray
+        A movie (anything with ``frame_shape`` and indexing, or an ndarray
+        with one dimension more than the positions, frames on axis 0), or a
+        single image holding all features.
+    diameter : number or tuple
+        Mask diameter; the mask radius is ``diameter // 2``. A tuple with
+        differing values selects anisotropic sizes (``size_y``, ``size_x``).
+    separation : number or tuple, optional
+        Features closer than this (in units of separation per axis) are in
+        one cluster. Default: ``diameter``.
+    fit_function : {'gauss', 'disc', 'hat', 'ring', 'inv_series_<n>'}
+        Radial model shape. Default 'gauss'.
+    param_mode : dict, optional
+        Per parameter 'var', 'const' or 'cluster'. Defaults: positions and
+        signal 'var', background 'cluster', the rest 'const'. 'pos' and
+        'size' broadcast to their columns.
+    param_val : dict, optional
+        Values that replace (or add) parameter columns for all features.
+    constraints : None
+        Not supported yet (raises NotImplementedError when given).
+    bounds : dict, optional
+        Absolute ``{'x': (lo, hi)}``, difference ``{'x_abs': d}`` and
+        relative ``{'x_rel': f}`` bounds, one- or two-sided; the narrowest
+        wins. By default background, signal and size stay positive and
+        positions move at most the mask radius.
+    compute_error : bool
+        Not supported yet (True raises NotImplementedError).
+    pos_columns : list of str, optional
+        Default ``['z', 'y', 'x']`` if ``f`` has a 'z' column, else
+        ``['y', 'x']``.
+    t_column : str
+        Frame column. Default 'frame'.
+    max_iter : int
+        Maximum number of solves while re-centring masks. Default 10.
+    max_shift : float
+        Masks are rebuilt around features that moved more than this. Default 1.
+    max_rms_dev : float
+        Fits whose cost exceeds this count as failed. Default 1.
+    residual_factor : float
+        Accepted for compatibility; it scaled trackpy's SLSQP objective and
+        has no effect on the Levenberg-Marquardt engine.
+    **kwargs
+        ``tol`` (relative cost reduction at convergence, default 1e-6) and
+        ``options=dict(maxiter=...)`` (model evaluations per solve, default
+        100).
+
+    Returns
+    -------
+    DataFrame
+        A copy of ``f`` (same index, row order and extra columns) with the
+        refined parameters and the columns ``cluster``, ``cluster_size`` and
+        ``cost`` (rms difference between fit and image over the cluster's
+        mask pixels, in units of the frame's maximum; NaN if the fit failed).
+
+    Examples
+    --------
+    >>> refined = refinefit.refine_leastsq(features, frames, diameter=11)
+    """
+    if not isinstance(f, pd.DataFrame):
+        raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
+    tol, max_eval = _engine_options(kwargs)
+    if constraints:
+        raise NotImplementedError("constraints are not supported yet")
+    if compute_error:
+        raise NotImplementedError("compute_error=True is not supported yet")
+    pos_columns = _pos_columns(f, pos_columns)
+    ndim = len(pos_columns)
+    source = frame_source(reader, ndim)
+    if source.ndim != ndim:
+        raise ValueError(f"the image is {source.ndim}D but the features have "
+                         f"{ndim} position columns {pos_columns}; pass "
+                         "pos_columns to match the image")
+    diameter = _per_axis("diameter", diameter, ndim)
+    separation = diameter if separation is None else _per_axis(
+        "separation", separation, ndim)
+    radius = tuple(float(d // 2) for d in diameter)
+    if min(radius) < 1:
+        raise ValueError(f"diameter {diameter} gives a mask radius below 1 "
+                         "pixel; use a diameter of at least 2")
+    isotropic = len(set(diameter)) == 1
+    model = resolve_model(fit_function)
+    layout = make_layout(model, pos_columns, isotropic, param_mode)
+    spec = bound_spec(bounds, layout, radius)
+    for name, value in (("max_iter", max_iter), ("max_shift", max_shift),
+                        ("max_rms_dev", max_rms_dev),
+                        ("residual_factor", residual_factor)):
+        if not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+    out = f.copy()
+    frames = _frame_numbers(out, source, t_column)
+    out["cluster"] = np.zeros(len(out), dtype=np.int64)
+    out["cluster_size"] = np.zeros(len(out), dtype=np.int64)
+    _assign_params(out, layout, model, param_val)
+    params = out[list(layout.names)].to_numpy(dtype=np.float64, copy=True)
+
+    valid = np.isfinite(params).all(axis=1)
+    source.check_frames(np.unique(frames[valid]))
+    valid &= _touches_image(params[:, 2:2 + ndim], radius, source, frames)
+    labels, sizes = cluster_features(params[:, 2:2 + ndim], frames,
+                                     separation, valid)
+    out["cluster"] = labels
+    out["cluster_size"] = sizes
+    cost = np.full(len(out), np.nan)
+
+    fit = np.nonzero(valid)[0]
+    order = fit[np.argsort(labels[fit], kind="stable")]
+    if len(order):
+        lower, upper = compute_bounds(spec, params[order])
+        sorted_labels = labels[order]
+        starts = np.nonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])[0]
+        cluster_feat_off = np.r_[starts, len(order)].astype(np.int64)
+        settings = Settings(
+            model_id=model.kernel_id, continuous=model.continuous, ndim=ndim,
+            n_size=layout.n_size, modes=layout.modes, radius=radius, tol=tol,
+            max_eval=max_eval, max_iter=int(max_iter),
+            max_shift=float(max_shift), max_rms_dev=float(max_rms_dev))
+        refined, cluster_cost, _ = refine_sorted(
+            source, frames[order][starts], cluster_feat_off,
+            np.clip(params[order], lower, upper), lower, upper, settings)
+        feature_cost = np.repeat(cluster_cost, np.diff(cluster_feat_off))
+        ok = np.isfinite(feature_cost)
+        params[order[ok]] = refined[ok]
+        cost[order] = feature_cost
+    for j, name in enumerate(layout.names):
+        out[name] = params[:, j]
+    out["cost"] = cost
+    return out
+
+
+def _engine_options(kwargs):
+    kwargs = dict(kwargs)
+    if "method" in kwargs:
+        raise NotImplementedError(
+            f"method={kwargs['method']!r}: scipy methods are not supported "
+            "yet; refinefit uses its own Levenberg-Marquardt engine")
+    tol = kwargs.pop("tol", _DEFAULT_TOL)
+    options = kwargs.pop("options", None) or {}
+    if kwargs:
+        raise TypeError("refine_leastsq got unexpected keyword argument(s) "
+                        f"{sorted(kwargs)}")
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - {"maxiter", "disp"})
+    if unknown:
+        raise TypeError(f"options: unknown key(s) {unknown}; supported: "
+                        "'maxiter', 'disp'")
+    maxiter = options.get("maxiter", _DEFAULT_MAXITER)
+    if not isinstance(tol, numbers.Real) or not tol > 0:
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if not isinstance(maxiter, numbers.Integral) or maxiter < 1:
+        raise ValueError(f"options['maxiter'] must be a positive integer, got "
+                         f"{maxiter!r}")
+    return float(tol), int(maxiter)
+
+
+def _pos_columns(f, pos_columns):
+    if pos_columns is None:
+        pos_columns = ["z", "y", "x"] if "z" in f else ["y", "x"]
+    pos_columns = list(pos_columns)
+    missing = [col for col in pos_columns if col not in f]
+    if missing:
+        raise KeyError(f"position column(s) {missing} not in the DataFrame "
+                       f"(columns: {list(f.columns)}); pass pos_columns")
+    return pos_columns
+
+
+def _per_axis(name, value, ndim):
+    values = tuple(value) if np.ndim(value) else (value,) * ndim
+    if len(values) != ndim:
+        raise ValueError(f"{name} must be a number or a tuple of {ndim} "
+                         f"numbers, got {value!r}")
+    for v in values:
+        if not isinstance(v, numbers.Real) or not v > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    return values
+
+
+def _frame_numbers(out, source, t_column):
+    """Frame number of every feature; adds ``t_column`` for a single image."""
+    if source.is_single:
+        if t_column in out and len(out):
+            present = pd.unique(out[t_column])
+            if len(present) > 1 or (source.single_frame is not None
+                                    and present[0] != source.single_frame):
+                raise ValueError(
+                    f"reader is a single image but column {t_column!r} holds "
+                    f"frames {list(present[:5])}; pass a movie or one frame")
+        elif t_column not in out:
+            out[t_column] = source.single_frame or 0
+        return np.zeros(len(out), dtype=np.int64)
+    if t_column not in out:
+        raise KeyError(f"frame column {t_column!r} not in the DataFrame; it is "
+                       "required when the reader is a movie (pass t_column)")
+    values = out[t_column].to_numpy()
+    if not np.issubdtype(values.dtype, np.number) or (
+            len(values) and not np.all(np.isfinite(values.astype(float)))):
+        raise ValueError(f"column {t_column!r} must hold finite frame numbers")
+    frames = values.astype(np.int64)
+    if np.any(frames != values):
+        raise ValueError(f"column {t_column!r} must hold whole frame numbers")
+    return frames
+
+
+def _assign_params(out, layout, model, param_val):
+    if param_val is None:
+        param_val = {}
+    if not isinstance(param_val, dict):
+        raise TypeError("param_val must be a dict such as {'size': 2.5}, got "
+                        f"{type(param_val).__name__}")
+    for name, value in param_val.items():
+        out[name] = value
+    defaults = dict(background=0.0, **model.default)
+    for name in layout.names:
+        if name not in out:
+            if name not in defaults:
+                raise KeyError(f"parameter {name!r} is neither a column of the "
+                               f"DataFrame nor in param_val; add it, e.g. "
+                               f"param_val={{'{name}': ...}}")
+            out[name] = defaults[name]
+        elif not np.issubdtype(out[name].dtype, np.number):
+            raise TypeError(f"column {name!r} must be numeric, got "
+                            f"{out[name].dtype}")
+
+
+def _touches_image(coords, radius, source, frames):
+    """False for features whose mask lies entirely outside the image."""
+    if len(coords) == 0:
+        return np.zeros(0, dtype=bool)
+    shape = source.frame_shape
+    radius = np.asarray(radius)
+    with np.errstate(invalid="ignore"):
+        inside = (coords + radius >= 0) & (coords - radius <= np.asarray(shape) - 1)
+    return inside.all(axis=1)
