@@ -16,10 +16,11 @@ for the step; trial points are clipped to the box.
 """
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve
 from .terms import feature_term
 
@@ -65,16 +66,25 @@ def _column(modes, slot, n_cl, n_var, k, j):
 
 
 @kernel
-def _unpack(x, work, modes, slot, n_cl, n_var):
-    for k in range(work.shape[0]):
-        for j in range(work.shape[1]):
-            col = _column(modes, slot, n_cl, n_var, k, j)
-            if col >= 0:
-                work[k, j] = x[col]
+def _column_table(modes, slot, n_cl, n_var, n_feat):
+    """Unknown index of every (feature, parameter); -1 for constants."""
+    cols = np.empty((n_feat, modes.shape[0]), dtype=np.int64)
+    for k in range(n_feat):
+        for j in range(modes.shape[0]):
+            cols[k, j] = _column(modes, slot, n_cl, n_var, k, j)
+    return cols
 
 
 @kernel
-def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
+def _unpack(x, work, cols):
+    for k in range(work.shape[0]):
+        for j in range(work.shape[1]):
+            if cols[k, j] >= 0:
+                work[k, j] = x[cols[k, j]]
+
+
+@kernel
+def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
               entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
               model_id, continuous, with_jac, dense, deriv, dextra,
               model, excluded, resid, jac_dense, entry_deriv, jac_cl,
@@ -85,7 +95,7 @@ def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
     keep J for matrix-vector products, ``blocks``/``block_cl`` the diagonal
     blocks of J^T J.
     """
-    _unpack(x, work, modes, slot, n_cl, n_var)
+    _unpack(x, work, cols)
     n_feat = work.shape[0]
     n_params = work.shape[1]
     n_pix = model.shape[0]
@@ -102,7 +112,7 @@ def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
         feat = f0 + k
         for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
             q = entry_pix[e] - pix_base
-            value = feature_term(pix_coord[entry_pix[e]], work[k], ndim,
+            value = feature_term(pix_coord, entry_pix[e], work, k, ndim,
                                  n_size, model_id, continuous, deriv, dextra)
             if math.isnan(value):
                 excluded[q] = True
@@ -112,9 +122,8 @@ def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
                 continue
             if dense:
                 for j in range(1, n_params):
-                    col = _column(modes, slot, n_cl, n_var, k, j)
-                    if col >= 0:
-                        jac_dense[q, col] += deriv[j]
+                    if cols[k, j] >= 0:
+                        jac_dense[q, cols[k, j]] += deriv[j]
             else:
                 for j in range(1, n_params):
                     entry_deriv[e - e_base, j] = deriv[j]
@@ -130,24 +139,23 @@ def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
             cost += r * r
     if not with_jac:
         return cost
-    bg_col = _column(modes, slot, n_cl, n_var, 0, 0)
+    bg_col = cols[0, 0]
     grad[:] = 0.0
     if dense:
         normal[:, :] = 0.0
         for q in range(n_pix):
             if excluded[q]:
                 continue
-            row = jac_dense[q]
             if bg_col >= 0:
-                row[bg_col] = 1.0
+                jac_dense[q, bg_col] = 1.0
             r = resid[q]
             for i in range(n_unk):
-                ri = row[i]
+                ri = jac_dense[q, i]
                 if ri == 0.0:
                     continue
                 grad[i] += ri * r
                 for j in range(i, n_unk):
-                    normal[i, j] += ri * row[j]
+                    normal[i, j] += ri * jac_dense[q, j]
         for i in range(n_unk):
             for j in range(i):
                 normal[i, j] = normal[j, i]
@@ -171,15 +179,16 @@ def _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
             q = entry_pix[e] - pix_base
             if excluded[q]:
                 continue
-            ed = entry_deriv[e - e_base]
+            ee = e - e_base
             r = resid[q]
             for j in range(1, n_params):
                 if modes[j] != MODE_VAR:
                     continue
-                grad[at + slot[j]] += ed[j] * r
+                grad[at + slot[j]] += entry_deriv[ee, j] * r
                 for j2 in range(1, n_params):
                     if modes[j2] == MODE_VAR:
-                        blocks[k, slot[j], slot[j2]] += ed[j] * ed[j2]
+                        blocks[k, slot[j], slot[j2]] += (entry_deriv[ee, j]
+                                                         * entry_deriv[ee, j2])
     return cost
 
 
@@ -409,7 +418,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                      np.empty((n_cl, n_cl)), np.empty(n_unk)))
     cur = 0
     b = bufs[cur]
-    cost = _evaluate(x, work, modes, slot, n_cl, n_var, pix_val, pix_coord,
+    cols = _column_table(modes, slot, n_cl, n_var, n_feat)
+    cost = _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                      entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
                      model_id, continuous, True, dense, deriv, dextra,
                      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9])
@@ -466,6 +476,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         predicted = 0.0
         for i in range(n_unk):
             predicted += -grad[i] * step[i] + lam * scale[i] * step[i] * step[i]
+        if predicted <= 0.1 * tol * cost and lam < 1.0:
+            # the next step would change the cost by less than tol: done
+            status = CONVERGED
+            break
         step_norm = 0.0
         x_norm = 0.0
         for i in range(n_unk):
@@ -476,7 +490,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             status = CONVERGED
             break
         nb = bufs[1 - cur]
-        trial_cost = _evaluate(trial, work, modes, slot, n_cl, n_var, pix_val,
+        trial_cost = _evaluate(trial, work, cols, modes, slot, n_cl, n_var, pix_val,
                                pix_coord, entry_pix, feat_entry_off, f0,
                                pix_base, ndim, n_size, model_id, continuous,
                                True, dense, deriv, dextra, nb[0], nb[1],
@@ -501,9 +515,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             if lam > _LAMBDA_MAX:
                 status = CONVERGED
                 break
-    if status == MAX_ITER and n_eval < max_eval:
-        status = MAX_ITER
-    _unpack(x, work, modes, slot, n_cl, n_var)
+    _unpack(x, work, cols)
     for k in range(n_feat):
         params_out[f0 + k] = work[k]
     sumsq_out[c] = cost
@@ -512,7 +524,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
 
 
 @parallel_kernel
-def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                    upper, modes, ndim, n_size, model_id, continuous, tol,
                    max_eval, dense_limit, params_out, sumsq_out, status_out,
@@ -524,9 +536,16 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     residuals, ``status_out`` a status code (0 converged), ``n_eval_out`` the
     number of model evaluations.
     """
+    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
     for i in prange(cluster_ids.shape[0]):
         solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
                       entry_pix, feat_entry_off, cluster_feat_off, params,
                       lower, upper, modes, ndim, n_size, model_id, continuous,
                       tol, max_eval, dense_limit, params_out, sumsq_out,
                       status_out, n_eval_out)
+
+
+solve_clusters = Specialized(_solve_clusters, literal_at=(11, 12, 13, 14))

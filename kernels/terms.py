@@ -5,16 +5,22 @@ size (1 or ndim), extra shape parameters]``.
 """
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
-from .models import shape_value
+from ._jit import Specialized, inline_kernel, parallel_kernel
+from .models import shape_at
 
 
-@kernel
-def feature_term(coord, p, ndim, n_size, model_id, continuous, deriv, dextra):
-    """Return ``signal * f(r2)`` at pixel ``coord`` and its derivatives.
+@inline_kernel
+def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
+                 deriv, dextra):
+    """Return ``signal * f(r2)`` of feature ``params[k]`` at pixel
+    ``pix_coord[q]``, and its derivatives.
+
+    Arrays are passed whole with row indices: a view per pixel would cost
+    two atomic reference-count updates.
 
     ``deriv[j]`` receives d(value)/d(p[j]) for every parameter except the
     background (``deriv[0]`` is set to 0: background enters once per pixel,
@@ -27,32 +33,32 @@ def feature_term(coord, p, ndim, n_size, model_id, continuous, deriv, dextra):
     dist2 = 0.0
     r2 = 0.0
     for d in range(ndim):
-        delta = coord[d] - p[2 + d]
-        size = p[size_at + d] if n_size > 1 else p[size_at]
+        delta = pix_coord[q, d] - params[k, 2 + d]
+        size = params[k, size_at + d] if n_size > 1 else params[k, size_at]
         dist2 += delta * delta
         r2 += delta * delta / (size * size)
     if not continuous and dist2 < 1.0:
         return math.nan
-    signal = p[1]
-    f, df_dr2 = shape_value(model_id, r2, p[extra_at:], ndim, dextra)
+    signal = params[k, 1]
+    f, df_dr2 = shape_at(model_id, r2, params, k, extra_at, ndim, dextra)
     slope = signal * df_dr2
     deriv[0] = 0.0
     deriv[1] = f
     for d in range(ndim):
-        delta = coord[d] - p[2 + d]
-        size = p[size_at + d] if n_size > 1 else p[size_at]
+        delta = pix_coord[q, d] - params[k, 2 + d]
+        size = params[k, size_at + d] if n_size > 1 else params[k, size_at]
         deriv[2 + d] = -2.0 * slope * delta / (size * size)
         if n_size > 1:
             deriv[size_at + d] = -2.0 * slope * delta * delta / (size * size * size)
     if n_size == 1:
-        deriv[size_at] = -2.0 * slope * r2 / p[size_at]
-    for j in range(p.shape[0] - extra_at):
+        deriv[size_at] = -2.0 * slope * r2 / params[k, size_at]
+    for j in range(params.shape[1] - extra_at):
         deriv[extra_at + j] = signal * dextra[j]
     return signal * f
 
 
 @parallel_kernel
-def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
+def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
                    cluster_feat_off, params, ndim, n_size, model_id,
                    continuous, model, excluded, entry_deriv):
     """Model image and per-entry derivatives over a flattened batch.
@@ -62,10 +68,15 @@ def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
     pixels ignored by a non-continuous model; ``entry_deriv[e]`` holds the
     derivatives of entry ``e``'s term (background column 0 is 1).
     """
+    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
     n_clusters = cluster_feat_off.shape[0] - 1
     n_extra = max(params.shape[1] - 2 - ndim - n_size, 1)
     for c in prange(n_clusters):
         dextra = np.empty(n_extra)
+        deriv = np.empty(params.shape[1])
         f0 = cluster_feat_off[c]
         for q in range(cluster_pix_off[c], cluster_pix_off[c + 1]):
             model[q] = params[f0, 0]
@@ -73,13 +84,17 @@ def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
         for feat in range(f0, cluster_feat_off[c + 1]):
             for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
                 q = entry_pix[e]
-                value = feature_term(pix_coord[q], params[feat], ndim, n_size,
-                                     model_id, continuous, entry_deriv[e],
-                                     dextra)
+                value = feature_term(pix_coord, q, params, feat, ndim, n_size,
+                                     model_id, continuous, deriv, dextra)
                 if math.isnan(value):
                     excluded[q] = True
                     entry_deriv[e, :] = 0.0
                 else:
                     model[q] += value
                     entry_deriv[e, 0] = 1.0
+                    for j in range(1, params.shape[1]):
+                        entry_deriv[e, j] = deriv[j]
 
+
+
+evaluate_model = Specialized(_evaluate_model, literal_at=(6, 7, 8, 9))

@@ -1,0 +1,28 @@
+# Two commands on a fresh machine with python3, pip and make:
+#   make demo   refine a synthetic movie with ground truth (the main job)
+#   make test   run the whole test suite (with a quick mode of the benchmarks)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/refinefit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Full-size benchmarks with timings (W1 against trackpy, compile times, large cluster)
+bench: $(STAMP)
+	REFINEFIT_BENCH=full $(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,rounds
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output .benchmarks

@@ -1,0 +1,37 @@
+"""Benchmark settings and the summary table.
+
+Quick mode (the default, run by ``make test``) uses tiny inputs so that the
+benchmarks cannot rot; ``REFINEFIT_BENCH=full`` (``make bench``) uses the
+sizes the issues name. Every ratio is measured against trackpy in the same
+run.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+FULL = os.environ.get("REFINEFIT_BENCH", "quick") == "full"
+RESULTS = {}
+
+
+@pytest.fixture(scope="session")
+def results():
+    return RESULTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"refinefit benchmarks ({'full' if FULL else 'quick'} mode)")
+    for key, value in RESULTS.items():
+        tr.write_line(f"{key:52s} {value}")
+    rf = RESULTS.get("W1 refinefit features/s")
+    tp = RESULTS.get("W1 trackpy features/s")
+    if rf and tp:
+        tr.write_line(f"{'W1 ratio refinefit / trackpy':52s} {rf / tp:.0f}x")
+    out = Path(".benchmarks")
+    out.mkdir(exist_ok=True)
+    (out / f"summary-{'full' if FULL else 'quick'}.json").write_text(
+        json.dumps(RESULTS, indent=2))
