@@ -91,7 +91,9 @@ def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
               normal, blocks, block_cl, grad):
     """Sum of squared residuals at ``x``; with ``with_jac`` also J^T J, J^T r.
 
-    Dense: ``normal`` receives J^T J. Sparse: ``entry_deriv`` and ``jac_cl``
+    Dense: J is kept transposed (unknowns x pixels) so that J^T J and J^T r
+    are contiguous dot products, which vectorise; ``normal`` receives J^T J.
+    Sparse: ``entry_deriv`` and ``jac_cl``
     keep J for matrix-vector products, ``blocks``/``block_cl`` the diagonal
     blocks of J^T J.
     """
@@ -123,7 +125,7 @@ def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             if dense:
                 for j in range(1, n_params):
                     if cols[k, j] >= 0:
-                        jac_dense[q, cols[k, j]] += deriv[j]
+                        jac_dense[cols[k, j], q] += deriv[j]
             else:
                 for j in range(1, n_params):
                     entry_deriv[e - e_base, j] = deriv[j]
@@ -142,23 +144,23 @@ def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     bg_col = cols[0, 0]
     grad[:] = 0.0
     if dense:
-        normal[:, :] = 0.0
         for q in range(n_pix):
             if excluded[q]:
-                continue
-            if bg_col >= 0:
-                jac_dense[q, bg_col] = 1.0
-            r = resid[q]
-            for i in range(n_unk):
-                ri = jac_dense[q, i]
-                if ri == 0.0:
-                    continue
-                grad[i] += ri * r
-                for j in range(i, n_unk):
-                    normal[i, j] += ri * jac_dense[q, j]
+                for i in range(n_unk):
+                    jac_dense[i, q] = 0.0
+            elif bg_col >= 0:
+                jac_dense[bg_col, q] = 1.0
         for i in range(n_unk):
-            for j in range(i):
-                normal[i, j] = normal[j, i]
+            acc = 0.0
+            for q in range(n_pix):
+                acc += jac_dense[i, q] * resid[q]
+            grad[i] = acc
+            for j in range(i, n_unk):
+                acc = 0.0
+                for q in range(n_pix):
+                    acc += jac_dense[i, q] * jac_dense[j, q]
+                normal[i, j] = acc
+                normal[j, i] = acc
         return cost
     block_cl[:, :] = 0.0
     blocks[:, :, :] = 0.0
@@ -410,7 +412,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     bufs = []
     for _ in range(2):
         bufs.append((np.empty(n_pix), np.empty(n_pix, dtype=np.bool_),
-                     np.empty(n_pix), np.empty((n_pix if dense else 1, n_dense)),
+                     np.empty(n_pix), np.empty((n_dense, n_pix if dense else 1)),
                      np.zeros((n_sparse_e, n_params)),
                      np.empty((n_pix if not dense else 1, max(n_sparse_cl, 1))),
                      np.empty((n_dense, n_dense)),
@@ -419,10 +421,11 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cur = 0
     b = bufs[cur]
     cols = _column_table(modes, slot, n_cl, n_var, n_feat)
-    cost = _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
-                     entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-                     model_id, continuous, True, dense, deriv, dextra,
-                     b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9])
+    cost = _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
+                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                     n_size, model_id, continuous, True, dense, deriv, dextra,
+                     b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8],
+                     b[9])
     n_eval = 1
     tiny = 0.0
     for q in range(pix_base, pix_base + n_pix):
@@ -490,12 +493,12 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             status = CONVERGED
             break
         nb = bufs[1 - cur]
-        trial_cost = _evaluate(trial, work, cols, modes, slot, n_cl, n_var, pix_val,
-                               pix_coord, entry_pix, feat_entry_off, f0,
-                               pix_base, ndim, n_size, model_id, continuous,
-                               True, dense, deriv, dextra, nb[0], nb[1],
-                               nb[2], nb[3], nb[4], nb[5], nb[6], nb[7],
-                               nb[8], nb[9])
+        trial_cost = _evaluate(
+                trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
+            entry_pix, feat_entry_off, f0, pix_base, ndim, n_size, model_id,
+            continuous, True, dense, deriv, dextra,
+            nb[0], nb[1], nb[2], nb[3], nb[4], nb[5], nb[6], nb[7], nb[8],
+            nb[9])
         n_eval += 1
         if trial_cost < cost:
             actual = cost - trial_cost
