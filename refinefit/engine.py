@@ -31,6 +31,7 @@ class Settings:
     dense_limit: int = 48
     chunk_features: int = 50_000
     chunk_frames: int = 64
+    chunk_pixels: int = 32_000_000  # frames held at once: 256 MB as float64
 
 
 @dataclass
@@ -154,14 +155,21 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
     """Refine all clusters, reading frames chunk by chunk from ``source``.
 
     ``cluster_frames`` holds each cluster's frame number (non-decreasing).
+    A chunk holds whole frames, at most ``chunk_frames`` of them and at most
+    ``chunk_pixels`` pixels, and (unless one frame has more) at most
+    ``chunk_features`` features.
     """
+    frame_pixels = max(int(np.prod(source.frame_shape)), 1)
+    max_frames = max(1, min(settings.chunk_frames,
+                            settings.chunk_pixels // frame_pixels))
     n_clusters = len(cluster_frames)
     params_out = params.copy()
     cost = np.full(n_clusters, np.nan)
     status = np.zeros(n_clusters, dtype=np.int64)
     c0 = 0
     while c0 < n_clusters:
-        c1 = _chunk_end(cluster_frames, cluster_feat_off, c0, settings)
+        c1 = _chunk_end(cluster_frames, cluster_feat_off, c0,
+                        settings.chunk_features, max_frames)
         frames, cluster_image = np.unique(cluster_frames[c0:c1],
                                           return_inverse=True)
         images = [source.image(fr) for fr in frames]
@@ -176,17 +184,16 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
     return params_out, cost, status
 
 
-def _chunk_end(cluster_frames, cluster_feat_off, c0, settings):
+def _chunk_end(cluster_frames, cluster_feat_off, c0, max_features,
+               max_frames):
     """End of the chunk starting at cluster c0: whole frames only."""
-    first = cluster_frames[c0]
-    last_frame_end = np.searchsorted(cluster_frames, first, side="right")
-    frame_ends = np.unique(np.searchsorted(
-        cluster_frames, cluster_frames[c0:], side="right"))
+    ahead = cluster_frames[c0:c0 + max_features + 1]
+    frames = np.unique(ahead)[:max_frames]
+    frame_ends = c0 + np.searchsorted(ahead, frames, side="right")
     n_feat = cluster_feat_off[frame_ends] - cluster_feat_off[c0]
-    fits = (n_feat <= settings.chunk_features) & (
-        np.arange(1, len(frame_ends) + 1) <= settings.chunk_frames)
-    if not fits.any():
-        return int(last_frame_end)
+    fits = n_feat <= max_features
+    if not fits[0]:  # a frame with more than max_features is one chunk
+        return int(np.searchsorted(cluster_frames, frames[0], side="right"))
     return int(frame_ends[np.nonzero(fits)[0][-1]])
 
 

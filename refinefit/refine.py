@@ -101,6 +101,9 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         raise NotImplementedError("compute_error=True is not supported yet")
     pos_columns = _pos_columns(f, pos_columns)
     ndim = len(pos_columns)
+    if ndim not in (2, 3):
+        raise ValueError(f"pos_columns: refinement works on 2D or 3D images, "
+                         f"got {ndim} position column(s) {pos_columns}")
     source = frame_source(reader, ndim)
     if source.ndim != ndim:
         raise ValueError(f"the image is {source.ndim}D but the features have "

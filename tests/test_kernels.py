@@ -1,0 +1,478 @@
+"""Numba kernels against the plain-NumPy reference and finite differences."""
+import numba
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import approx_fprime
+
+import refinefit
+from refinefit import kernels
+from refinefit.engine import Settings, flatten_masks, refine_chunk
+from refinefit.models import resolve_model
+
+import naive
+
+# evaluate_model vs the NumPy reference: same formulas, different rounding
+MODEL_RTOL = 1e-11
+DERIV_RTOL = 1e-10
+# analytic vs central finite differences (relative to the largest derivative)
+FD_REL_STEP = 1e-6
+FD_TOL = 1e-6
+# the same fit by the dense (Cholesky) and the sparse (CG) solver
+SOLVER_ATOL = 1e-6
+
+MODELS = ["gauss", "disc", "ring", "inv_series_2"]
+GEOMETRIES = [(2, True), (2, False), (3, True), (3, False)]
+CASES = [pytest.param(name, ndim, iso, id=f"{name}-{ndim}d-{'iso' if iso else 'aniso'}")
+         for name in MODELS for ndim, iso in GEOMETRIES]
+
+
+def _seed(name, ndim, iso):
+    return 100 * MODELS.index(name) + 10 * ndim + int(iso)
+
+
+def _extra(name, rng):
+    if name in ("disc", "hat"):
+        return [rng.uniform(0.3, 0.7)]
+    if name == "ring":
+        return [rng.uniform(0.2, 0.4)]
+    if name.startswith("inv_series_"):
+        n = int(name.rsplit("_", 1)[1])
+        return [rng.uniform(0.8, 1.2)] + list(rng.uniform(0.5, 1.5, n))
+    return []
+
+
+def _radius(ndim, iso):
+    if ndim == 2:
+        return (4.0, 4.0) if iso else (3.0, 5.0)
+    return (3.0, 3.0, 3.0) if iso else (2.0, 3.0, 4.0)
+
+
+def _params(name, rng, centres, ndim, iso, jitter=0.3):
+    """Parameters per feature: positions near the mask centres."""
+    rows = []
+    n_size = 1 if iso else ndim
+    for centre in centres:
+        pos = centre + rng.uniform(-jitter, jitter, ndim)
+        sizes = rng.uniform(1.5, 3.0, n_size)
+        rows.append([rng.uniform(5, 20), rng.uniform(50, 150), *pos, *sizes,
+                     *_extra(name, rng)])
+    return np.array(rows, dtype=float)
+
+
+def _random_batch(ndim, iso, rng, groups):
+    """Flattened batch over two random images; ``groups`` = features per cluster."""
+    shape = (40, 50) if ndim == 2 else (14, 22, 24)
+    images = [rng.uniform(0, 100, shape), rng.uniform(0, 100, shape)]
+    radius = _radius(ndim, iso)
+    centres = []
+    for size in groups:
+        first = rng.uniform(4, np.array(shape) - 4)
+        centres.append(first)
+        for _ in range(size - 1):  # overlapping neighbours
+            centres.append(first + rng.uniform(-2.5, 2.5, ndim))
+    centres = np.clip(np.array(centres), 0, np.array(shape) - 1)
+    cluster_feat_off = np.r_[0, np.cumsum(groups)].astype(np.int64)
+    # first half of the clusters on image 0, the rest on image 1
+    cluster_image = (np.arange(len(groups)) >= len(groups) // 2).astype(np.int64)
+    batch = flatten_masks(images, cluster_image, cluster_feat_off, centres,
+                          radius)
+    return images, batch, centres
+
+
+def _evaluate(batch, params, name, ndim, n_size):
+    model = resolve_model(name)
+    n_pix = len(batch.pix_val)
+    out = np.full(n_pix, np.nan)
+    excluded = np.zeros(n_pix, dtype=bool)
+    entry_deriv = np.full((len(batch.entry_pix), params.shape[1]), np.nan)
+    kernels.evaluate_model(batch.pix_coord, batch.cluster_pix_off,
+                           batch.entry_pix, batch.feat_entry_off,
+                           batch.cluster_feat_off, params, ndim, n_size,
+                           model.kernel_id, model.continuous, out, excluded,
+                           entry_deriv)
+    return out, excluded, entry_deriv
+
+
+def _central_jacobian(fun, x):
+    step = FD_REL_STEP * np.maximum(np.abs(x), 1.0)
+    return 0.5 * (approx_fprime(x, fun, step) + approx_fprime(x, fun, -step))
+
+
+# ---------------------------------------------------------------- evaluate
+
+@pytest.mark.parametrize("name,ndim,iso", CASES)
+def test_evaluate_model_matches_naive(name, ndim, iso):
+    rng = np.random.default_rng(_seed(name, ndim, iso))
+    n_size = 1 if iso else ndim
+    groups = [2, 1, 3, 1]
+    _, batch, centres = _random_batch(ndim, iso, rng, groups)
+    params = _params(name, rng, centres, ndim, iso)
+    model, excluded, entry_deriv = _evaluate(batch, params, name, ndim, n_size)
+    ref_model, ref_excluded, ref_deriv = naive.evaluate(
+        name, batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+        batch.feat_entry_off, batch.cluster_feat_off, params, ndim, n_size)
+
+    np.testing.assert_array_equal(excluded, ref_excluded)
+    if name == "ring":
+        assert excluded.any()
+    else:
+        assert not excluded.any()
+    keep = ~excluded
+    scale = np.abs(ref_model).max()
+    np.testing.assert_allclose(model[keep], ref_model[keep], rtol=MODEL_RTOL,
+                               atol=MODEL_RTOL * scale)
+    live = keep[batch.entry_pix]
+    dscale = np.abs(ref_deriv).max(axis=0)
+    np.testing.assert_allclose(entry_deriv[live], ref_deriv[live],
+                               rtol=DERIV_RTOL, atol=DERIV_RTOL * dscale.max())
+
+
+@pytest.mark.parametrize("name,ndim,iso", CASES)
+def test_entry_derivatives_match_finite_differences(name, ndim, iso):
+    """d(model)/d(params) of single-feature clusters, away from kinks."""
+    rng = np.random.default_rng(1000 + _seed(name, ndim, iso))
+    n_size = 1 if iso else ndim
+    _, batch, centres = _random_batch(ndim, iso, rng, [1, 1, 1])
+    params = _params(name, rng, centres, ndim, iso)
+    _, excluded, entry_deriv = _evaluate(batch, params, name, ndim, n_size)
+
+    for k in range(len(params)):
+        p0 = params[k].copy()
+        e0, e1 = batch.feat_entry_off[k], batch.feat_entry_off[k + 1]
+        pix = batch.entry_pix[e0:e1]
+
+        def fun(p, k=k, pix=pix):
+            trial = params.copy()
+            trial[k] = p
+            return _evaluate(batch, trial, name, ndim, n_size)[0][pix]
+
+        fd = _central_jacobian(fun, p0)
+        # smooth points only: away from the disc edge and the ring's hole
+        _, _, dist2 = naive.feature_terms(name, batch.pix_coord[pix], p0,
+                                          ndim, n_size)
+        sizes = np.broadcast_to(p0[2 + ndim:2 + ndim + n_size], (ndim,))
+        r = np.sqrt(np.sum(((batch.pix_coord[pix] - p0[2:2 + ndim]) / sizes) ** 2, axis=1))
+        smooth = ~excluded[pix]
+        if name == "disc":
+            smooth &= np.abs(r - p0[-1]) > 1e-3
+        if name == "ring":
+            smooth &= np.abs(dist2 - 1.0) > 1e-3
+        assert smooth.sum() > 10
+        analytic = entry_deriv[e0:e1][smooth]
+        scale = np.abs(analytic).max()
+        np.testing.assert_allclose(analytic, fd[smooth], rtol=0,
+                                   atol=FD_TOL * scale)
+
+
+def _shape_points(name, rng, ndim):
+    """(r2, extra) points where f is smooth."""
+    points = []
+    while len(points) < 12:
+        extra = np.array(_extra(name, rng), dtype=float)
+        r2 = rng.uniform(0.01, 4.0)
+        if name == "disc" and abs(np.sqrt(r2) - extra[0]) < 1e-2:
+            continue
+        points.append((r2, extra))
+    return points
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_shape_value_derivatives(name, ndim):
+    rng = np.random.default_rng(7 + ndim + 10 * MODELS.index(name))
+    model_id = resolve_model(name).kernel_id
+    for r2, extra in _shape_points(name, rng, ndim):
+        dextra = np.zeros(max(len(extra), 1))
+        f, dfdr2 = kernels.shape_value(model_id, r2, extra, ndim, dextra)
+        ref_f, ref_dfdr2, ref_dextra = naive.shape(name, r2, extra, ndim)
+        np.testing.assert_allclose(f, ref_f, rtol=MODEL_RTOL)
+        analytic = np.r_[dfdr2, dextra[:len(extra)]]
+        np.testing.assert_allclose(analytic, np.r_[ref_dfdr2, ref_dextra],
+                                   rtol=DERIV_RTOL, atol=1e-14)
+
+        def fun(v):
+            scratch = np.zeros(max(len(extra), 1))
+            return kernels.shape_value(model_id, v[0], v[1:], ndim, scratch)[0]
+
+        fd = _central_jacobian(fun, np.r_[r2, extra])
+        np.testing.assert_allclose(analytic, fd, rtol=0,
+                                   atol=FD_TOL * max(np.abs(analytic).max(), 1e-3))
+
+
+def test_disc_inside_is_flat_and_ring_hole_excluded():
+    """Non-smooth spots behave as trackpy: f == 1 inside the disc."""
+    dextra = np.zeros(1)
+    f, dfdr2 = kernels.shape_value(resolve_model("disc").kernel_id, 0.2 ** 2,
+                                   np.array([0.5]), 2, dextra)
+    assert (f, dfdr2, dextra[0]) == (1.0, 0.0, 0.0)
+    # disc_size >= 1 is clipped to 0.999 and no longer free
+    f, _ = kernels.shape_value(resolve_model("disc").kernel_id, 1.0,
+                               np.array([1.5]), 2, dextra)
+    assert f == pytest.approx(naive.shape("disc", 1.0, [1.5], 2)[0])
+    assert dextra[0] == 0.0
+
+
+# ---------------------------------------------------------------- masks
+
+def _check_batch_masks(images, cluster_image, cluster_feat_off, centres,
+                       radius, batch):
+    ndim = centres.shape[1]
+    assert batch.cluster_pix_off[0] == 0 and batch.feat_entry_off[0] == 0
+    assert np.all(np.diff(batch.cluster_pix_off) >= 0)
+    for c in range(len(cluster_feat_off) - 1):
+        image = images[cluster_image[c]]
+        p0, p1 = batch.cluster_pix_off[c], batch.cluster_pix_off[c + 1]
+        coords = batch.pix_coord[p0:p1]
+        assert np.all(coords == np.round(coords))
+        icoords = coords.astype(np.int64)
+        # each pixel once
+        assert len({tuple(row) for row in icoords}) == len(icoords)
+        np.testing.assert_array_equal(batch.pix_val[p0:p1],
+                                      image[tuple(icoords.T)])
+        union = set()
+        for feat in range(cluster_feat_off[c], cluster_feat_off[c + 1]):
+            expected = {tuple(row) for row in naive.mask_pixels(
+                image.shape, centres[feat], radius, image)}
+            union |= expected
+            e0, e1 = batch.feat_entry_off[feat], batch.feat_entry_off[feat + 1]
+            pix = batch.entry_pix[e0:e1]
+            assert np.all((pix >= p0) & (pix < p1))
+            assert len(np.unique(pix)) == len(pix)
+            got = {tuple(row) for row in batch.pix_coord[pix].astype(np.int64)}
+            assert got == expected, f"feature {feat}"
+        assert {tuple(row) for row in icoords} == union
+        assert ndim == image.ndim
+
+
+@pytest.mark.parametrize("ndim,iso", GEOMETRIES)
+def test_flatten_masks_matches_brute_force(ndim, iso):
+    rng = np.random.default_rng(100 + ndim + iso)
+    shape = (30, 40) if ndim == 2 else (12, 18, 20)
+    radius = _radius(ndim, iso)
+    images = []
+    for _ in range(2):
+        image = rng.uniform(0, 100, shape)
+        image[rng.random(shape) < 0.05] = np.nan
+        images.append(image)
+    hi = np.array(shape) - 1.0
+    centres = [
+        rng.uniform(0, hi),                          # anywhere
+        rng.uniform(0, hi),
+        np.array([0.3] * (ndim - 2) + [0.4, 0.2]),   # at a corner: clipped
+        hi - 0.4,                                    # the other corner
+        np.round(hi / 2),                            # integer: edge pixels
+        np.array([-100.0] * ndim),                   # entirely outside
+        rng.uniform(0, hi),
+    ]
+    centres.append(centres[-1] + 1.7)                # overlaps the previous
+    centres = np.array(centres)
+    cluster_feat_off = np.array([0, 2, 3, 5, 6, 8], dtype=np.int64)
+    cluster_image = np.array([0, 0, 0, 1, 1], dtype=np.int64)
+    batch = flatten_masks(images, cluster_image, cluster_feat_off, centres,
+                          radius)
+    _check_batch_masks(images, cluster_image, cluster_feat_off, centres,
+                       radius, batch)
+    # the feature outside the image has no pixels
+    assert batch.feat_entry_off[6] == batch.feat_entry_off[5]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_edge_is_included(ndim):
+    shape = (21,) * ndim
+    image = np.ones(shape)
+    centre = np.full(ndim, 10.0)
+    radius = (4.0,) * ndim
+    batch = flatten_masks([image], np.zeros(1, np.int64),
+                          np.array([0, 1], np.int64), centre[None], radius)
+    coords = {tuple(row) for row in batch.pix_coord.astype(int)}
+    for d in range(ndim):
+        for sign in (-1, 1):
+            edge = [10] * ndim
+            edge[d] += sign * 4
+            assert tuple(edge) in coords
+    # (3, 4) lies at exactly 5 = radius from the centre
+    batch = flatten_masks([image], np.zeros(1, np.int64),
+                          np.array([0, 1], np.int64), centre[None],
+                          (5.0,) * ndim)
+    coords = {tuple(row) for row in batch.pix_coord.astype(int)}
+    assert tuple([10] * (ndim - 2) + [13, 14]) in coords
+    assert tuple([10] * (ndim - 2) + [14, 14]) not in coords
+    assert len(coords) == len(naive.mask_pixels(shape, centre, (5.0,) * ndim))
+
+
+def test_flatten_masks_integer_image():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 60000, (25, 30)).astype(np.uint16)
+    centres = np.array([[3.2, 4.1], [5.0, 6.5], [20.7, 28.9]])
+    cluster_feat_off = np.array([0, 2, 3], np.int64)
+    batch = flatten_masks([image], np.zeros(2, np.int64), cluster_feat_off,
+                          centres, (3.0, 3.0))
+    _check_batch_masks([image], np.zeros(2, np.int64), cluster_feat_off,
+                       centres, (3.0, 3.0), batch)
+
+
+# ---------------------------------------------------------------- threads
+
+def _draw(shape, features, background=10.0):
+    """Noise-free image of Gaussian spots exp(-d^2 / size^2), drawn directly."""
+    grid = np.indices(shape, dtype=float)
+    image = np.full(shape, background)
+    for pos, signal, size in features:
+        d2 = sum((g - p) ** 2 for g, p in zip(grid, pos))
+        image += signal * np.exp(-d2 / size ** 2)
+    return image
+
+
+def _many_features(rng, n_side=10, shape=(200, 200)):
+    truth = []
+    for i in range(n_side):
+        for j in range(n_side):
+            pos = np.array([10 + 18 * i, 10 + 18 * j]) + rng.uniform(-1, 1, 2)
+            truth.append(pos)
+            if (i + j) % 3 == 0:  # a close neighbour: a cluster of two
+                truth.append(pos + np.array([rng.uniform(2, 3), rng.uniform(2, 3)]))
+    truth = np.array(truth)
+    image = _draw(shape, [(p, 100.0, 2.0) for p in truth])
+    image += rng.normal(0, 2.0, shape)
+    guess = truth + rng.uniform(-0.5, 0.5, truth.shape)
+    f = pd.DataFrame({"y": guess[:, 0], "x": guess[:, 1], "signal": 80.0,
+                      "size": 2.0})
+    return f, image, truth
+
+
+def test_results_do_not_depend_on_thread_count():
+    n_threads = numba.config.NUMBA_NUM_THREADS
+    if n_threads < 2:
+        pytest.skip("needs at least 2 Numba threads")
+    rng = np.random.default_rng(11)
+    f, image, _ = _many_features(rng)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = refinefit.refine_leastsq(f, image, 9, param_mode={"size": "var"})
+        numba.set_num_threads(n_threads)
+        many = refinefit.refine_leastsq(f, image, 9, param_mode={"size": "var"})
+    finally:
+        numba.set_num_threads(before)
+    assert one["cluster_size"].max() >= 2
+    assert np.isfinite(one["cost"]).all()
+    pd.testing.assert_frame_equal(one, many, check_exact=True)
+
+
+# ---------------------------------------------------------------- solver
+
+_SOLVER_EXTRA = {"gauss": [], "disc": [0.5], "ring": [0.3]}
+
+
+def _draw_model(shape, name, features, background=8.0):
+    """Noise-free image of ``name`` spots drawn with the NumPy reference."""
+    grid = np.indices(shape, dtype=float).reshape(len(shape), -1).T
+    image = np.full(len(grid), background)
+    for pos, signal, size in features:
+        r2 = np.sum(((grid - pos) / size) ** 2, axis=1)
+        image += signal * naive.shape(name, r2, _SOLVER_EXTRA[name], len(shape))[0]
+    return image.reshape(shape)
+
+
+def _solver_problem(rng, modes, name="gauss"):
+    """Clusters of 1-3 overlapping spots in one noisy image."""
+    shape = (90, 90)
+    size = 2.2 if name == "gauss" else 3.0
+    truth, groups = [], []
+    for k, n in enumerate([2, 3, 2, 1, 3]):
+        origin = np.array([15.0 + 15 * k, 20.0 + 10 * (k % 3)])
+        for j in range(n):
+            truth.append(origin + np.array([3.0 * j, 2.0 * j]) + rng.uniform(-0.3, 0.3, 2))
+        groups.append(n)
+    truth = np.array(truth)
+    image = _draw_model(shape, name, [(p, 120.0, size) for p in truth])
+    image += rng.normal(0, 1.0, shape)
+    guess = truth + rng.uniform(-0.4, 0.4, truth.shape)
+    n = len(truth)
+    extra = np.tile(_SOLVER_EXTRA[name], (n, 1))
+    params = np.column_stack([np.full(n, 8.0), np.full(n, 100.0), guess,
+                              np.full(n, size * 0.95), extra])
+    lower = np.column_stack([np.full(n, 1e-7), np.full(n, 1e-7), guess - 4,
+                             np.full(n, 1e-7), extra * 0.5])
+    upper = np.column_stack([np.full(n, np.inf), np.full(n, np.inf), guess + 4,
+                             np.full(n, np.inf), extra * 1.5])
+    modes = list(modes) + [0] * extra.shape[1]
+    cluster_feat_off = np.r_[0, np.cumsum(groups)].astype(np.int64)
+    model = resolve_model(name)
+    settings = Settings(model_id=model.kernel_id, continuous=model.continuous,
+                        ndim=2, n_size=1, modes=np.array(modes, dtype=np.int64),
+                        radius=(5.0, 5.0) if name == "gauss" else (6.0, 6.0),
+                        tol=1e-10)
+    return image, params, lower, upper, cluster_feat_off, settings, truth
+
+
+@pytest.mark.parametrize("name,modes", [
+    ("gauss", [3, 1, 1, 1, 0]),
+    ("gauss", [3, 1, 1, 1, 1]),
+    ("gauss", [3, 3, 1, 1, 3]),
+    ("ring", [3, 1, 1, 1, 1]),
+    ("disc", [3, 1, 1, 1, 0]),
+], ids=["gauss-pos-signal", "gauss-size-var", "gauss-cluster-modes",
+        "ring-size-var", "disc"])
+def test_sparse_and_dense_solver_agree(name, modes):
+    rng = np.random.default_rng(21)
+    image, params, lower, upper, cluster_feat_off, settings, truth = \
+        _solver_problem(rng, modes, name)
+    n_clusters = len(cluster_feat_off) - 1
+    results = {}
+    for limit in (0, 1000):
+        run = Settings(**{**settings.__dict__, "dense_limit": limit})
+        results[limit] = refine_chunk(
+            [image], np.array([image.max()]), np.zeros(n_clusters, np.int64),
+            cluster_feat_off, params, lower, upper, run)
+    (p_sparse, cost_sparse, st_sparse) = results[0]
+    (p_dense, cost_dense, st_dense) = results[1000]
+    assert np.all(st_sparse == kernels.CONVERGED)
+    assert np.all(st_dense == kernels.CONVERGED)
+    np.testing.assert_allclose(p_sparse, p_dense, rtol=0, atol=SOLVER_ATOL)
+    np.testing.assert_allclose(cost_sparse, cost_dense, rtol=1e-9)
+    np.testing.assert_allclose(p_dense[:, 2:4], truth, atol=0.1)
+
+
+def test_solve_clusters_sparse_and_dense_agree_directly():
+    rng = np.random.default_rng(22)
+    image, params, lower, upper, cluster_feat_off, settings, _ = \
+        _solver_problem(rng, [3, 1, 1, 1, 1])
+    n_clusters = len(cluster_feat_off) - 1
+    batch = flatten_masks([image], np.zeros(n_clusters, np.int64),
+                          cluster_feat_off, np.ascontiguousarray(params[:, 2:4]),
+                          settings.radius)
+    outs = []
+    for limit in (0, 1000):
+        out = np.empty_like(params)
+        sumsq = np.empty(n_clusters)
+        status = np.empty(n_clusters, np.int64)
+        n_eval = np.empty(n_clusters, np.int64)
+        kernels.solve_clusters(np.arange(n_clusters, dtype=np.int64),
+                               batch.pix_val, batch.pix_coord,
+                               batch.cluster_pix_off, batch.entry_pix,
+                               batch.feat_entry_off, batch.cluster_feat_off,
+                               params, lower, upper, settings.modes, 2, 1,
+                               settings.model_id, True, 1e-10, 200, limit,
+                               out, sumsq, status, n_eval)
+        assert np.all(status == kernels.CONVERGED)
+        outs.append((out, sumsq))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=0, atol=SOLVER_ATOL)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-9)
+
+
+def test_large_cluster_converges():
+    """A chain of 20 overlapping features: 61 unknowns, above dense_limit."""
+    rng = np.random.default_rng(23)
+    truth = np.array([[20.0 + 0.3 * k, 10.0 + 3.0 * k] for k in range(20)])
+    truth += rng.uniform(-0.2, 0.2, truth.shape)
+    # masks wide enough (radius 6 = 4 sizes) that no tail is cut off
+    image = _draw((40, 80), [(p, 100.0, 1.5) for p in truth])
+    guess = truth + rng.uniform(-0.4, 0.4, truth.shape)
+    f = pd.DataFrame({"y": guess[:, 0], "x": guess[:, 1], "signal": 90.0,
+                      "size": 1.5})
+    out = refinefit.refine_leastsq(f, image, 13)
+    assert (out["cluster_size"] == 20).all()
+    assert np.isfinite(out["cost"]).all()
+    np.testing.assert_allclose(out[["y", "x"]].to_numpy(), truth, atol=0.01)
