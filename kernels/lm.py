@@ -479,7 +479,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         predicted = 0.0
         for i in range(n_unk):
             predicted += -grad[i] * step[i] + lam * scale[i] * step[i] * step[i]
-        if predicted <= 0.1 * tol * cost and lam < 1.0:
+        if predicted <= tol * cost and lam < 1.0:
             # the next step would change the cost by less than tol: done
             status = CONVERGED
             break
