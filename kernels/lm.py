@@ -12,7 +12,9 @@ feature plus the cluster block), which follows the sparsity of overlapping
 masks: each feature couples only to its neighbours.
 
 Bounds: variables at a bound whose gradient points outwards are held fixed
-for the step; trial points are clipped to the box.
+for the step; trial points are clipped to the box. Signals and sizes change
+by at most 50% per step: far from the optimum a Gauss-Newton step can send
+one feature's signal to its floor, where its position gradient vanishes.
 """
 import math
 
@@ -37,6 +39,7 @@ BLANK = 4
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
 _CG_TOL = 1e-10
+_MAX_RELATIVE_STEP = 0.5  # signal and sizes change by at most 50% a step
 
 
 @kernel
@@ -348,6 +351,69 @@ def _diag_scale(normal, blocks, block_cl, dense, n_cl, n_var, scale):
 
 
 @kernel
+def _start(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
+    """Start values and bounds of the unknowns of one cluster.
+
+    A 'cluster' unknown starts at the mean over its features and may range
+    from the lowest lower bound to the highest upper bound, as in trackpy.
+    """
+    n_unk = n_cl + n_feat * n_var
+    x = np.zeros(n_unk)
+    lo = np.full(n_unk, -np.inf)
+    hi = np.full(n_unk, np.inf)
+    for j in range(modes.shape[0]):
+        if modes[j] == MODE_CLUSTER:
+            col = slot[j]
+            total = 0.0
+            lo[col] = lower[f0, j]
+            hi[col] = upper[f0, j]
+            for k in range(n_feat):
+                total += params[f0 + k, j]
+                lo[col] = min(lo[col], lower[f0 + k, j])
+                hi[col] = max(hi[col], upper[f0 + k, j])
+            x[col] = total / n_feat
+        elif modes[j] == MODE_VAR:
+            for k in range(n_feat):
+                col = n_cl + k * n_var + slot[j]
+                x[col] = params[f0 + k, j]
+                lo[col] = lower[f0 + k, j]
+                hi[col] = upper[f0 + k, j]
+    for i in range(n_unk):
+        x[i] = min(max(x[i], lo[i]), hi[i])
+    return x, lo, hi
+
+
+@kernel
+def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size):
+    """Unknowns whose steps are limited relative to their value: signals and
+    sizes."""
+    relative = np.zeros(n_cl + n_feat * n_var, dtype=np.bool_)
+    for j in range(1, 2 + ndim + n_size):
+        if 2 <= j < 2 + ndim:
+            continue
+        for k in range(n_feat if modes[j] == MODE_VAR else 1):
+            col = _column(modes, slot, n_cl, n_var, k, j)
+            if col >= 0:
+                relative[col] = True
+    return relative
+
+
+@kernel
+def _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                        n_unk, dense):
+    """Arrays one evaluation fills (see :func:`_evaluate`); the unused path's
+    arrays get a minimal size."""
+    n_dense = n_unk if dense else 1
+    return (np.empty(n_pix), np.empty(n_pix, dtype=np.bool_),
+            np.empty(n_pix), np.empty((n_dense, n_pix if dense else 1)),
+            np.zeros((1 if dense else n_entries, n_params)),
+            np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
+            np.empty((n_dense, n_dense)),
+            np.empty((1 if dense else n_feat, n_var, n_var)),
+            np.empty((n_cl, n_cl)), np.empty(n_unk))
+
+
+@kernel
 def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                   feat_entry_off, cluster_feat_off, params, lower, upper,
                   modes, ndim, n_size, model_id, continuous, tol, max_eval,
@@ -381,43 +447,18 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     slot, n_cl, n_var = _layout(modes)
     n_unk = n_cl + n_feat * n_var
     dense = n_unk <= dense_limit
-    x = np.zeros(n_unk)
-    lo = np.full(n_unk, -np.inf)
-    hi = np.full(n_unk, np.inf)
-    for j in range(n_params):
-        if modes[j] == MODE_CLUSTER:
-            col = slot[j]
-            total = 0.0
-            for k in range(n_feat):
-                total += params[f0 + k, j]
-                lo[col] = min(lo[col], lower[f0 + k, j]) if k else lower[f0, j]
-                hi[col] = max(hi[col], upper[f0 + k, j]) if k else upper[f0, j]
-            x[col] = total / n_feat
-        elif modes[j] == MODE_VAR:
-            for k in range(n_feat):
-                col = n_cl + k * n_var + slot[j]
-                x[col] = params[f0 + k, j]
-                lo[col] = lower[f0 + k, j]
-                hi[col] = upper[f0 + k, j]
-    for i in range(n_unk):
-        x[i] = min(max(x[i], lo[i]), hi[i])
+    x, lo, hi = _start(params, lower, upper, f0, n_feat, modes, slot, n_cl,
+                       n_var)
+    relative = _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim,
+                               n_size)
 
     work = params[f0:f0 + n_feat].copy()
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
-    n_sparse_e = 1 if dense else n_entries
-    n_sparse_cl = 1 if dense else n_cl
     n_sparse_f = 1 if dense else n_feat
-    bufs = []
-    for _ in range(2):
-        bufs.append((np.empty(n_pix), np.empty(n_pix, dtype=np.bool_),
-                     np.empty(n_pix), np.empty((n_dense, n_pix if dense else 1)),
-                     np.zeros((n_sparse_e, n_params)),
-                     np.empty((n_pix if not dense else 1, max(n_sparse_cl, 1))),
-                     np.empty((n_dense, n_dense)),
-                     np.empty((n_sparse_f, n_var, n_var)),
-                     np.empty((n_cl, n_cl)), np.empty(n_unk)))
+    bufs = [_evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
+                                n_feat, n_unk, dense) for _ in range(2)]
     cur = 0
     b = bufs[cur]
     cols = _column_table(modes, slot, n_cl, n_var, n_feat)
@@ -476,9 +517,23 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                 status = CONVERGED
                 break
             continue
+        # far from the optimum the linear model is poor: a Gauss-Newton step
+        # may send one signal to zero and another to double, a basin it
+        # never leaves; scale the step so signal and size change by <= 50%
+        shrink = 1.0
+        for i in range(n_unk):
+            if relative[i] and x[i] > 0.0:
+                limit = _MAX_RELATIVE_STEP * x[i]
+                if abs(step[i]) > limit:
+                    shrink = min(shrink, limit / abs(step[i]))
+        if shrink < 1.0:
+            for i in range(n_unk):
+                step[i] *= shrink
+        # linear-model reduction of the cost for the (possibly shrunk) step
         predicted = 0.0
         for i in range(n_unk):
-            predicted += -grad[i] * step[i] + lam * scale[i] * step[i] * step[i]
+            predicted += (-(2.0 - shrink) * grad[i] * step[i]
+                          + lam * scale[i] * step[i] * step[i])
         if predicted <= tol * cost and lam < 1.0:
             # the next step would change the cost by less than tol: done
             status = CONVERGED
