@@ -351,6 +351,45 @@ def _diag_scale(normal, blocks, block_cl, dense, n_cl, n_var, scale):
 
 
 @kernel
+def _dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
+                  f0, n_feat, pix_base, excluded, entry_deriv, jac_cl, n_pix):
+    """J^T J of a sparse-path cluster as a dense matrix, column by column."""
+    normal = np.empty((n_unk, n_unk))
+    unit = np.zeros(n_unk)
+    column = np.empty(n_unk)
+    scratch = np.empty(n_pix)
+    for i in range(n_unk):
+        unit[i] = 1.0
+        _sparse_matvec(unit, column, scratch, modes, slot, n_cl, n_var,
+                       entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                       excluded, entry_deriv, jac_cl)
+        normal[:, i] = column
+        unit[i] = 0.0
+    return normal
+
+
+@kernel
+def _unknown_std(normal, variance, std):
+    """sqrt(variance * diag(normal^-1)); NaN when normal is singular."""
+    n = std.shape[0]
+    factor = normal[:n, :n].copy()
+    if not cholesky_inplace(factor, n):
+        std[:] = math.nan
+        return
+    z = np.empty(n)
+    for i in range(n):
+        # diag(A^-1)_i = |L^-1 e_i|^2; L^-1 e_i vanishes above row i
+        total = 0.0
+        for r in range(i, n):
+            t = 1.0 if r == i else 0.0
+            for k in range(i, r):
+                t -= factor[r, k] * z[k]
+            z[r] = t / factor[r, r]
+            total += z[r] * z[r]
+        std[i] = math.sqrt(variance * total)
+
+
+@kernel
 def _start(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
     """Start values and bounds of the unknowns of one cluster.
 
@@ -417,8 +456,10 @@ def _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
 def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                   feat_entry_off, cluster_feat_off, params, lower, upper,
                   modes, ndim, n_size, model_id, continuous, tol, max_eval,
-                  dense_limit, params_out, sumsq_out, status_out, n_eval_out):
-    """Refine cluster ``c``; write its parameters, cost and status."""
+                  dense_limit, params_out, sumsq_out, status_out, n_eval_out,
+                  with_error, std_out):
+    """Refine cluster ``c``; write its parameters, cost and status, and with
+    ``with_error`` the standard errors of its fitted parameters."""
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -428,6 +469,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_entries = feat_entry_off[f0 + n_feat] - e_base
     for k in range(n_feat):
         params_out[f0 + k] = params[f0 + k]
+        if with_error:
+            std_out[f0 + k] = math.nan
     sumsq_out[c] = math.nan
     n_eval_out[c] = 0
 
@@ -579,6 +622,25 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     sumsq_out[c] = cost
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
+    if with_error and status_out[c] == CONVERGED:
+        b = bufs[cur]
+        n_valid = 0
+        for q in range(n_pix):
+            n_valid += 0 if b[1][q] else 1
+        if n_valid > n_unk:
+            # covariance s^2 (J^T J)^-1 with s^2 the residual variance
+            if dense:
+                normal = b[6]
+            else:
+                normal = _dense_normal(n_unk, modes, slot, n_cl, n_var,
+                                       entry_pix, feat_entry_off, f0, n_feat,
+                                       pix_base, b[1], b[4], b[5], n_pix)
+            unknown_std = np.empty(n_unk)
+            _unknown_std(normal, cost / (n_valid - n_unk), unknown_std)
+            for k in range(n_feat):
+                for j in range(n_params):
+                    if cols[k, j] >= 0:
+                        std_out[f0 + k, j] = unknown_std[cols[k, j]]
 
 
 @parallel_kernel
@@ -586,13 +648,16 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                    upper, modes, ndim, n_size, model_id, continuous, tol,
                    max_eval, dense_limit, params_out, sumsq_out, status_out,
-                   n_eval_out):
+                   n_eval_out, with_error, std_out):
     """Refine the clusters ``cluster_ids`` of a flattened batch in parallel.
 
     Parameters are read from ``params`` (features x parameters) and written
     to ``params_out``; ``sumsq_out`` receives the final sum of squared
     residuals, ``status_out`` a status code (0 converged), ``n_eval_out`` the
-    number of model evaluations.
+    number of model evaluations. With ``with_error``, ``std_out`` (features x
+    parameters) receives the standard error of every fitted parameter
+    (``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual variance), NaN
+    for constants and failed fits.
     """
     numba.literally(ndim)  # specialise: see kernels/_jit.py
     numba.literally(n_size)
@@ -603,7 +668,7 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                       entry_pix, feat_entry_off, cluster_feat_off, params,
                       lower, upper, modes, ndim, n_size, model_id, continuous,
                       tol, max_eval, dense_limit, params_out, sumsq_out,
-                      status_out, n_eval_out)
+                      status_out, n_eval_out, with_error, std_out)
 
 
 solve_clusters = Specialized(_solve_clusters, literal_at=(11, 12, 13, 14))

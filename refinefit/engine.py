@@ -29,6 +29,7 @@ class Settings:
     max_shift: float = 1.0
     max_rms_dev: float = 1.0
     dense_limit: int = 48
+    with_error: bool = False
     chunk_features: int = 50_000
     chunk_frames: int = 64
     chunk_pixels: int = 32_000_000  # frames held at once: 256 MB as float64
@@ -103,10 +104,13 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     params_out : ndarray (features x parameters)
     cost : ndarray per cluster, NaN where the fit failed
     status : ndarray per cluster (kernel status code, 0 converged)
+    std : ndarray (features x parameters)
+        Standard errors when ``settings.with_error``, else NaN.
     """
     n_clusters = len(cluster_feat_off) - 1
     pos = slice(2, 2 + settings.ndim)
     current = params.copy()
+    std = np.full_like(params, np.nan)
     centres = np.ascontiguousarray(params[:, pos])
     sumsq = np.full(n_clusters, np.nan)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
@@ -122,6 +126,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         sub_sumsq = np.empty(len(active))
         sub_status = np.empty(len(active), dtype=np.int64)
         sub_n_eval = np.empty(len(active), dtype=np.int64)
+        sub_std = np.empty_like(start) if settings.with_error else start[:0]
         solve_clusters(np.arange(len(active), dtype=np.int64), batch.pix_val,
                        batch.pix_coord, batch.cluster_pix_off,
                        batch.entry_pix, batch.feat_entry_off, sub_off, start,
@@ -130,8 +135,10 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
                        settings.ndim, settings.n_size, settings.model_id,
                        settings.continuous, settings.tol, settings.max_eval,
                        settings.dense_limit, out, sub_sumsq, sub_status,
-                       sub_n_eval)
+                       sub_n_eval, settings.with_error, sub_std)
         current[members] = out
+        if settings.with_error:
+            std[members] = sub_std
         sumsq[active] = sub_sumsq
         status[active] = sub_status
         n_pix[active] = np.diff(batch.cluster_pix_off)
@@ -147,7 +154,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
     failed = (status != CONVERGED) | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
     cost[failed] = np.nan
-    return current, cost, status
+    return current, cost, status, std
 
 
 def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
@@ -164,6 +171,7 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
                             settings.chunk_pixels // frame_pixels))
     n_clusters = len(cluster_frames)
     params_out = params.copy()
+    std = np.full_like(params, np.nan)
     cost = np.full(n_clusters, np.nan)
     status = np.zeros(n_clusters, dtype=np.int64)
     c0 = 0
@@ -175,13 +183,13 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
         images = [source.image(fr) for fr in frames]
         frame_max = np.array([_frame_max(im) for im in images])
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-        out, cost[c0:c1], status[c0:c1] = refine_chunk(
+        out, cost[c0:c1], status[c0:c1], std[f0:f1] = refine_chunk(
             images, frame_max, cluster_image.astype(np.int64),
             cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1], lower[f0:f1],
             upper[f0:f1], settings)
         params_out[f0:f1] = out
         c0 = c1
-    return params_out, cost, status
+    return params_out, cost, status, std
 
 
 def _chunk_end(cluster_frames, cluster_feat_off, c0, max_features,

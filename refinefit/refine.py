@@ -60,7 +60,10 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         wins. By default background, signal and size stay positive and
         positions move at most the mask radius.
     compute_error : bool
-        Not supported yet (True raises NotImplementedError).
+        Add ``<param>_std`` for every fitted parameter: the standard error
+        from the covariance of the least-squares fit at the optimum,
+        ``s^2 (J^T J)^-1`` with ``s^2`` the residual variance (numdifftools
+        is not needed). NaN where the fit failed.
     pos_columns : list of str, optional
         Default ``['z', 'y', 'x']`` if ``f`` has a 'z' column, else
         ``['y', 'x']``.
@@ -97,8 +100,6 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     tol, max_eval = _engine_options(kwargs)
     if constraints:
         raise NotImplementedError("constraints are not supported yet")
-    if compute_error:
-        raise NotImplementedError("compute_error=True is not supported yet")
     pos_columns = _pos_columns(f, pos_columns)
     ndim = len(pos_columns)
     if ndim not in (2, 3):
@@ -132,6 +133,8 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     out["cluster_size"] = np.zeros(len(out), dtype=np.int64)
     _assign_params(out, layout, model, param_val)
     params = out[list(layout.names)].to_numpy(dtype=np.float64, copy=True)
+    fitted = [j for j, mode in enumerate(layout.modes) if mode > 0]
+    std = np.full((len(out), len(fitted)), np.nan)
 
     valid = np.isfinite(params).all(axis=1)
     source.check_frames(np.unique(frames[valid]))
@@ -153,16 +156,21 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             model_id=model.kernel_id, continuous=model.continuous, ndim=ndim,
             n_size=layout.n_size, modes=layout.modes, radius=radius, tol=tol,
             max_eval=max_eval, max_iter=int(max_iter),
-            max_shift=float(max_shift), max_rms_dev=float(max_rms_dev))
-        refined, cluster_cost, _ = refine_sorted(
+            max_shift=float(max_shift), max_rms_dev=float(max_rms_dev),
+            with_error=bool(compute_error))
+        refined, cluster_cost, _, refined_std = refine_sorted(
             source, frames[order][starts], cluster_feat_off,
             np.clip(params[order], lower, upper), lower, upper, settings)
         feature_cost = np.repeat(cluster_cost, np.diff(cluster_feat_off))
         ok = np.isfinite(feature_cost)
         params[order[ok]] = refined[ok]
+        std[order[ok]] = refined_std[ok][:, fitted]
         cost[order] = feature_cost
     for j, name in enumerate(layout.names):
         out[name] = params[:, j]
+    if compute_error:
+        for i, j in enumerate(fitted):
+            out[layout.names[j] + "_std"] = std[:, i]
     out["cost"] = cost
     return out
 

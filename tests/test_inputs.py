@@ -627,11 +627,10 @@ def test_residual_factor_is_accepted(image):
 
 @pytest.mark.parametrize("kwargs", [
     {"constraints": ({"type": "eq", "fun": lambda x: x[0, 0, 2] - 10}, )},
-    {"compute_error": True},
     {"fit_function": {"params": [], "fun": lambda r2, p, ndim: np.exp(-r2)}},
     {"method": "SLSQP"},
     {"method": "trust-constr"},
-], ids=["constraints", "compute_error", "custom-fit-function", "SLSQP",
+], ids=["constraints", "custom-fit-function", "SLSQP",
         "trust-constr"])
 def test_not_implemented_options(image, kwargs):
     with pytest.raises(NotImplementedError):

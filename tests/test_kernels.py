@@ -426,8 +426,8 @@ def test_sparse_and_dense_solver_agree(name, modes):
         results[limit] = refine_chunk(
             [image], np.array([image.max()]), np.zeros(n_clusters, np.int64),
             cluster_feat_off, params, lower, upper, run)
-    (p_sparse, cost_sparse, st_sparse) = results[0]
-    (p_dense, cost_dense, st_dense) = results[1000]
+    (p_sparse, cost_sparse, st_sparse, _) = results[0]
+    (p_dense, cost_dense, st_dense, _) = results[1000]
     assert np.all(st_sparse == kernels.CONVERGED)
     assert np.all(st_dense == kernels.CONVERGED)
     np.testing.assert_allclose(p_sparse, p_dense, rtol=0, atol=SOLVER_ATOL)
@@ -455,7 +455,8 @@ def test_solve_clusters_sparse_and_dense_agree_directly():
                                batch.feat_entry_off, batch.cluster_feat_off,
                                params, lower, upper, settings.modes, 2, 1,
                                settings.model_id, True, 1e-10, 200, limit,
-                               out, sumsq, status, n_eval)
+                               out, sumsq, status, n_eval, False,
+                               np.empty((0, 0)))
         assert np.all(status == kernels.CONVERGED)
         outs.append((out, sumsq))
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=0, atol=SOLVER_ATOL)
