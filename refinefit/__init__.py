@@ -3,7 +3,8 @@
 A drop-in, much faster ``trackpy.refine_leastsq``: the same arguments and
 output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
+from .params import vect_from_params, vect_to_params
 from .refine import refine_leastsq
 
-__all__ = ["refine_leastsq"]
+__all__ = ["refine_leastsq", "vect_from_params", "vect_to_params"]
 __version__ = "0.1.0"

@@ -102,3 +102,122 @@ def _mode_number(name, value):
             f"param_mode: the {_NOT_YET[number]!r} mode (for {name!r}) is not "
             "supported yet; use 'const', 'var' or 'cluster'")
     return number
+
+
+def vect_from_params(params, modes, groups=None, operation=None):
+    """Pack per-feature parameters into the vector an optimiser sees.
+
+    Same conventions as trackpy's function of the same name.
+
+    Parameters
+    ----------
+    params : ndarray (features x parameters)
+        Parameters in the order ``background, signal, <pos>, <size>,
+        <extra>``.
+    modes : sequence of int
+        Mode of each parameter: 0 const (skipped), 1 var (one value per
+        feature), 2 global (one value), 3 and above: one value per group of
+        ``groups[mode - 3]`` (3 is 'cluster').
+    groups : sequence of lists of index lists, optional
+        Feature indices of every group, per mode from 3 on. Without it,
+        modes 3 and above give one value, as 'global'.
+    operation : callable, optional
+        Reduces the values of a shared parameter to one (for example
+        ``np.mean``); by default the first feature's value is taken.
+
+    Returns
+    -------
+    ndarray
+        1D vector: the parameters in column order, each expanded per mode.
+
+    See Also
+    --------
+    vect_to_params
+    """
+    params = np.asarray(params, dtype=np.float64)
+    modes = _checked_modes(params, modes)
+    pieces = []
+    for i, mode in enumerate(modes):
+        column = params[:, i]
+        if mode == 0:
+            continue
+        if mode == 1:
+            pieces.append(column)
+        elif mode == 2 or groups is None:
+            pieces.append([column[0] if operation is None else operation(column)])
+        else:
+            members = _groups_for(groups, mode)
+            if operation is None:
+                pieces.append(column[[g[0] for g in members]])
+            else:
+                pieces.append([operation(column[g]) for g in members])
+    if not pieces:
+        return np.empty(0)
+    return np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
+
+
+def vect_to_params(vect, params, modes, groups=None):
+    """Unpack an optimiser's vector into per-feature parameters.
+
+    The inverse of :func:`vect_from_params`; constant parameters are taken
+    from ``params``, which is not modified.
+
+    Parameters
+    ----------
+    vect : 1D ndarray
+        The packed vector.
+    params : ndarray (features x parameters)
+        Current parameters; the constant ones are kept.
+    modes : sequence of int
+        As in :func:`vect_from_params`.
+    groups : sequence of lists of index lists, optional
+        As in :func:`vect_from_params`.
+
+    Returns
+    -------
+    ndarray
+        A new (features x parameters) array.
+    """
+    params = np.asarray(params, dtype=np.float64)
+    modes = _checked_modes(params, modes)
+    vect = np.asarray(vect, dtype=np.float64)
+    result = params.copy()
+    at = 0
+    for i, mode in enumerate(modes):
+        if mode == 0:
+            continue
+        if mode == 1:
+            result[:, i] = vect[at:at + len(params)]
+            at += len(params)
+        elif mode == 2 or groups is None:
+            result[:, i] = vect[at]
+            at += 1
+        else:
+            members = _groups_for(groups, mode)
+            for group, value in zip(members, vect[at:at + len(members)]):
+                result[group, i] = value
+            at += len(members)
+    if at != len(vect):
+        raise ValueError(f"vect has {len(vect)} values where the modes call "
+                         f"for {at}")
+    return result
+
+
+def _checked_modes(params, modes):
+    if params.ndim != 2:
+        raise ValueError("params must be a 2D array (features x parameters)")
+    modes = [int(m) for m in modes]
+    if len(modes) != params.shape[1]:
+        raise ValueError(f"modes has {len(modes)} entries for "
+                         f"{params.shape[1]} parameters")
+    if modes and min(modes) < 0:
+        raise ValueError("modes must be non-negative mode numbers")
+    return modes
+
+
+def _groups_for(groups, mode):
+    try:
+        return groups[mode - 3]
+    except (IndexError, TypeError):
+        raise ValueError(f"groups: the groups for mode {mode} were not "
+                         "provided") from None
