@@ -27,10 +27,12 @@ def pytest_terminal_summary(terminalreporter):
     tr.section(f"refinefit benchmarks ({'full' if FULL else 'quick'} mode)")
     for key, value in RESULTS.items():
         tr.write_line(f"{key:52s} {value}")
-    rf = RESULTS.get("W1 refinefit features/s")
-    tp = RESULTS.get("W1 trackpy features/s")
-    if rf and tp:
-        tr.write_line(f"{'W1 ratio refinefit / trackpy':52s} {rf / tp:.0f}x")
+    for work in ("W1", "W2"):
+        rf = RESULTS.get(f"{work} refinefit features/s")
+        tp = RESULTS.get(f"{work} trackpy features/s")
+        if rf and tp:
+            tr.write_line(f"{work + ' ratio refinefit / trackpy':52s} "
+                          f"{rf / tp:.0f}x")
     out = Path(".benchmarks")
     out.mkdir(exist_ok=True)
     (out / f"summary-{'full' if FULL else 'quick'}.json").write_text(

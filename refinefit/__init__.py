@@ -3,8 +3,11 @@
 A drop-in, much faster ``trackpy.refine_leastsq``: the same arguments and
 output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
+from .constraints import (dimer, dimer_global, tetramer, trimer,
+                          wrap_constraint)
 from .params import vect_from_params, vect_to_params
 from .refine import refine_leastsq
 
-__all__ = ["refine_leastsq", "vect_from_params", "vect_to_params"]
+__all__ = ["refine_leastsq", "vect_from_params", "vect_to_params", "dimer",
+           "trimer", "tetramer", "dimer_global", "wrap_constraint"]
 __version__ = "0.1.0"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import CONVERGED, count_mask_pixels, fill_mask_pixels, solve_clusters
+from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
+                      solve_clusters)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Settings:
     max_rms_dev: float = 1.0
     dense_limit: int = 48
     with_error: bool = False
+    # scipy path (constraints, or a named method); see scipy_path.py
+    method: str = None
+    constraints: tuple = ()
+    options: tuple = ()  # (key, value) pairs passed to minimize
+    residual_factor: float = 100000.0
     chunk_features: int = 50_000
     chunk_frames: int = 64
     chunk_pixels: int = 32_000_000  # frames held at once: 256 MB as float64
@@ -95,6 +101,34 @@ def _member_index(cluster_feat_off, clusters):
     return starts + np.arange(sub_off[-1]), sub_off
 
 
+def uses_scipy(cluster_sizes, settings):
+    """Which clusters go to scipy: all with a ``method``, else those a
+    constraint applies to (its ``cluster_size``, or every size if unset)."""
+    if settings.method is None:
+        return np.zeros(len(cluster_sizes), dtype=bool)
+    if not settings.constraints or any(c["cluster_size"] is None
+                                       for c in settings.constraints):
+        return np.ones(len(cluster_sizes), dtype=bool)
+    return np.isin(cluster_sizes, [c["cluster_size"] for c in settings.constraints])
+
+
+def scipy_groups(ids, cluster_image, cluster_sizes, settings):
+    """Batches for scipy: clusters of one frame and size, at most MAX_GROUP
+    of them; single clusters when a constraint has no cluster_size (it then
+    sees one cluster at a time, as in trackpy)."""
+    from .scipy_path import MAX_GROUP
+
+    if any(c["cluster_size"] is None for c in settings.constraints):
+        return [ids[i:i + 1] for i in range(len(ids))]
+    groups = []
+    keys = np.stack([cluster_image[ids], cluster_sizes[ids]], axis=1)
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    for key in range(inverse.max() + 1 if len(ids) else 0):
+        same = ids[inverse.ravel() == key]
+        groups += [same[i:i + MAX_GROUP] for i in range(0, len(same), MAX_GROUP)]
+    return groups
+
+
 def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
                  lower, upper, settings):
     """Refine one chunk of clusters whose frames are all in ``images``.
@@ -115,6 +149,8 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     sumsq = np.full(n_clusters, np.nan)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
     status = np.full(n_clusters, CONVERGED, dtype=np.int64)
+    cluster_sizes = np.diff(cluster_feat_off)
+    scipy_cluster = uses_scipy(cluster_sizes, settings)
     active = np.arange(n_clusters, dtype=np.int64)
     for _ in range(max(settings.max_iter, 1)):
         members, sub_off = _member_index(cluster_feat_off, active)
@@ -122,20 +158,40 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
                               np.ascontiguousarray(centres[members]),
                               settings.radius)
         start = np.ascontiguousarray(current[members])
-        out = np.empty_like(start)
+        sub_lower = np.ascontiguousarray(lower[members])
+        sub_upper = np.ascontiguousarray(upper[members])
+        out = start.copy()
         sub_sumsq = np.empty(len(active))
         sub_status = np.empty(len(active), dtype=np.int64)
         sub_n_eval = np.empty(len(active), dtype=np.int64)
         sub_std = np.empty_like(start) if settings.with_error else start[:0]
-        solve_clusters(np.arange(len(active), dtype=np.int64), batch.pix_val,
-                       batch.pix_coord, batch.cluster_pix_off,
-                       batch.entry_pix, batch.feat_entry_off, sub_off, start,
-                       np.ascontiguousarray(lower[members]),
-                       np.ascontiguousarray(upper[members]), settings.modes,
-                       settings.ndim, settings.n_size, settings.model_id,
-                       settings.continuous, settings.tol, settings.max_eval,
-                       settings.dense_limit, out, sub_sumsq, sub_status,
-                       sub_n_eval, settings.with_error, sub_std)
+        on_scipy = scipy_cluster[active]
+        numba_ids = np.nonzero(~on_scipy)[0]
+        if len(numba_ids):
+            solve_clusters(numba_ids, batch.pix_val, batch.pix_coord,
+                           batch.cluster_pix_off, batch.entry_pix,
+                           batch.feat_entry_off, sub_off, start, sub_lower,
+                           sub_upper, settings.modes, settings.ndim,
+                           settings.n_size, settings.model_id,
+                           settings.continuous, settings.tol,
+                           settings.max_eval, settings.dense_limit, out,
+                           sub_sumsq, sub_status, sub_n_eval,
+                           settings.with_error, sub_std)
+        if on_scipy.any():
+            from .scipy_path import solve_groups
+
+            scipy_ids = np.nonzero(on_scipy)[0]
+            groups = scipy_groups(scipy_ids, cluster_image[active],
+                                  np.diff(sub_off), settings)
+            solved, sumsq_s, ok = solve_groups(
+                groups, batch, start, sub_lower, sub_upper, settings.modes,
+                settings, frame_max[cluster_image[active]])
+            rows = np.repeat(on_scipy, np.diff(sub_off))
+            out[rows] = solved[rows]
+            sub_sumsq[scipy_ids] = sumsq_s[scipy_ids]
+            sub_status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
+            if settings.with_error:
+                sub_std[rows] = np.nan
         current[members] = out
         if settings.with_error:
             std[members] = sub_std

@@ -6,6 +6,7 @@ import pandas as pd
 
 from .bounds import bound_spec, compute_bounds
 from .clustering import cluster_features
+from .constraints import validate_constraints
 from .engine import Settings, refine_sorted
 from .models import resolve_model
 from .params import make_layout
@@ -52,8 +53,14 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         'size' broadcast to their columns.
     param_val : dict, optional
         Values that replace (or add) parameter columns for all features.
-    constraints : None
-        Not supported yet (raises NotImplementedError when given).
+    constraints : tuple of dict, optional
+        trackpy's constraint dicts (``type`` 'eq' or 'ineq', ``fun``
+        receiving a (cluster, feature, parameter) array, optional ``args``
+        and ``cluster_size``), e.g. ``refinefit.dimer(5.0)``. Clusters that
+        a constraint applies to are solved by ``scipy.optimize.minimize``
+        (SLSQP unless ``method`` says otherwise), with objective and
+        gradient evaluated by Numba kernels; the others stay on the Numba
+        engine.
     bounds : dict, optional
         Absolute ``{'x': (lo, hi)}``, difference ``{'x_abs': d}`` and
         relative ``{'x_rel': f}`` bounds, one- or two-sided; the narrowest
@@ -81,7 +88,11 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     **kwargs
         ``tol`` (relative cost reduction at convergence, default 1e-6) and
         ``options=dict(maxiter=...)`` (model evaluations per solve, default
-        100).
+        100). ``method`` names a ``scipy.optimize.minimize`` method that
+        takes bounds and a gradient ('L-BFGS-B', 'TNC', 'SLSQP',
+        'trust-constr'); every cluster is then solved by it, per batch, with
+        ``tol`` and ``options`` passed along and the objective and gradient
+        evaluated by Numba kernels.
 
     Returns
     -------
@@ -97,9 +108,8 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     """
     if not isinstance(f, pd.DataFrame):
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
-    tol, max_eval = _engine_options(kwargs)
-    if constraints:
-        raise NotImplementedError("constraints are not supported yet")
+    constraints = validate_constraints(constraints)
+    tol, max_eval, method, options = _engine_options(kwargs, bool(constraints))
     pos_columns = _pos_columns(f, pos_columns)
     ndim = len(pos_columns)
     if ndim not in (2, 3):
@@ -157,7 +167,9 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             n_size=layout.n_size, modes=layout.modes, radius=radius, tol=tol,
             max_eval=max_eval, max_iter=int(max_iter),
             max_shift=float(max_shift), max_rms_dev=float(max_rms_dev),
-            with_error=bool(compute_error))
+            with_error=bool(compute_error), method=method,
+            constraints=constraints, options=options,
+            residual_factor=float(residual_factor))
         refined, cluster_cost, _, refined_std = refine_sorted(
             source, frames[order][starts], cluster_feat_off,
             np.clip(params[order], lower, upper), lower, upper, settings)
@@ -175,12 +187,13 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     return out
 
 
-def _engine_options(kwargs):
+def _engine_options(kwargs, constrained):
+    """``tol``, the evaluation limit, the scipy method (None: the Numba
+    engine) and the options for scipy, from ``refine_leastsq``'s kwargs."""
+    from .scipy_path import check_method
+
     kwargs = dict(kwargs)
-    if "method" in kwargs:
-        raise NotImplementedError(
-            f"method={kwargs['method']!r}: scipy methods are not supported "
-            "yet; refinefit uses its own Levenberg-Marquardt engine")
+    method = kwargs.pop("method", None)
     tol = kwargs.pop("tol", _DEFAULT_TOL)
     options = kwargs.pop("options", None) or {}
     if kwargs:
@@ -188,17 +201,23 @@ def _engine_options(kwargs):
                         f"{sorted(kwargs)}")
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - {"maxiter", "disp"})
-    if unknown:
-        raise TypeError(f"options: unknown key(s) {unknown}; supported: "
-                        "'maxiter', 'disp'")
+    if method is None and constrained:
+        method = "SLSQP"  # as trackpy
+    if method is not None:
+        method = check_method(method, constrained)
+    elif set(options) - {"maxiter", "disp"}:
+        raise TypeError(f"options: unknown key(s) "
+                        f"{sorted(set(options) - {'maxiter', 'disp'})} for the "
+                        "Numba engine; supported: 'maxiter', 'disp'")
     maxiter = options.get("maxiter", _DEFAULT_MAXITER)
     if not isinstance(tol, numbers.Real) or not tol > 0:
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     if not isinstance(maxiter, numbers.Integral) or maxiter < 1:
         raise ValueError(f"options['maxiter'] must be a positive integer, got "
                          f"{maxiter!r}")
-    return float(tol), int(maxiter)
+    scipy_options = tuple(dict(dict(maxiter=_DEFAULT_MAXITER, disp=False),
+                               **options).items())
+    return float(tol), int(maxiter), method, scipy_options
 
 
 def _pos_columns(f, pos_columns):

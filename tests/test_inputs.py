@@ -626,12 +626,8 @@ def test_residual_factor_is_accepted(image):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"constraints": ({"type": "eq", "fun": lambda x: x[0, 0, 2] - 10}, )},
     {"fit_function": {"params": [], "fun": lambda r2, p, ndim: np.exp(-r2)}},
-    {"method": "SLSQP"},
-    {"method": "trust-constr"},
-], ids=["constraints", "custom-fit-function", "SLSQP",
-        "trust-constr"])
+], ids=["custom-fit-function"])
 def test_not_implemented_options(image, kwargs):
     with pytest.raises(NotImplementedError):
         refine_leastsq(features(), image, DIAMETER, **kwargs)

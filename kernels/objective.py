@@ -1,0 +1,80 @@
+"""Sum of squared residuals and its gradient per cluster, for general optimisers.
+
+``scipy.optimize.minimize`` (constraints, ``method=``) evaluates its objective
+and gradient through this kernel, one call per cluster batch: no Python runs
+per cluster or per pixel. The kernel is serial: it is called once per
+optimiser step on a few clusters, where starting a parallel region (and
+waiting for every thread) costs more than the work.
+"""
+import math
+
+import numba
+import numpy as np
+
+from ._jit import Specialized, kernel
+from .terms import feature_term
+
+
+@kernel
+def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                       entry_pix, feat_entry_off, cluster_feat_off, params,
+                       ndim, n_size, model_id, continuous, cost_out,
+                       grad_out):
+    """For the clusters ``cluster_ids``: ``cost_out[c]`` = sum of squared
+    residuals over the cluster's mask, ``grad_out[f, j]`` = its derivative
+    with respect to ``params[f, j]``.
+
+    The model's background is the cluster's first feature's, so only that
+    feature's background has a nonzero derivative.
+    """
+    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    n_params = params.shape[1]
+    n_extra = max(n_params - 2 - ndim - n_size, 1)
+    for i in range(cluster_ids.shape[0]):
+        c = cluster_ids[i]
+        f0 = cluster_feat_off[c]
+        f1 = cluster_feat_off[c + 1]
+        p0 = cluster_pix_off[c]
+        n_pix = cluster_pix_off[c + 1] - p0
+        deriv = np.empty(n_params)
+        dextra = np.empty(n_extra)
+        model = np.full(n_pix, params[f0, 0])
+        excluded = np.zeros(n_pix, dtype=np.bool_)
+        for feat in range(f0, f1):
+            for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
+                q = entry_pix[e]
+                value = feature_term(pix_coord, q, params, feat, ndim, n_size,
+                                     model_id, continuous, deriv, dextra)
+                if math.isnan(value):
+                    excluded[q - p0] = True
+                else:
+                    model[q - p0] += value
+        cost = 0.0
+        bg_grad = 0.0
+        for q in range(n_pix):
+            if excluded[q]:
+                model[q] = 0.0
+            else:
+                r = model[q] - pix_val[p0 + q]
+                model[q] = r  # now the residual
+                cost += r * r
+                bg_grad += 2.0 * r
+        cost_out[c] = cost
+        for feat in range(f0, f1):
+            grad_out[feat, :] = 0.0
+            for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
+                q = entry_pix[e]
+                r = model[q - p0]
+                if r == 0.0:
+                    continue
+                feature_term(pix_coord, q, params, feat, ndim, n_size,
+                             model_id, continuous, deriv, dextra)
+                for j in range(1, n_params):
+                    grad_out[feat, j] += 2.0 * r * deriv[j]
+        grad_out[f0, 0] = bg_grad
+
+
+cost_and_gradient = Specialized(_cost_and_gradient, literal_at=(8, 9, 10, 11))

@@ -1,0 +1,147 @@
+"""Constraints and scipy methods (the scipy path of the engine)."""
+import itertools
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import refinefit
+
+SIZE = 2.0
+SIGNAL = 100.0
+BACKGROUND = 10.0
+
+
+def regular_group(n, distance, ndim, rng):
+    """Vertices of a segment, triangle or tetrahedron with edges ``distance``,
+    randomly rotated (triangles lie in a random plane in 3D)."""
+    if n == 2:
+        base = np.array([[0.0, 0, 0], [1, 0, 0]])
+    elif n == 3:
+        base = np.array([[0.0, 0, 0], [1, 0, 0], [0.5, np.sqrt(3) / 2, 0]])
+    else:
+        base = np.array([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+        base /= np.sqrt(8)
+    base = (base - base.mean(axis=0)) * distance
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotated = base @ q
+    if ndim == 2:
+        angle = rng.uniform(0, 2 * np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        rotated = base[:, :2] @ np.array([[c, -s], [s, c]])
+    return rotated
+
+
+def draw(shape, centres):
+    grids = np.indices(shape, dtype=float)
+    image = np.full(shape, BACKGROUND)
+    for c in centres:
+        r2 = sum((g - x) ** 2 for g, x in zip(grids, c))
+        image += SIGNAL * np.exp(-0.5 * len(shape) * r2 / SIZE ** 2)
+    return image
+
+
+def scene(n_members, n_groups, distance, ndim, seed):
+    rng = np.random.default_rng(seed)
+    spacing = 24 if ndim == 2 else 20
+    per_axis = int(np.ceil(n_groups ** (1 / ndim)))
+    shape = (per_axis * spacing,) * ndim
+    cells = list(itertools.product(range(per_axis), repeat=ndim))[:n_groups]
+    truth = np.concatenate([(np.array(cell) + 0.5) * spacing
+                            + regular_group(n_members, distance, ndim, rng)
+                            for cell in cells])
+    guess = truth + rng.uniform(-0.4, 0.4, truth.shape)
+    cols = ["z", "y", "x"][-ndim:]
+    f = pd.DataFrame(guess, columns=cols)
+    f["signal"] = SIGNAL * 0.9
+    f["size"] = SIZE
+    return draw(shape, truth), truth, f, cols
+
+
+def distances(result, cols, n_members):
+    pos = result[cols].to_numpy().reshape(-1, n_members, len(cols))
+    pairs = itertools.combinations(range(n_members), 2)
+    return np.array([np.linalg.norm(pos[:, a] - pos[:, b], axis=1)
+                     for a, b in pairs])
+
+
+@pytest.mark.parametrize("n_members, helper, ndim", [
+    (2, refinefit.dimer, 2), (3, refinefit.trimer, 2),
+    (2, refinefit.dimer, 3), (3, refinefit.trimer, 3),
+    (4, refinefit.tetramer, 3)])
+def test_constrained_groups_keep_their_distance(n_members, helper, ndim):
+    distance = 1.9 * SIZE
+    image, truth, f, cols = scene(n_members, 4 if ndim == 2 else 2,
+                                  distance, ndim, seed=n_members * 10 + ndim)
+    result = refinefit.refine_leastsq(
+        f, image, 15 if ndim == 2 else 13,
+        constraints=helper(distance, ndim=ndim))
+    assert result["cost"].notna().all()
+    assert (result["cluster_size"] == n_members).all()
+    np.testing.assert_allclose(distances(result, cols, n_members), distance,
+                               atol=1e-3 * SIZE)
+    error = np.sqrt(np.mean(np.sum((result[cols].to_numpy() - truth) ** 2,
+                                   axis=1)))
+    assert error < 0.01
+
+
+def test_constraint_only_applies_to_its_cluster_size():
+    """Singles next to constrained dimers stay on the Numba engine."""
+    image, truth, f, cols = scene(2, 4, 1.9 * SIZE, 2, seed=5)
+    single = pd.DataFrame([[5.3, 5.2]], columns=cols).assign(signal=90.0,
+                                                             size=SIZE)
+    image = image + draw(image.shape, [[5.0, 5.0]]) - BACKGROUND
+    f = pd.concat([f, single], ignore_index=True)
+    result = refinefit.refine_leastsq(f, image, 15,
+                                      constraints=refinefit.dimer(1.9 * SIZE))
+    assert result["cost"].notna().all()
+    np.testing.assert_allclose(result[cols].iloc[-1], [5.0, 5.0], atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "SLSQP", "trust-constr",
+                                    "TNC"])
+def test_scipy_methods_find_the_same_positions(method):
+    image, truth, f, cols = scene(2, 4, 2.2 * SIZE, 2, seed=7)
+    engine = refinefit.refine_leastsq(f, image, 15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = refinefit.refine_leastsq(f, image, 15, method=method,
+                                         options={"maxiter": 1000})
+    assert other["cost"].notna().all()
+    np.testing.assert_allclose(other[cols], engine[cols], atol=0.01)
+
+
+def test_dimers_side_by_side_with_trackpy():
+    trackpy = pytest.importorskip("trackpy")
+    distance = 1.9 * SIZE
+    image, truth, f, cols = scene(2, 4, distance, 2, seed=8)
+    rng = np.random.default_rng(9)
+    noisy = image + rng.normal(0, SIGNAL / 10, image.shape)
+    ours = refinefit.refine_leastsq(f, noisy, 15,
+                                    constraints=refinefit.dimer(distance))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = trackpy.refine_leastsq(
+            f.copy(), noisy, 15,
+            constraints=trackpy.refine.least_squares.dimer(distance))
+    both = ours["cost"].notna() & theirs["cost"].notna()
+    assert ours["cost"].notna().sum() >= theirs["cost"].notna().sum()
+    assert both.mean() > 0.7
+    np.testing.assert_allclose(ours.loc[both, cols], theirs.loc[both, cols],
+                               atol=0.01)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"method": "no-such-method"}, ValueError, "no-such-method"),
+    ({"method": "Nelder-Mead"}, ValueError, "bounds and a gradient"),
+    ({"method": "L-BFGS-B", "constraints": refinefit.dimer(4.0)}, ValueError,
+     "constraints"),
+    ({"constraints": ({"type": "eq"},)}, ValueError, "fun"),
+    ({"constraints": ({"type": "equal", "fun": lambda x: x}, )}, ValueError,
+     "equal"),
+])
+def test_bad_scipy_input(kwargs, error, match):
+    image, _, f, _ = scene(2, 1, 4.0, 2, seed=1)
+    with pytest.raises(error, match=match):
+        refinefit.refine_leastsq(f, image, 15, **kwargs)
