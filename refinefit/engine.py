@@ -12,6 +12,7 @@ import numpy as np
 
 from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
                       solve_clusters)
+from .scipy_path import MAX_GROUP, solve_groups
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,6 @@ def scipy_groups(ids, cluster_image, cluster_sizes, settings):
     """Batches for scipy: clusters of one frame and size, at most MAX_GROUP
     of them; single clusters when a constraint has no cluster_size (it then
     sees one cluster at a time, as in trackpy)."""
-    from .scipy_path import MAX_GROUP
-
     if any(c["cluster_size"] is None for c in settings.constraints):
         return [ids[i:i + 1] for i in range(len(ids))]
     groups = []
@@ -127,6 +126,42 @@ def scipy_groups(ids, cluster_image, cluster_sizes, settings):
         same = ids[inverse.ravel() == key]
         groups += [same[i:i + MAX_GROUP] for i in range(0, len(same), MAX_GROUP)]
     return groups
+
+
+def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
+                 frame_max, settings):
+    """Solve every cluster of ``batch`` once: on the Numba engine, or with
+    scipy where ``on_scipy``. Returns parameters, sums of squares, status
+    codes and standard errors (NaN unless ``settings.with_error``)."""
+    n_clusters = len(batch.cluster_feat_off) - 1
+    sizes = np.diff(batch.cluster_feat_off)
+    out = start.copy()
+    sumsq = np.empty(n_clusters)
+    status = np.empty(n_clusters, dtype=np.int64)
+    n_eval = np.empty(n_clusters, dtype=np.int64)
+    std = np.full_like(start, np.nan)
+    numba_ids = np.nonzero(~on_scipy)[0]
+    if len(numba_ids):
+        solve_clusters(numba_ids, batch.pix_val, batch.pix_coord,
+                       batch.cluster_pix_off, batch.entry_pix,
+                       batch.feat_entry_off, batch.cluster_feat_off, start,
+                       lower, upper, settings.modes, settings.ndim,
+                       settings.n_size, settings.model_id, settings.continuous,
+                       settings.tol, settings.max_eval, settings.dense_limit,
+                       out, sumsq, status, n_eval, settings.with_error,
+                       std if settings.with_error else start[:0])
+    if on_scipy.any():
+        scipy_ids = np.nonzero(on_scipy)[0]
+        groups = scipy_groups(scipy_ids, cluster_image, sizes, settings)
+        solved, scipy_sumsq, ok = solve_groups(
+            groups, batch, start, lower, upper, settings.modes, settings,
+            frame_max[cluster_image])
+        rows = np.repeat(on_scipy, sizes)
+        out[rows] = solved[rows]
+        std[rows] = np.nan  # not estimated on the scipy path yet
+        sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
+        status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
+    return out, sumsq, status, std
 
 
 def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
@@ -157,41 +192,11 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         batch = flatten_masks(images, cluster_image[active], sub_off,
                               np.ascontiguousarray(centres[members]),
                               settings.radius)
-        start = np.ascontiguousarray(current[members])
-        sub_lower = np.ascontiguousarray(lower[members])
-        sub_upper = np.ascontiguousarray(upper[members])
-        out = start.copy()
-        sub_sumsq = np.empty(len(active))
-        sub_status = np.empty(len(active), dtype=np.int64)
-        sub_n_eval = np.empty(len(active), dtype=np.int64)
-        sub_std = np.empty_like(start) if settings.with_error else start[:0]
-        on_scipy = scipy_cluster[active]
-        numba_ids = np.nonzero(~on_scipy)[0]
-        if len(numba_ids):
-            solve_clusters(numba_ids, batch.pix_val, batch.pix_coord,
-                           batch.cluster_pix_off, batch.entry_pix,
-                           batch.feat_entry_off, sub_off, start, sub_lower,
-                           sub_upper, settings.modes, settings.ndim,
-                           settings.n_size, settings.model_id,
-                           settings.continuous, settings.tol,
-                           settings.max_eval, settings.dense_limit, out,
-                           sub_sumsq, sub_status, sub_n_eval,
-                           settings.with_error, sub_std)
-        if on_scipy.any():
-            from .scipy_path import solve_groups
-
-            scipy_ids = np.nonzero(on_scipy)[0]
-            groups = scipy_groups(scipy_ids, cluster_image[active],
-                                  np.diff(sub_off), settings)
-            solved, sumsq_s, ok = solve_groups(
-                groups, batch, start, sub_lower, sub_upper, settings.modes,
-                settings, frame_max[cluster_image[active]])
-            rows = np.repeat(on_scipy, np.diff(sub_off))
-            out[rows] = solved[rows]
-            sub_sumsq[scipy_ids] = sumsq_s[scipy_ids]
-            sub_status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
-            if settings.with_error:
-                sub_std[rows] = np.nan
+        out, sub_sumsq, sub_status, sub_std = _solve_round(
+            batch, np.ascontiguousarray(current[members]),
+            np.ascontiguousarray(lower[members]),
+            np.ascontiguousarray(upper[members]), scipy_cluster[active],
+            cluster_image[active], frame_max, settings)
         current[members] = out
         if settings.with_error:
             std[members] = sub_std

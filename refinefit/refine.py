@@ -11,6 +11,7 @@ from .engine import Settings, refine_sorted
 from .models import resolve_model
 from .params import make_layout
 from .readers import frame_source
+from .scipy_path import check_method
 
 _DEFAULT_TOL = 1e-6
 _DEFAULT_MAXITER = 100
@@ -190,8 +191,6 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
 def _engine_options(kwargs, constrained):
     """``tol``, the evaluation limit, the scipy method (None: the Numba
     engine) and the options for scipy, from ``refine_leastsq``'s kwargs."""
-    from .scipy_path import check_method
-
     kwargs = dict(kwargs)
     method = kwargs.pop("method", None)
     tol = kwargs.pop("tol", _DEFAULT_TOL)
