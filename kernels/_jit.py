@@ -63,11 +63,12 @@ class Specialized:
             value = args[i]
             args[i] = bool(value) if isinstance(value, (bool, numpy.bool_)) \
                 else int(value)
-        arg_types = tuple(numba.typeof(a) for a in args)
-        key = tuple(args[i] for i in self.literal_at) + arg_types
+        key = tuple(args[i] for i in self.literal_at) + tuple(
+            _fingerprint(a) for a in args)
         entry = self._entries.get(key)
         if entry is not None:
             return entry(*args)
+        arg_types = tuple(numba.typeof(a) for a in args)
         result = self.dispatcher(*args)
         for sig, cres in self.dispatcher.overloads.items():
             if all(isinstance(sig[i], numba.types.Literal)
@@ -77,3 +78,13 @@ class Specialized:
                 self._entries[key] = cres.entry_point
                 break
         return result
+
+
+def _fingerprint(value):
+    """What selects a compiled version: for arrays dtype, ndim, layout and
+    writeability (numba.typeof builds type objects: ~35 us an array)."""
+    if isinstance(value, numpy.ndarray):
+        flags = value.flags
+        return (value.dtype.str, value.ndim, flags.c_contiguous,
+                flags.f_contiguous, flags.writeable, flags.aligned)
+    return type(value)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
                       solve_clusters)
+from .constrained_solver import Unsupported, solve_constrained
 from .scipy_path import MAX_GROUP, solve_groups
 
 
@@ -34,6 +35,7 @@ class Settings:
     with_error: bool = False
     # scipy path (constraints, or a named method); see scipy_path.py
     method: str = None
+    method_given: bool = False  # False: SLSQP only as trackpy's default
     constraints: tuple = ()
     options: tuple = ()  # (key, value) pairs passed to minimize
     residual_factor: float = 100000.0
@@ -150,18 +152,50 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
                        settings.tol, settings.max_eval, settings.dense_limit,
                        out, sumsq, status, n_eval, settings.with_error,
                        std if settings.with_error else start[:0])
-    if on_scipy.any():
-        scipy_ids = np.nonzero(on_scipy)[0]
+    scipy_ids = np.nonzero(on_scipy)[0]
+    if len(scipy_ids) and _lockstep_possible(settings):
+        scipy_ids = _solve_lockstep(scipy_ids, batch, start, lower, upper,
+                                    sizes, settings, out, sumsq, status)
+    if len(scipy_ids):
         groups = scipy_groups(scipy_ids, cluster_image, sizes, settings)
         solved, scipy_sumsq, ok = solve_groups(
             groups, batch, start, lower, upper, settings.modes, settings,
             frame_max[cluster_image])
-        rows = np.repeat(on_scipy, sizes)
+        rows = np.repeat(np.isin(np.arange(n_clusters), scipy_ids), sizes)
         out[rows] = solved[rows]
-        std[rows] = np.nan  # not estimated on the scipy path yet
         sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
         status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
+    std[np.repeat(on_scipy, sizes)] = np.nan  # not estimated there yet
     return out, sumsq, status, std
+
+
+def _lockstep_possible(settings):
+    """Equality constraints tied to a cluster size, and no named method."""
+    return (not settings.method_given and bool(settings.constraints)
+            and all(c["type"] == "eq" and c["cluster_size"] is not None
+                    for c in settings.constraints))
+
+
+def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
+                    sumsq, status):
+    """Constrained clusters of each size, all at once on the Numba engine
+    (constrained_solver.py); returns the ids left for scipy."""
+    left = []
+    for size in np.unique(sizes[ids]):
+        same = ids[sizes[ids] == size]
+        constraints = [c for c in settings.constraints
+                       if c["cluster_size"] == size]
+        try:
+            solved, cost, ok = solve_constrained(same, batch, start, lower,
+                                                 upper, settings, constraints)
+        except Unsupported:
+            left.append(same)
+            continue
+        rows = np.repeat(np.isin(np.arange(len(sizes)), same), sizes)
+        out[rows] = solved[rows]
+        sumsq[same] = cost
+        status[same] = np.where(ok, CONVERGED, MAX_ITER)
+    return np.concatenate(left) if left else ids[:0]
 
 
 def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,

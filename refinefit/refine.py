@@ -111,6 +111,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
     constraints = validate_constraints(constraints)
     tol, max_eval, method, options = _engine_options(kwargs, bool(constraints))
+    method_given = "method" in kwargs
     pos_columns = _pos_columns(f, pos_columns)
     ndim = len(pos_columns)
     if ndim not in (2, 3):
@@ -169,6 +170,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             max_eval=max_eval, max_iter=int(max_iter),
             max_shift=float(max_shift), max_rms_dev=float(max_rms_dev),
             with_error=bool(compute_error), method=method,
+            method_given=method_given,
             constraints=constraints, options=options,
             residual_factor=float(residual_factor))
         refined, cluster_cost, _, refined_std = refine_sorted(

@@ -145,3 +145,55 @@ def test_bad_scipy_input(kwargs, error, match):
     image, _, f, _ = scene(2, 1, 4.0, 2, seed=1)
     with pytest.raises(error, match=match):
         refinefit.refine_leastsq(f, image, 15, **kwargs)
+
+
+def _x_gap(x, gap):
+    """Per cluster: x of feature 1 minus x of feature 0 equals ``gap``."""
+    return x[:, 1, 3] - x[:, 0, 3] - gap
+
+
+def test_inequality_constraints_go_to_scipy(monkeypatch):
+    from refinefit import engine
+    used = []
+    original = engine.solve_groups
+    monkeypatch.setattr(engine, "solve_groups",
+                        lambda *a, **k: used.append(1) or original(*a, **k))
+    image, truth, f, cols = scene(2, 2, 1.9 * SIZE, 2, seed=11)
+    # x1 - x0 >= -100 always holds: the fit is the unconstrained one
+    result = refinefit.refine_leastsq(
+        f, image, 15, constraints=({"type": "ineq", "fun": _x_gap,
+                                    "args": (-100.0,), "cluster_size": 2},))
+    assert used and result["cost"].notna().all()
+    np.testing.assert_allclose(result[cols], truth, atol=0.01)
+
+
+def test_constraint_mixing_clusters_falls_back_to_scipy(monkeypatch):
+    """Values that are not one block per cluster cannot be solved in
+    lockstep; scipy solves them one cluster at a time, as trackpy."""
+    from refinefit import engine
+    used = []
+    original = engine.solve_groups
+    monkeypatch.setattr(engine, "solve_groups",
+                        lambda *a, **k: used.append(1) or original(*a, **k))
+    image, truth, f, cols = scene(2, 4, 1.9 * SIZE, 2, seed=12)
+
+    def mixed(x):
+        gaps = np.linalg.norm(x[:, 0, 2:4] - x[:, 1, 2:4], axis=1)
+        return np.diff(gaps)  # equal distances across clusters
+
+    result = refinefit.refine_leastsq(
+        f, image, 15, constraints=({"type": "eq", "fun": mixed,
+                                    "cluster_size": 2},))
+    assert used and result["cost"].notna().all()
+    np.testing.assert_allclose(result[cols], truth, atol=0.01)
+
+
+def test_custom_equality_constraint_in_lockstep():
+    image, truth, f, cols = scene(2, 4, 1.9 * SIZE, 2, seed=13)
+    gap = 1.0
+    result = refinefit.refine_leastsq(
+        f, image, 15, constraints=({"type": "eq", "fun": _x_gap,
+                                    "args": (gap,), "cluster_size": 2},))
+    assert result["cost"].notna().all()
+    x = result["x"].to_numpy().reshape(-1, 2)
+    np.testing.assert_allclose(x[:, 1] - x[:, 0], gap, atol=1e-6)

@@ -1,0 +1,118 @@
+"""Damped Gauss-Newton steps under linearised equality constraints.
+
+For each cluster: minimise |J d + r|^2 + lam |D d|^2 subject to
+A d = -h, with J, r the model Jacobian and residuals at the current
+unknowns x, A and h the constraint Jacobian and values. Solved through the
+Schur complement on the constraints:
+``M = J^T J + lam D``, ``y = -M^-1 J^T r``, ``Y = M^-1 A^T``,
+``(A Y) mu = A y + h``, ``d = y - Y mu``.
+One cluster per ``prange`` iteration; the constraint values and Jacobian come
+from Python, evaluated for the whole batch at once.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._jit import Specialized, kernel, parallel_kernel
+from .linalg import cholesky_inplace, cholesky_solve
+from .lm import (_column_table, _diag_scale, _evaluate, _evaluation_buffers,
+                 _layout)
+
+
+@kernel
+def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
+                      feat_entry_off, cluster_feat_off, params, modes, ndim,
+                      n_size, model_id, continuous, x, jac_con, con, lam,
+                      step, cost_out):
+    f0 = cluster_feat_off[c]
+    n_feat = cluster_feat_off[c + 1] - f0
+    pix_base = cluster_pix_off[c]
+    n_pix = cluster_pix_off[c + 1] - pix_base
+    n_params = modes.shape[0]
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    slot, n_cl, n_var = _layout(modes)
+    n_unk = n_cl + n_feat * n_var
+    n_con = con.shape[1]
+    work = params[f0:f0 + n_feat].copy()
+    cols = _column_table(modes, slot, n_cl, n_var, n_feat)
+    b = _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                            n_unk, True)
+    deriv = np.empty(n_params)
+    dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
+    cost_out[g] = _evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
+                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                            pix_base, ndim, n_size, model_id, continuous, True,
+                            True, deriv, dextra, b[0], b[1], b[2], b[3], b[4],
+                            b[5], b[6], b[7], b[8], b[9])
+    normal = b[6]
+    grad = b[9]
+    scale = np.empty(n_unk)
+    _diag_scale(normal, b[7], b[8], True, n_cl, n_var, scale)
+    m = normal.copy()
+    for i in range(n_unk):
+        m[i, i] += lam[g] * scale[i]
+    step[g, :] = math.nan
+    if not cholesky_inplace(m, n_unk):
+        return
+    y = -grad.copy()
+    cholesky_solve(m, n_unk, y)
+    big_y = np.empty((n_con, n_unk))  # rows: M^-1 a_i
+    for i in range(n_con):
+        big_y[i] = jac_con[g, i]
+        cholesky_solve(m, n_unk, big_y[i])
+    schur = np.empty((n_con, n_con))
+    rhs = np.empty(n_con)
+    for i in range(n_con):
+        acc = con[g, i]
+        for u in range(n_unk):
+            acc += jac_con[g, i, u] * y[u]
+        rhs[i] = acc
+        for k in range(n_con):
+            acc = 0.0
+            for u in range(n_unk):
+                acc += jac_con[g, i, u] * big_y[k, u]
+            schur[i, k] = acc
+    # a tiny ridge keeps redundant constraints (e.g. a 2D square) solvable
+    top = 0.0
+    for i in range(n_con):
+        top = max(top, schur[i, i])
+    for i in range(n_con):
+        schur[i, i] += 1e-12 * top + 1e-300
+    if not cholesky_inplace(schur, n_con):
+        return
+    cholesky_solve(schur, n_con, rhs)
+    for u in range(n_unk):
+        acc = y[u]
+        for i in range(n_con):
+            acc -= big_y[i, u] * rhs[i]
+        step[g, u] = acc
+
+
+@parallel_kernel
+def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                       entry_pix, feat_entry_off, cluster_feat_off, params,
+                       modes, ndim, n_size, model_id, continuous, x, jac_con,
+                       con, lam, step, cost_out):
+    """One damped constrained step for every cluster in ``cluster_ids``.
+
+    ``x[g]`` holds the unknowns of cluster ``cluster_ids[g]`` in the engine's
+    layout ('cluster' parameters, then each feature's 'var' parameters);
+    ``jac_con[g]`` and ``con[g]`` its constraint Jacobian and values;
+    ``step[g]`` receives the step (NaN if the system is singular) and
+    ``cost_out[g]`` the sum of squared residuals at ``x[g]``.
+    """
+    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    for g in prange(cluster_ids.shape[0]):
+        _constrained_step(cluster_ids[g], g, pix_val, pix_coord,
+                          cluster_pix_off, entry_pix, feat_entry_off,
+                          cluster_feat_off, params, modes, ndim, n_size,
+                          model_id, continuous, x, jac_con, con, lam, step,
+                          cost_out)
+
+
+constrained_steps = Specialized(_constrained_steps, literal_at=(9, 10, 11, 12))
