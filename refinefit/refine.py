@@ -57,11 +57,13 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     constraints : tuple of dict, optional
         trackpy's constraint dicts (``type`` 'eq' or 'ineq', ``fun``
         receiving a (cluster, feature, parameter) array, optional ``args``
-        and ``cluster_size``), e.g. ``refinefit.dimer(5.0)``. Clusters that
-        a constraint applies to are solved by ``scipy.optimize.minimize``
-        (SLSQP unless ``method`` says otherwise), with objective and
-        gradient evaluated by Numba kernels; the others stay on the Numba
-        engine.
+        and ``cluster_size``), e.g. ``refinefit.dimer(5.0)``. Equality
+        constraints with a ``cluster_size`` are solved on the Numba engine
+        (clusters of that size in lockstep, the constraint called once per
+        batch); inequality constraints, constraints mixing clusters and a
+        named ``method`` use ``scipy.optimize.minimize`` (SLSQP by default),
+        with objective and gradient evaluated by Numba kernels. Clusters no
+        constraint applies to stay on the unconstrained engine.
     bounds : dict, optional
         Absolute ``{'x': (lo, hi)}``, difference ``{'x_abs': d}`` and
         relative ``{'x_rel': f}`` bounds, one- or two-sided; the narrowest
