@@ -83,6 +83,8 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
     ``ids``. Raises :class:`Unsupported` when the constraints do not follow
     trackpy's per-cluster layout.
     """
+    if settings.custom is not None:
+        raise Unsupported("custom fit functions are evaluated with NumPy")
     ids = np.asarray(ids, dtype=np.int64)
     starts = batch.cluster_feat_off[ids]
     size = int(batch.cluster_feat_off[ids[0] + 1] - starts[0])

@@ -39,6 +39,7 @@ class Settings:
     constraints: tuple = ()
     options: tuple = ()  # (key, value) pairs passed to minimize
     residual_factor: float = 100000.0
+    custom: object = None  # a custom fit function's Model (scipy path only)
     chunk_features: int = 50_000
     chunk_frames: int = 64
     chunk_pixels: int = 32_000_000  # frames held at once: 256 MB as float64
@@ -109,7 +110,7 @@ def uses_scipy(cluster_sizes, settings):
     constraint applies to (its ``cluster_size``, or every size if unset)."""
     if settings.method is None:
         return np.zeros(len(cluster_sizes), dtype=bool)
-    if not settings.constraints or any(c["cluster_size"] is None
+    if settings.custom is not None or not settings.constraints or any(c["cluster_size"] is None
                                        for c in settings.constraints):
         return np.ones(len(cluster_sizes), dtype=bool)
     return np.isin(cluster_sizes, [c["cluster_size"] for c in settings.constraints])
@@ -171,7 +172,8 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
 
 def _lockstep_possible(settings):
     """Equality constraints tied to a cluster size, and no named method."""
-    return (not settings.method_given and bool(settings.constraints)
+    return (not settings.method_given and settings.custom is None
+            and bool(settings.constraints)
             and all(c["type"] == "eq" and c["cluster_size"] is not None
                     for c in settings.constraints))
 

@@ -46,8 +46,14 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     separation : number or tuple, optional
         Features closer than this (in units of separation per axis) are in
         one cluster. Default: ``diameter``.
-    fit_function : {'gauss', 'disc', 'hat', 'ring', 'inv_series_<n>'}
-        Radial model shape. Default 'gauss'.
+    fit_function : {'gauss', 'disc', 'hat', 'ring', 'inv_series_<n>'} or dict
+        Radial model shape. Default 'gauss'. A dict defines a custom shape
+        as in trackpy: ``params`` (extra parameter names), ``fun(r2, p,
+        ndim)``, optional ``dfun`` returning ``(f, [df/dr2, df/dp...])``,
+        ``default`` values and ``continuous`` (default True). Custom shapes
+        are evaluated with NumPy and solved per cluster by scipy (slower;
+        a warning says so); without ``dfun`` derivatives are finite
+        differences.
     param_mode : dict, optional
         Per parameter 'var', 'const' or 'cluster'. Defaults: positions and
         signal 'var', background 'cluster', the rest 'const'. 'pos' and
@@ -112,7 +118,10 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     if not isinstance(f, pd.DataFrame):
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
     constraints = validate_constraints(constraints)
-    tol, max_eval, method, options = _engine_options(kwargs, bool(constraints))
+    model = resolve_model(fit_function)
+    custom = model if model.fun is not None else None
+    tol, max_eval, method, options = _engine_options(
+        kwargs, bool(constraints), custom is not None)
     method_given = "method" in kwargs
     pos_columns = _pos_columns(f, pos_columns)
     ndim = len(pos_columns)
@@ -132,7 +141,6 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         raise ValueError(f"diameter {diameter} gives a mask radius below 1 "
                          "pixel; use a diameter of at least 2")
     isotropic = len(set(diameter)) == 1
-    model = resolve_model(fit_function)
     layout = make_layout(model, pos_columns, isotropic, param_mode)
     spec = bound_spec(bounds, layout, radius)
     for name, value in (("max_iter", max_iter), ("max_shift", max_shift),
@@ -172,7 +180,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             max_eval=max_eval, max_iter=int(max_iter),
             max_shift=float(max_shift), max_rms_dev=float(max_rms_dev),
             with_error=bool(compute_error), method=method,
-            method_given=method_given,
+            method_given=method_given, custom=custom,
             constraints=constraints, options=options,
             residual_factor=float(residual_factor))
         refined, cluster_cost, _, refined_std = refine_sorted(
@@ -192,7 +200,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     return out
 
 
-def _engine_options(kwargs, constrained):
+def _engine_options(kwargs, constrained, custom):
     """``tol``, the evaluation limit, the scipy method (None: the Numba
     engine) and the options for scipy, from ``refine_leastsq``'s kwargs."""
     kwargs = dict(kwargs)
@@ -204,7 +212,7 @@ def _engine_options(kwargs, constrained):
                         f"{sorted(kwargs)}")
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    if method is None and constrained:
+    if method is None and (constrained or custom):
         method = "SLSQP"  # as trackpy
     if method is not None:
         method = check_method(method, constrained)

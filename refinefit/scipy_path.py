@@ -1,7 +1,8 @@
 """Cluster batches solved by ``scipy.optimize.minimize``.
 
-Used for constrained clusters (SLSQP by default, as trackpy) and for every
-cluster when a ``method`` is named. The objective and its gradient are
+Used for constrained clusters that the lockstep solver cannot take, for
+every cluster when a ``method`` is named or the fit function is a custom
+dict (SLSQP by default, as trackpy). The objective and its gradient are
 evaluated by a Numba kernel over the flattened masks, one call per batch.
 The objective is trackpy's: per cluster the mean squared residual over its
 mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
@@ -9,6 +10,7 @@ mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
 import numpy as np
 from scipy.optimize import minimize
 
+from . import custom_model
 from .constraints import wrap_constraint
 from .kernels import cost_and_gradient
 from .params import vect_from_params, vect_to_params
@@ -84,12 +86,18 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
 
         def evaluate(vect):
             work[members] = vect_to_params(vect, base, modes, spec)
-            cost_and_gradient(ids, batch.pix_val, batch.pix_coord,
-                              batch.cluster_pix_off, batch.entry_pix,
-                              batch.feat_entry_off, batch.cluster_feat_off,
-                              work, settings.ndim, settings.n_size,
-                              settings.model_id, settings.continuous, cost,
-                              grad)
+            if settings.custom is not None:
+                custom_model.cost_and_gradient(
+                    settings.custom, ids, batch, work, settings.ndim,
+                    settings.n_size, cost, grad)
+            else:
+                cost_and_gradient(ids, batch.pix_val, batch.pix_coord,
+                                  batch.cluster_pix_off, batch.entry_pix,
+                                  batch.feat_entry_off,
+                                  batch.cluster_feat_off, work,
+                                  settings.ndim, settings.n_size,
+                                  settings.model_id, settings.continuous,
+                                  cost, grad)
             value = float(np.sum(cost[ids] * weight[ids]))
             gradient = vect_from_params(grad[members] * feature_weight, modes,
                                         spec, operation=np.sum)

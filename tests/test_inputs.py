@@ -625,12 +625,11 @@ def test_residual_factor_is_accepted(image):
     pd.testing.assert_frame_equal(out, expected)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"fit_function": {"params": [], "fun": lambda r2, p, ndim: np.exp(-r2)}},
-], ids=["custom-fit-function"])
-def test_not_implemented_options(image, kwargs):
-    with pytest.raises(NotImplementedError):
-        refine_leastsq(features(), image, DIAMETER, **kwargs)
+@pytest.mark.parametrize("mode", ["global", "frame", "particle"])
+def test_not_implemented_modes(image, mode):
+    with pytest.raises(NotImplementedError, match=mode):
+        refine_leastsq(features(), image, DIAMETER,
+                       param_mode={"size": mode})
 
 
 def test_unknown_kwarg_raises_type_error(image):

@@ -1,0 +1,101 @@
+"""Cost and gradient of a custom fit function, with NumPy over a batch.
+
+Same contract as ``kernels.objective.cost_and_gradient`` (per cluster the
+sum of squared residuals, per feature and parameter its derivative), for a
+custom fit-function dict. ``fun``/``dfun`` are called once per distinct
+vector of extra shape parameters over all entries that share it (usually
+once per call: shape parameters are mostly constant). Without ``dfun`` the
+derivatives with respect to r2 and the shape parameters are central finite
+differences.
+"""
+import numpy as np
+
+_FD_RELATIVE = 1e-6
+
+
+def _shape(model, r2, extra, ndim):
+    """f and its derivatives (w.r.t. r2, then each extra parameter)."""
+    if model.dfun is not None:
+        value, derivs = model.dfun(r2, extra, ndim)
+        return (np.asarray(value, float),
+                [np.asarray(d, float) * np.ones_like(r2) for d in derivs])
+    value = np.asarray(model.fun(r2, extra, ndim), float)
+    h = _FD_RELATIVE * np.maximum(r2, 1.0)
+    derivs = [(np.asarray(model.fun(r2 + h, extra, ndim), float)
+               - np.asarray(model.fun(r2 - h, extra, ndim), float)) / (2 * h)]
+    for k in range(len(extra)):
+        step = _FD_RELATIVE * max(abs(extra[k]), 1.0)
+        up, down = extra.copy(), extra.copy()
+        up[k] += step
+        down[k] -= step
+        derivs.append((np.asarray(model.fun(r2, up, ndim), float)
+                       - np.asarray(model.fun(r2, down, ndim), float))
+                      / (2 * step))
+    return value, derivs
+
+
+def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
+                      grad_out):
+    """Fill ``cost_out[ids]`` and the rows of ``grad_out`` of their features."""
+    offsets = batch.cluster_feat_off
+    feats = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in ids])
+    counts = batch.feat_entry_off[feats + 1] - batch.feat_entry_off[feats]
+    entries = np.concatenate([np.arange(batch.feat_entry_off[f],
+                                        batch.feat_entry_off[f + 1])
+                              for f in feats])
+    entry_feat = np.repeat(feats, counts)
+    pix = batch.entry_pix[entries]
+    p = params[entry_feat]
+    size_at = 2 + ndim
+    extra_at = size_at + n_size
+    delta = batch.pix_coord[pix] - p[:, 2:size_at]
+    sizes = p[:, size_at:extra_at]
+    r2 = np.sum(delta ** 2 / sizes ** 2, axis=1)
+    dist2 = np.sum(delta ** 2, axis=1)
+
+    f = np.empty(len(entries))
+    df_dr2 = np.empty(len(entries))
+    n_extra = params.shape[1] - extra_at
+    df_dextra = np.empty((len(entries), n_extra))
+    extras, which = np.unique(p[:, extra_at:], axis=0, return_inverse=True)
+    which = which.ravel()
+    for k, extra in enumerate(extras):
+        sel = which == k
+        value, derivs = _shape(model, r2[sel], extra.copy(), ndim)
+        f[sel] = value
+        df_dr2[sel] = derivs[0]
+        for j in range(n_extra):
+            df_dextra[sel, j] = derivs[1 + j]
+
+    # pixels of the clusters, and which are ignored (non-continuous models)
+    cluster_of_pix = np.repeat(np.arange(len(offsets) - 1),
+                               np.diff(batch.cluster_pix_off))
+    excluded = np.zeros(len(batch.pix_val), dtype=bool)
+    if not model.continuous:
+        excluded[pix[dist2 < 1.0]] = True
+    model_img = np.zeros(len(batch.pix_val))
+    np.add.at(model_img, pix, p[:, 1] * f)
+    first = offsets[cluster_of_pix]
+    used = np.zeros(len(batch.pix_val), dtype=bool)
+    used[pix] = True
+    resid = np.where(used & ~excluded,
+                     params[first, 0] + model_img - batch.pix_val, 0.0)
+    cost = np.bincount(cluster_of_pix, weights=resid ** 2,
+                       minlength=len(offsets) - 1)
+    cost_out[ids] = cost[ids]
+
+    r = resid[pix]
+    slope = p[:, 1] * df_dr2
+    d = np.zeros((len(entries), params.shape[1]))
+    d[:, 1] = f
+    d[:, 2:size_at] = -2.0 * slope[:, None] * delta / sizes ** 2
+    if n_size == 1:
+        d[:, size_at] = -2.0 * slope * r2 / sizes[:, 0]
+    else:
+        d[:, size_at:extra_at] = -2.0 * slope[:, None] * delta ** 2 / sizes ** 3
+    d[:, extra_at:] = p[:, 1:2] * df_dextra
+    grad_out[feats] = 0.0
+    np.add.at(grad_out, entry_feat, 2.0 * r[:, None] * d)
+    bg_grad = np.bincount(cluster_of_pix, weights=2.0 * resid,
+                          minlength=len(offsets) - 1)
+    grad_out[offsets[ids], 0] = bg_grad[ids]
