@@ -9,3 +9,11 @@ from .constrained import constrained_steps
 from .objective import cost_and_gradient
 from .models import DISC, GAUSS, INV_SERIES, RING, shape_value
 from .terms import evaluate_model, feature_term
+
+__all__ = [
+    "BLANK", "CONVERGED", "MAX_ITER", "MODE_CLUSTER", "MODE_CONST", "MODE_VAR",
+    "NO_PIXELS", "NOT_FINITE", "DISC", "GAUSS", "INV_SERIES", "RING",
+    "solve_clusters", "count_mask_pixels", "fill_mask_pixels",
+    "constrained_steps", "cost_and_gradient", "shape_value", "evaluate_model",
+    "feature_term",
+]
