@@ -25,7 +25,7 @@ from .lm import (_column_table, _diag_scale, _evaluate, _evaluation_buffers,
 def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
                       feat_entry_off, cluster_feat_off, params, modes, ndim,
                       n_size, model_id, continuous, x, jac_con, con, lam,
-                      step, cost_out):
+                      step, cost_out, with_error, std_out):
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -88,20 +88,59 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
         for i in range(n_con):
             acc -= big_y[i, u] * rhs[i]
         step[g, u] = acc
+    if with_error:
+        _constrained_std(m, big_y, schur, n_unk, n_con, b[1], cost_out[g],
+                         std_out[g])
+
+
+@kernel
+def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
+                     cost, std):
+    """Standard errors of the unknowns under linearised equality
+    constraints: s^2 diag(M^-1 - Y^T S^-1 Y), with M = L L^T factored,
+    Y = M^-1 A^T (rows), S = A Y factored, s^2 = cost / (pixels - unknowns
+    + constraints)."""
+    n_valid = 0
+    for q in range(excluded.shape[0]):
+        n_valid += 0 if excluded[q] else 1
+    dof = n_valid - n_unk + n_con
+    std[:] = math.nan
+    if dof <= 0:
+        return
+    variance = cost / dof
+    z = np.empty(n_unk)
+    w = np.empty(n_con)
+    for u in range(n_unk):
+        # (M^-1)_uu = |L^-1 e_u|^2
+        total = 0.0
+        for r in range(u, n_unk):
+            t = 1.0 if r == u else 0.0
+            for k in range(u, r):
+                t -= factor[r, k] * z[k]
+            z[r] = t / factor[r, r]
+            total += z[r] * z[r]
+        for i in range(n_con):
+            w[i] = big_y[i, u]
+        cholesky_solve(schur_factor, n_con, w)
+        for i in range(n_con):
+            total -= big_y[i, u] * w[i]
+        std[u] = math.sqrt(variance * max(total, 0.0))
 
 
 @parallel_kernel
 def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                        entry_pix, feat_entry_off, cluster_feat_off, params,
                        modes, ndim, n_size, model_id, continuous, x, jac_con,
-                       con, lam, step, cost_out):
+                       con, lam, step, cost_out, with_error, std_out):
     """One damped constrained step for every cluster in ``cluster_ids``.
 
     ``x[g]`` holds the unknowns of cluster ``cluster_ids[g]`` in the engine's
     layout ('cluster' parameters, then each feature's 'var' parameters);
     ``jac_con[g]`` and ``con[g]`` its constraint Jacobian and values;
     ``step[g]`` receives the step (NaN if the system is singular) and
-    ``cost_out[g]`` the sum of squared residuals at ``x[g]``.
+    ``cost_out[g]`` the sum of squared residuals at ``x[g]``. With
+    ``with_error`` (and ``lam`` 0 at the optimum), ``std_out[g]`` receives
+    the standard errors of the unknowns under the linearised constraints.
     """
     numba.literally(ndim)  # specialise: see kernels/_jit.py
     numba.literally(n_size)
@@ -112,7 +151,7 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                           cluster_pix_off, entry_pix, feat_entry_off,
                           cluster_feat_off, params, modes, ndim, n_size,
                           model_id, continuous, x, jac_con, con, lam, step,
-                          cost_out)
+                          cost_out, with_error, std_out)
 
 
 constrained_steps = Specialized(_constrained_steps, literal_at=(9, 10, 11, 12))

@@ -27,6 +27,7 @@ _CONSTRAINT_TOL = 1e-9
 # a cluster whose steps no longer lower the merit is converged if its
 # constraints hold to this (a distance off by ~1e-6 of itself)
 _STALLED_TOL = 1e-6
+_NO_STD = np.empty((0, 0))
 
 
 class Unsupported(Exception):
@@ -148,7 +149,7 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
                           batch.feat_entry_off, batch.cluster_feat_off, work,
                           settings.modes, settings.ndim, settings.n_size,
                           settings.model_id, settings.continuous, xa, jac, ha,
-                          lam[a], step, cost)
+                          lam[a], step, cost, False, _NO_STD)
         ok = np.all(np.isfinite(step), axis=1)
         trial = np.where(ok[:, None], np.clip(xa + step, lo[a], hi[a]), xa)
         h_trial = _constraint_values(constraints,
@@ -176,4 +177,36 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         success |= active & (np.max(np.abs(h), axis=1) <= _STALLED_TOL)
     out = params.copy()
     out[members] = layout.to_params(x, base).reshape(-1, n_params)
-    return out, current, success
+    std = np.full_like(params, np.nan)
+    if settings.with_error and success.any():
+        std[members] = _standard_errors(
+            x, h, base, layout, constraints, ids, batch, work, settings,
+            success).reshape(-1, n_params)
+    return out, current, success, std
+
+
+def _standard_errors(x, h, base, layout, constraints, ids, batch, work,
+                     settings, success):
+    """Per-feature standard errors at the optimum (NaN where failed)."""
+    n_params = base.shape[2]
+    eps = _FD_STEP * np.maximum(np.abs(x), 1.0)
+    jac = np.empty((len(x), h.shape[1], layout.n))
+    for u in range(layout.n):
+        shifted = x.copy()
+        shifted[:, u] += eps[:, u]
+        jac[:, :, u] = (_constraint_values(
+            constraints, layout.to_params(shifted, base)) - h) / eps[:, u:u + 1]
+    starts = batch.cluster_feat_off[ids]
+    members = (starts[:, None] + np.arange(layout.size)).ravel()
+    work[members] = layout.to_params(x, base).reshape(-1, n_params)
+    step = np.empty_like(x)
+    cost = np.empty(len(x))
+    std = np.empty_like(x)
+    constrained_steps(ids, batch.pix_val, batch.pix_coord,
+                      batch.cluster_pix_off, batch.entry_pix,
+                      batch.feat_entry_off, batch.cluster_feat_off, work,
+                      settings.modes, settings.ndim, settings.n_size,
+                      settings.model_id, settings.continuous, x, jac, h,
+                      np.zeros(len(x)), step, cost, True, std)
+    std[~success] = np.nan
+    return layout.to_params(std, np.full_like(base, np.nan))

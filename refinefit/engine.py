@@ -156,7 +156,7 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
     scipy_ids = np.nonzero(on_scipy)[0]
     if len(scipy_ids) and _lockstep_possible(settings):
         scipy_ids = _solve_lockstep(scipy_ids, batch, start, lower, upper,
-                                    sizes, settings, out, sumsq, status)
+                                    sizes, settings, out, sumsq, status, std)
     if len(scipy_ids):
         groups = scipy_groups(scipy_ids, cluster_image, sizes, settings)
         solved, scipy_sumsq, ok = solve_groups(
@@ -164,9 +164,9 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
             frame_max[cluster_image])
         rows = np.repeat(np.isin(np.arange(n_clusters), scipy_ids), sizes)
         out[rows] = solved[rows]
+        std[rows] = np.nan  # not estimated on the scipy path yet
         sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
         status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
-    std[np.repeat(on_scipy, sizes)] = np.nan  # not estimated there yet
     return out, sumsq, status, std
 
 
@@ -179,7 +179,7 @@ def _lockstep_possible(settings):
 
 
 def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
-                    sumsq, status):
+                    sumsq, status, std):
     """Constrained clusters of each size, all at once on the Numba engine
     (constrained_solver.py); returns the ids left for scipy."""
     left = []
@@ -188,13 +188,14 @@ def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
         constraints = [c for c in settings.constraints
                        if c["cluster_size"] == size]
         try:
-            solved, cost, ok = solve_constrained(same, batch, start, lower,
-                                                 upper, settings, constraints)
+            solved, cost, ok, errors = solve_constrained(
+                same, batch, start, lower, upper, settings, constraints)
         except Unsupported:
             left.append(same)
             continue
         rows = np.repeat(np.isin(np.arange(len(sizes)), same), sizes)
         out[rows] = solved[rows]
+        std[rows] = errors[rows]
         sumsq[same] = cost
         status[same] = np.where(ok, CONVERGED, MAX_ITER)
     return np.concatenate(left) if left else ids[:0]
