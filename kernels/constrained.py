@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import Specialized, kernel, parallel_kernel
-from .linalg import cholesky_inplace, cholesky_solve
+from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .lm import (_column_table, _diag_scale, _evaluate, _evaluation_buffers,
                  _layout)
 
@@ -108,17 +108,10 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
     if dof <= 0:
         return
     variance = cost / dof
-    z = np.empty(n_unk)
+    inverse_diagonal(factor, n_unk, std)  # diag(M^-1)
     w = np.empty(n_con)
     for u in range(n_unk):
-        # (M^-1)_uu = |L^-1 e_u|^2
-        total = 0.0
-        for r in range(u, n_unk):
-            t = 1.0 if r == u else 0.0
-            for k in range(u, r):
-                t -= factor[r, k] * z[k]
-            z[r] = t / factor[r, r]
-            total += z[r] * z[r]
+        total = std[u]
         for i in range(n_con):
             w[i] = big_y[i, u]
         cholesky_solve(schur_factor, n_con, w)

@@ -1,6 +1,8 @@
 """Small dense linear algebra without BLAS, so results never depend on threads."""
 import math
 
+import numpy as np
+
 from ._jit import kernel
 
 
@@ -36,3 +38,19 @@ def cholesky_solve(l, n, b):
         for k in range(i + 1, n):
             t -= l[k, i] * b[k]
         b[i] = t / l[i, i]
+
+
+@kernel
+def inverse_diagonal(l, n, out):
+    """``diag((L L^T)^-1)`` into ``out[:n]`` from the Cholesky factor ``L``:
+    entry i is |L^-1 e_i|^2, and L^-1 e_i vanishes above row i."""
+    z = np.empty(n)
+    for i in range(n):
+        total = 0.0
+        for r in range(i, n):
+            t = 1.0 if r == i else 0.0
+            for k in range(i, r):
+                t -= l[r, k] * z[k]
+            z[r] = t / l[r, r]
+            total += z[r] * z[r]
+        out[i] = total

@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import Specialized, kernel, parallel_kernel
-from .linalg import cholesky_inplace, cholesky_solve
+from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .terms import feature_term
 
 MODE_CONST = 0
@@ -376,17 +376,9 @@ def _unknown_std(normal, variance, std):
     if not cholesky_inplace(factor, n):
         std[:] = math.nan
         return
-    z = np.empty(n)
+    inverse_diagonal(factor, n, std)
     for i in range(n):
-        # diag(A^-1)_i = |L^-1 e_i|^2; L^-1 e_i vanishes above row i
-        total = 0.0
-        for r in range(i, n):
-            t = 1.0 if r == i else 0.0
-            for k in range(i, r):
-                t -= factor[r, k] * z[k]
-            z[r] = t / factor[r, r]
-            total += z[r] * z[r]
-        std[i] = math.sqrt(variance * total)
+        std[i] = math.sqrt(variance * std[i])
 
 
 @kernel

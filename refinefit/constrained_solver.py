@@ -76,6 +76,19 @@ def _constraint_values(constraints, p):
     return np.concatenate(blocks, axis=1)
 
 
+def _constraint_jacobian(constraints, layout, x, h, base):
+    """Forward differences of the constraint values, (G, values, unknowns):
+    one call per local unknown, moving it in every cluster at once."""
+    eps = _FD_STEP * np.maximum(np.abs(x), 1.0)
+    jac = np.empty((len(x), h.shape[1], layout.n))
+    for u in range(layout.n):
+        shifted = x.copy()
+        shifted[:, u] += eps[:, u]
+        moved = _constraint_values(constraints, layout.to_params(shifted, base))
+        jac[:, :, u] = (moved - h) / eps[:, u:u + 1]
+    return jac
+
+
 def solve_constrained(ids, batch, params, lower, upper, settings,
                       constraints):
     """Refine clusters ``ids`` (all of one size) under equality constraints.
@@ -134,13 +147,7 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         # to act per cluster, so a subset can be evaluated on its own)
         a = np.nonzero(active)[0]
         xa, ha, base_a = x[a], h[a], base[a]
-        eps = _FD_STEP * np.maximum(np.abs(xa), 1.0)
-        jac = np.empty((len(a), h.shape[1], layout.n))
-        for u in range(layout.n):
-            shifted = xa.copy()
-            shifted[:, u] += eps[:, u]
-            jac[:, :, u] = (_constraint_values(
-                constraints, layout.to_params(shifted, base_a)) - ha) / eps[:, u:u + 1]
+        jac = _constraint_jacobian(constraints, layout, xa, ha, base_a)
         work[members_of(a)] = layout.to_params(xa, base_a).reshape(-1, n_params)
         step = np.empty_like(xa)
         cost = np.empty(len(a))
@@ -189,13 +196,7 @@ def _standard_errors(x, h, base, layout, constraints, ids, batch, work,
                      settings, success):
     """Per-feature standard errors at the optimum (NaN where failed)."""
     n_params = base.shape[2]
-    eps = _FD_STEP * np.maximum(np.abs(x), 1.0)
-    jac = np.empty((len(x), h.shape[1], layout.n))
-    for u in range(layout.n):
-        shifted = x.copy()
-        shifted[:, u] += eps[:, u]
-        jac[:, :, u] = (_constraint_values(
-            constraints, layout.to_params(shifted, base)) - h) / eps[:, u:u + 1]
+    jac = _constraint_jacobian(constraints, layout, x, h, base)
     starts = batch.cluster_feat_off[ids]
     members = (starts[:, None] + np.arange(layout.size)).ravel()
     work[members] = layout.to_params(x, base).reshape(-1, n_params)
