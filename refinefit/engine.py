@@ -202,8 +202,13 @@ def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
 
 
 def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
-                 lower, upper, settings):
+                 lower, upper, settings, centres=None):
     """Refine one chunk of clusters whose frames are all in ``images``.
+
+    Masks are centred on ``centres`` (features x ndim; default the positions
+    in ``params``) and rebuilt around features that move farther than
+    ``settings.max_shift``; the final centres are in ``centres`` on return
+    when it is given.
 
     Returns
     -------
@@ -217,7 +222,8 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     pos = slice(2, 2 + settings.ndim)
     current = params.copy()
     std = np.full_like(params, np.nan)
-    centres = np.ascontiguousarray(params[:, pos])
+    if centres is None:
+        centres = np.ascontiguousarray(params[:, pos])
     sumsq = np.full(n_clusters, np.nan)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
     status = np.full(n_clusters, CONVERGED, dtype=np.int64)
@@ -255,23 +261,19 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     return current, cost, status, std
 
 
-def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
-                  upper, settings):
-    """Refine all clusters, reading frames chunk by chunk from ``source``.
+def iter_chunks(source, cluster_frames, cluster_feat_off, settings):
+    """Chunks of whole frames: yields ``(c0, c1, images, frame_max,
+    cluster_image)`` for clusters ``c0:c1``.
 
     ``cluster_frames`` holds each cluster's frame number (non-decreasing).
-    A chunk holds whole frames, at most ``chunk_frames`` of them and at most
-    ``chunk_pixels`` pixels, and (unless one frame has more) at most
-    ``chunk_features`` features.
+    A chunk holds at most ``chunk_frames`` frames and ``chunk_pixels``
+    pixels, and (unless one frame has more) at most ``chunk_features``
+    features.
     """
     frame_pixels = max(int(np.prod(source.frame_shape)), 1)
     max_frames = max(1, min(settings.chunk_frames,
                             settings.chunk_pixels // frame_pixels))
     n_clusters = len(cluster_frames)
-    params_out = params.copy()
-    std = np.full_like(params, np.nan)
-    cost = np.full(n_clusters, np.nan)
-    status = np.zeros(n_clusters, dtype=np.int64)
     c0 = 0
     while c0 < n_clusters:
         c1 = _chunk_end(cluster_frames, cluster_feat_off, c0,
@@ -280,13 +282,30 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
                                           return_inverse=True)
         images = [source.image(fr) for fr in frames]
         frame_max = np.array([_frame_max(im) for im in images])
+        yield c0, c1, images, frame_max, cluster_image.astype(np.int64)
+        c0 = c1
+
+
+def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
+                  upper, settings):
+    """Refine all clusters, reading frames chunk by chunk from ``source``
+    (see :func:`iter_chunks`).
+
+    Returns parameters, cost and status per cluster, and standard errors.
+    """
+    n_clusters = len(cluster_frames)
+    params_out = params.copy()
+    std = np.full_like(params, np.nan)
+    cost = np.full(n_clusters, np.nan)
+    status = np.zeros(n_clusters, dtype=np.int64)
+    for c0, c1, images, frame_max, cluster_image in iter_chunks(
+            source, cluster_frames, cluster_feat_off, settings):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
         out, cost[c0:c1], status[c0:c1], std[f0:f1] = refine_chunk(
-            images, frame_max, cluster_image.astype(np.int64),
+            images, frame_max, cluster_image,
             cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1], lower[f0:f1],
             upper[f0:f1], settings)
         params_out[f0:f1] = out
-        c0 = c1
     return params_out, cost, status, std
 
 

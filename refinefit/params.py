@@ -11,7 +11,6 @@ import numpy as np
 
 MODE_NUMBERS = {"const": 0, "var": 1, "global": 2, "cluster": 3,
                 "particle": 4, "frame": 5}
-_NOT_YET = {2: "global", 4: "particle", 5: "frame"}
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,6 @@ def _mode_number(name, value):
     else:
         raise ValueError(f"param_mode: unknown mode {value!r} for {name!r}; "
                          f"choose one of {list(MODE_NUMBERS)}")
-    if number in _NOT_YET:
-        raise NotImplementedError(
-            f"param_mode: the {_NOT_YET[number]!r} mode (for {name!r}) is not "
-            "supported yet; use 'const', 'var' or 'cluster'")
     return number
 
 

@@ -9,9 +9,10 @@ from .clustering import cluster_features
 from .constraints import validate_constraints
 from .engine import Settings, refine_sorted
 from .models import resolve_model
-from .params import make_layout
+from .params import MODE_NUMBERS, make_layout
 from .readers import frame_source
 from .scipy_path import check_method
+from .shared import has_shared, refine_shared, shared_layout
 
 _DEFAULT_TOL = 1e-6
 _DEFAULT_MAXITER = 100
@@ -149,6 +150,13 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         if not isinstance(value, numbers.Real) or not value > 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
 
+    shared = has_shared(layout.modes)
+    particles = _particle_ids(f, layout) if shared else None
+    if shared and (constraints or method_given or custom is not None):
+        raise NotImplementedError(
+            "param_mode: 'global', 'frame' and 'particle' modes cannot be "
+            "combined with constraints, a method or a custom fit function yet")
+
     out = f.copy()
     frames = _frame_numbers(out, source, t_column)
     out["cluster"] = np.zeros(len(out), dtype=np.int64)
@@ -183,9 +191,18 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             method_given=method_given, custom=custom,
             constraints=constraints, options=options,
             residual_factor=float(residual_factor))
-        refined, cluster_cost, _, refined_std = refine_sorted(
-            source, frames[order][starts], cluster_feat_off,
-            np.clip(params[order], lower, upper), lower, upper, settings)
+        start = np.clip(params[order], lower, upper)
+        if shared:
+            layout_sh = shared_layout(layout.modes, frames[order],
+                                      particles[order] if particles is not None
+                                      else None)
+            refined, cluster_cost, _, refined_std = refine_shared(
+                source, frames[order][starts], cluster_feat_off, start, lower,
+                upper, settings, layout_sh)
+        else:
+            refined, cluster_cost, _, refined_std = refine_sorted(
+                source, frames[order][starts], cluster_feat_off, start, lower,
+                upper, settings)
         feature_cost = np.repeat(cluster_cost, np.diff(cluster_feat_off))
         ok = np.isfinite(feature_cost)
         params[order[ok]] = refined[ok]
@@ -198,6 +215,24 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             out[layout.names[j] + "_std"] = std[:, i]
     out["cost"] = cost
     return out
+
+
+def _particle_ids(f, layout):
+    """Particle ids for the 'particle' mode (None when it is not used)."""
+    if not np.any(layout.modes == MODE_NUMBERS["particle"]):
+        return None
+    if "particle" not in f:
+        names = [n for n, m in zip(layout.names, layout.modes)
+                 if m == MODE_NUMBERS["particle"]]
+        raise ValueError(f"param_mode: the 'particle' mode (for {names}) needs "
+                         "a 'particle' column with each feature's trajectory "
+                         "id, as trackpy.link writes it")
+    ids = f["particle"].to_numpy()
+    if not np.issubdtype(ids.dtype, np.number) or (
+            len(ids) and not np.all(np.isfinite(ids.astype(float)))):
+        raise ValueError("column 'particle' must hold finite numeric particle "
+                         "ids for the 'particle' mode")
+    return ids
 
 
 def _engine_options(kwargs, constrained, custom):

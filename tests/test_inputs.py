@@ -625,13 +625,6 @@ def test_residual_factor_is_accepted(image):
     pd.testing.assert_frame_equal(out, expected)
 
 
-@pytest.mark.parametrize("mode", ["global", "frame", "particle"])
-def test_not_implemented_modes(image, mode):
-    with pytest.raises(NotImplementedError, match=mode):
-        refine_leastsq(features(), image, DIAMETER,
-                       param_mode={"size": mode})
-
-
 def test_unknown_kwarg_raises_type_error(image):
     with pytest.raises(TypeError, match="spam"):
         refine_leastsq(features(), image, DIAMETER, spam=1)

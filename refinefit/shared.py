@@ -1,0 +1,449 @@
+"""Parameters shared between clusters: 'global', 'frame' and 'particle'.
+
+The normal equations of such a problem have an arrow shape: independent
+blocks per cluster plus the columns of the shared parameters. They are solved
+by variable projection with a Schur complement:
+
+1. with the shared values fixed, every cluster is refined on the parallel
+   engine (the shared parameters are constants there);
+2. a kernel eliminates each cluster's local unknowns from its normal
+   equations at that optimum (``kernels/shared.py``); Python sums the reduced
+   systems (sparse: a shared unknown couples only the clusters that use it)
+   and takes a damped Gauss-Newton step in the shared values;
+3. the step is kept if the total sum of squares went down (Levenberg-
+   Marquardt damping otherwise), until the predicted change is below ``tol``.
+
+Every pass reads the frames chunk by chunk, as the per-cluster engine does,
+so memory does not grow with the movie. A pass costs one warm-started solve
+of every cluster plus one Jacobian evaluation.
+"""
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import spsolve
+
+from .engine import flatten_masks, iter_chunks, refine_chunk
+from .kernels import reduce_clusters
+from .kernels.shared import STAGE_STD, STAGE_SYSTEM
+
+GLOBAL, PARTICLE, FRAME = 2, 4, 5
+SHARED_MODES = (GLOBAL, PARTICLE, FRAME)
+_MODE_CONST, _MODE_VAR, _MODE_CLUSTER = 0, 1, 3
+_MAX_OUTER = 30
+_LAMBDA_START = 1e-3
+_LAMBDA_MAX = 1e12
+_MAX_RELATIVE_STEP = 0.5  # shared signals and sizes: at most 50% a step
+_MAX_DENSE_COMPONENT = 3000  # shared unknowns inverted together for errors
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """Which shared unknown every (feature, parameter) belongs to.
+
+    Attributes
+    ----------
+    index : ndarray (features x parameters) of int64
+        Shared unknown of each entry, -1 for entries that are not shared.
+    column : ndarray of int64
+        Parameter column of every shared unknown.
+    kernel_modes : ndarray
+        The modes seen by the reduction kernel: 'global' and 'frame' become
+        'cluster' (one value within a cluster), 'particle' becomes 'var'.
+    local_modes : ndarray
+        The modes of the per-cluster solves: shared parameters are constant.
+    """
+
+    index: np.ndarray
+    column: np.ndarray
+    kernel_modes: np.ndarray
+    local_modes: np.ndarray
+
+    @property
+    def n_shared(self):
+        return len(self.column)
+
+
+def has_shared(modes):
+    return bool(np.isin(modes, SHARED_MODES).any())
+
+
+def shared_layout(modes, frames, particles=None):
+    """Number the shared unknowns of features (in engine order).
+
+    ``frames`` and ``particles`` hold every feature's frame and particle id;
+    ``particles`` is needed only for the 'particle' mode.
+    """
+    modes = np.asarray(modes, dtype=np.int64)
+    index = np.full((len(frames), len(modes)), -1, dtype=np.int64)
+    column = []
+    for j, mode in enumerate(modes):
+        if mode == GLOBAL:
+            group = np.zeros(len(frames), dtype=np.int64)
+        elif mode in (FRAME, PARTICLE):
+            keys = frames if mode == FRAME else particles
+            _, group = np.unique(keys, return_inverse=True)
+            group = group.ravel().astype(np.int64)
+        else:
+            continue
+        n_groups = int(group.max()) + 1 if len(group) else 0
+        index[:, j] = len(column) + group
+        column += [j] * n_groups
+    kernel_modes = modes.copy()
+    kernel_modes[(modes == GLOBAL) | (modes == FRAME)] = _MODE_CLUSTER
+    kernel_modes[modes == PARTICLE] = _MODE_VAR
+    local_modes = modes.copy()
+    local_modes[np.isin(modes, SHARED_MODES)] = _MODE_CONST
+    return SharedLayout(index, np.array(column, dtype=np.int64), kernel_modes,
+                        local_modes)
+
+
+@dataclass
+class _Pass:
+    """One pass over all clusters at fixed shared values."""
+
+    params: np.ndarray
+    centres: np.ndarray
+    cost: np.ndarray      # per cluster, NaN where failed (engine convention)
+    status: np.ndarray
+    sumsq: np.ndarray     # per cluster, in the final masks
+    ok: np.ndarray        # per cluster: solved and reduced
+    system: sparse.csr_matrix
+    grad: np.ndarray
+    n_valid: np.ndarray
+    n_local: np.ndarray
+    blocks: list          # per chunk: (shared_off, block_off, index_out)
+
+
+def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
+                  upper, settings, layout):
+    """Refine clusters coupled by shared parameters.
+
+    Arguments as :func:`engine.refine_sorted`, plus the :class:`SharedLayout`.
+    Returns parameters, cost and status per cluster, and standard errors
+    (NaN unless ``settings.with_error``).
+    """
+    theta, theta_lo, theta_hi = _shared_start(params, lower, upper, layout)
+    relative = _relative_unknowns(layout.column, settings)
+    inner = replace(settings, modes=layout.local_modes, with_error=False)
+    pos = slice(2, 2 + settings.ndim)
+    args = (source, cluster_frames, cluster_feat_off, lower, upper, inner,
+            layout)
+    state = _solve_pass(*args, _with_shared(params, theta, layout),
+                        np.ascontiguousarray(params[:, pos]))
+    lam = _LAMBDA_START
+    for _ in range(_MAX_OUTER):
+        total = state.sumsq[state.ok].sum()
+        step, predicted = _shared_step(state.system, state.grad, lam, theta,
+                                       theta_lo, theta_hi, relative)
+        if predicted <= settings.tol * total:
+            break
+        trial_theta = np.clip(theta + step, theta_lo, theta_hi)
+        trial = _solve_pass(*args, _with_shared(state.params, trial_theta,
+                                                layout), state.centres.copy())
+        both = state.ok & trial.ok
+        before = state.sumsq[both].sum()
+        after = trial.sumsq[both].sum()
+        if after < before:
+            theta, state = trial_theta, trial
+            lam = max(lam / 3.0, 1e-9)
+            if before - after <= settings.tol * before:
+                break
+        else:
+            lam *= 10.0
+            if lam > _LAMBDA_MAX:
+                break
+    std = np.full_like(params, np.nan)
+    if settings.with_error:
+        std = _standard_errors(source, cluster_frames, cluster_feat_off,
+                               lower, upper, settings, layout, state)
+    return state.params, state.cost, state.status, std
+
+
+def _with_shared(params, theta, layout):
+    out = params.copy()
+    rows, cols = np.nonzero(layout.index >= 0)
+    out[rows, cols] = theta[layout.index[rows, cols]]
+    return out
+
+
+def _shared_start(params, lower, upper, layout):
+    """Start values (mean over the features) and bounds (widest) of the
+    shared unknowns."""
+    rows, cols = np.nonzero(layout.index >= 0)
+    idx = layout.index[rows, cols]
+    n = layout.n_shared
+    counts = np.bincount(idx, minlength=n)
+    theta = np.bincount(idx, weights=params[rows, cols], minlength=n) / \
+        np.maximum(counts, 1)
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    np.minimum.at(lo, idx, lower[rows, cols])
+    np.maximum.at(hi, idx, upper[rows, cols])
+    return np.clip(theta, lo, hi), lo, hi
+
+
+def _relative_unknowns(column, settings):
+    """Shared signals and sizes, whose steps are limited relative to their
+    value (as in the per-cluster solver)."""
+    first_size = 2 + settings.ndim
+    return (column == 1) | ((column >= first_size)
+                            & (column < first_size + settings.n_size))
+
+
+def _shared_step(system, grad, lam, theta, lo, hi, relative):
+    """Damped Gauss-Newton step in the shared values, and the reduction of
+    the sum of squares it predicts. Unknowns at a bound whose gradient
+    points outwards, and unknowns no cluster constrains, stay fixed."""
+    diag = system.diagonal()
+    top = diag.max() if len(diag) else 0.0
+    free = (diag > 1e-14 * top) & ~((theta <= lo) & (grad > 0)) \
+        & ~((theta >= hi) & (grad < 0))
+    step = np.zeros(len(theta))
+    if not free.any():
+        return step, 0.0
+    idx = np.nonzero(free)[0]
+    sub = system[idx][:, idx].tocsc()
+    damped = sub + sparse.diags(lam * diag[idx], format="csc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a singular system gives NaN
+        solved = np.atleast_1d(spsolve(damped, -grad[idx]))
+    if not np.all(np.isfinite(solved)):
+        return step, 0.0
+    step[idx] = solved
+    # signals and sizes change by at most 50% a step
+    limit = _MAX_RELATIVE_STEP * np.abs(theta)
+    over = relative & (theta > 0) & (np.abs(step) > limit)
+    if over.any():
+        step *= np.min(limit[over] / np.abs(step[over]))
+    step = np.clip(theta + step, lo, hi) - theta
+    predicted = -2.0 * grad @ step - step @ (system @ step)
+    return step, float(predicted)
+
+
+def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
+                inner, layout, params, centres):
+    """Refine all clusters at the shared values in ``params`` and reduce
+    their normal equations."""
+    n_clusters = len(cluster_frames)
+    out = params.copy()
+    cost = np.full(n_clusters, np.nan)
+    status = np.zeros(n_clusters, dtype=np.int64)
+    sumsq = np.full(n_clusters, np.nan)
+    n_valid = np.zeros(n_clusters, dtype=np.int64)
+    n_local = np.zeros(n_clusters, dtype=np.int64)
+    rows, cols, vals, grad_idx, grad_val, blocks = [], [], [], [], [], []
+    ok = np.zeros(n_clusters, dtype=bool)
+    for c0, c1, images, frame_max, cluster_image in iter_chunks(
+            source, cluster_frames, cluster_feat_off, inner):
+        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+        off = cluster_feat_off[c0:c1 + 1] - f0
+        chunk_centres = np.ascontiguousarray(centres[f0:f1])
+        out[f0:f1], cost[c0:c1], status[c0:c1], _ = refine_chunk(
+            images, frame_max, cluster_image, off, params[f0:f1],
+            lower[f0:f1], upper[f0:f1], inner, centres=chunk_centres)
+        centres[f0:f1] = chunk_centres
+        result = _reduce_chunk(images, cluster_image, off, chunk_centres,
+                               out[f0:f1], lower[f0:f1], upper[f0:f1], inner,
+                               layout.kernel_modes, layout.index[f0:f1],
+                               STAGE_SYSTEM)
+        shared_off, block_off, index, system, grad, c_sumsq, c_valid, \
+            c_local = result
+        chunk_ok = np.isfinite(cost[c0:c1]) & np.isfinite(c_sumsq)
+        bad_index = np.minimum.reduceat(index, shared_off[:-1]) < 0 \
+            if len(index) else np.zeros(c1 - c0, dtype=bool)
+        has_shared = np.diff(shared_off) > 0
+        chunk_ok &= ~(bad_index & has_shared)
+        ok[c0:c1] = chunk_ok
+        sumsq[c0:c1] = c_sumsq
+        n_valid[c0:c1] = c_valid
+        n_local[c0:c1] = c_local
+        blocks.append((shared_off, block_off, index))
+        r, c, v = _block_entries(shared_off, block_off, index, system,
+                                 chunk_ok)
+        rows.append(r)
+        cols.append(c)
+        vals.append(v)
+        keep = np.repeat(chunk_ok, np.diff(shared_off))
+        grad_idx.append(index[keep])
+        grad_val.append(grad[keep])
+    n = layout.n_shared
+    system = sparse.coo_matrix(
+        (np.concatenate(vals) if vals else np.empty(0),
+         (np.concatenate(rows) if rows else np.empty(0, np.int64),
+          np.concatenate(cols) if cols else np.empty(0, np.int64))),
+        shape=(n, n)).tocsr()
+    grad = np.bincount(np.concatenate(grad_idx) if grad_idx else
+                       np.empty(0, np.int64),
+                       weights=np.concatenate(grad_val) if grad_val else None,
+                       minlength=n).astype(np.float64)
+    return _Pass(out, centres, cost, status, sumsq, ok, system, grad,
+                 n_valid, n_local, blocks)
+
+
+def _reduce_chunk(images, cluster_image, off, centres, params, lower, upper,
+                  settings, kernel_modes, shared_index, stage,
+                  offsets=None, sinv_blocks=None, variance=0.0, std=None):
+    """Run the reduction kernel over one chunk's clusters."""
+    n_clusters = len(off) - 1
+    batch = flatten_masks(images, cluster_image, off, centres,
+                          settings.radius)
+    if offsets is None:
+        shared = (shared_index >= 0).any(axis=0)
+        n_sh = (np.count_nonzero(shared & (kernel_modes == _MODE_CLUSTER))
+                + np.diff(off) * np.count_nonzero(
+                    shared & (kernel_modes == _MODE_VAR)))
+        shared_off = np.zeros(n_clusters + 1, dtype=np.int64)
+        np.cumsum(n_sh, out=shared_off[1:])
+        block_off = np.zeros(n_clusters + 1, dtype=np.int64)
+        np.cumsum(n_sh ** 2, out=block_off[1:])
+    else:
+        shared_off, block_off = offsets
+    index = np.empty(shared_off[-1], dtype=np.int64)
+    system = np.empty(block_off[-1])
+    grad = np.empty(shared_off[-1])
+    sumsq = np.empty(n_clusters)
+    n_valid = np.empty(n_clusters, dtype=np.int64)
+    n_local = np.empty(n_clusters, dtype=np.int64)
+    if sinv_blocks is None:
+        sinv_blocks = np.empty(0)
+    if std is None:
+        std = np.empty((0, params.shape[1]))
+    reduce_clusters(np.arange(n_clusters, dtype=np.int64), batch.pix_val,
+                    batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+                    batch.feat_entry_off, batch.cluster_feat_off,
+                    np.ascontiguousarray(params), np.ascontiguousarray(lower),
+                    np.ascontiguousarray(upper), kernel_modes,
+                    np.ascontiguousarray(shared_index), settings.ndim,
+                    settings.n_size, settings.model_id, settings.continuous,
+                    settings.dense_limit, stage, shared_off, block_off, index,
+                    system, grad, sumsq, n_valid, n_local, sinv_blocks,
+                    float(variance), std)
+    return shared_off, block_off, index, system, grad, sumsq, n_valid, n_local
+
+
+def _block_entries(shared_off, block_off, index, system, keep):
+    """COO entries (row, column, value) of the per-cluster blocks."""
+    n_sh = np.diff(shared_off)
+    size2 = n_sh ** 2
+    cluster = np.repeat(np.arange(len(n_sh)), size2)
+    local = np.arange(block_off[-1]) - block_off[cluster]
+    width = n_sh[cluster]
+    row = index[shared_off[cluster] + local // np.maximum(width, 1)]
+    col = index[shared_off[cluster] + local % np.maximum(width, 1)]
+    use = keep[cluster]
+    return row[use], col[use], system[use]
+
+
+def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
+                     settings, layout, state):
+    """Standard errors of the whole problem: the shared unknowns from the
+    inverse of the summed reduced system, the locals from the inverse of
+    their block corrected by the uncertainty of the shared values."""
+    n_params = state.params.shape[1]
+    std = np.full((len(state.params), n_params), np.nan)
+    ok = state.ok
+    dof = state.n_valid[ok].sum() - state.n_local[ok].sum() - layout.n_shared
+    if dof <= 0:
+        return std
+    variance = state.sumsq[ok].sum() / dof
+    inverse = _SelectedInverse(state.system)
+    shared_std = np.sqrt(variance * inverse.values(
+        np.arange(layout.n_shared), np.arange(layout.n_shared)))
+    rows, cols = np.nonzero(layout.index >= 0)
+    std[rows, cols] = shared_std[layout.index[rows, cols]]
+    chunk = 0
+    for c0, c1, images, frame_max, cluster_image in iter_chunks(
+            source, cluster_frames, cluster_feat_off, settings):
+        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+        off = cluster_feat_off[c0:c1 + 1] - f0
+        shared_off, block_off, index = state.blocks[chunk]
+        chunk += 1
+        n_sh = np.diff(shared_off)
+        cluster = np.repeat(np.arange(len(n_sh)), n_sh ** 2)
+        local = np.arange(block_off[-1]) - block_off[cluster]
+        width = np.maximum(n_sh[cluster], 1)
+        sinv = inverse.values(index[shared_off[cluster] + local // width],
+                              index[shared_off[cluster] + local % width])
+        local_std = np.full((f1 - f0, n_params), np.nan)
+        _reduce_chunk(images, cluster_image, off,
+                      np.ascontiguousarray(state.centres[f0:f1]),
+                      state.params[f0:f1], lower[f0:f1], upper[f0:f1],
+                      settings, layout.kernel_modes, layout.index[f0:f1],
+                      STAGE_STD, offsets=(shared_off, block_off),
+                      sinv_blocks=sinv, variance=variance, std=local_std)
+        fitted_local = (layout.local_modes > 0)[None, :]
+        bad = np.repeat(~ok[c0:c1], np.diff(off))
+        local_std[bad] = np.nan
+        std[f0:f1] = np.where(fitted_local, local_std, std[f0:f1])
+        std[f0:f1][bad] = np.nan
+    return std
+
+
+class _SelectedInverse:
+    """Entries of the inverse of a sparse symmetric matrix whose connected
+    components are small: each component is inverted densely, components of
+    one size together."""
+
+    def __init__(self, matrix):
+        matrix = sparse.csr_matrix(matrix)
+        n = matrix.shape[0]
+        n_comp, label = csgraph.connected_components(matrix, directed=False)
+        sizes = np.bincount(label, minlength=n_comp)
+        order = np.argsort(label, kind="stable")
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n) - np.repeat(starts, sizes)
+        self.label, self.position, self.sizes = label, position, sizes
+        self.blocks = {}  # size -> (component -> slot, stacked inverses)
+        coo = matrix.tocoo()
+        for size in np.unique(sizes):
+            comps = np.nonzero(sizes == size)[0]
+            slot = np.full(n_comp, -1, dtype=np.int64)
+            slot[comps] = np.arange(len(comps))
+            if size > _MAX_DENSE_COMPONENT:
+                warnings.warn(f"compute_error: {size} shared unknowns are "
+                              "coupled; their standard errors are not "
+                              "computed (NaN)", UserWarning, stacklevel=4)
+                self.blocks[size] = (slot, None)
+                continue
+            dense = np.zeros((len(comps), size, size))
+            use = slot[label[coo.row]] >= 0
+            use &= sizes[label[coo.row]] == size
+            dense[slot[label[coo.row[use]]], position[coo.row[use]],
+                  position[coo.col[use]]] = coo.data[use]
+            self.blocks[size] = (slot, _batched_inverse(dense))
+
+    def values(self, rows, cols):
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.zeros(len(rows))
+        same = self.label[rows] == self.label[cols]
+        comp_sizes = self.sizes[self.label[rows]]
+        for size, (slot, inverses) in self.blocks.items():
+            sel = same & (comp_sizes == size)
+            if inverses is None:
+                out[sel] = np.nan
+                continue
+            out[sel] = inverses[slot[self.label[rows[sel]]],
+                                self.position[rows[sel]],
+                                self.position[cols[sel]]]
+        return out
+
+
+def _batched_inverse(stack):
+    """Inverses of a stack of symmetric matrices; NaN for singular ones."""
+    out = np.full_like(stack, np.nan)
+    for i0 in range(0, len(stack), 4096):
+        part = stack[i0:i0 + 4096]
+        try:
+            out[i0:i0 + 4096] = np.linalg.inv(part)
+        except np.linalg.LinAlgError:
+            for i, matrix in enumerate(part):
+                try:
+                    out[i0 + i] = np.linalg.inv(matrix)
+                except np.linalg.LinAlgError:
+                    pass
+    return out
