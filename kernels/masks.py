@@ -88,29 +88,40 @@ def _walk_cluster(image, shape3, ndim, coords, f0, f1, radius3, fill,
 
 
 @parallel_kernel
-def count_mask_pixels(image, shape3, ndim, coords, cluster_feat_off,
-                      cluster_ids, radius3, cluster_n_pix, feat_n_entries):
-    """Count pixels per cluster and entries per feature for ``cluster_ids``."""
+def count_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim, coords,
+                      cluster_feat_off, cluster_ids, radius3, cluster_n_pix,
+                      feat_n_entries):
+    """Count pixels per cluster and entries per feature for ``cluster_ids``.
+
+    The images are concatenated in ``pixels`` (each C-ordered, image ``i``
+    from ``image_off[i]`` with shape ``shapes3[i]``); cluster ``c`` lies in
+    image ``cluster_image[c]``. One parallel loop serves a whole chunk.
+    """
     dummy_val = np.empty(0)
     dummy_coord = np.empty((0, ndim))
     dummy_int = np.empty(0, dtype=np.int64)
     for i in prange(cluster_ids.shape[0]):
         c = cluster_ids[i]
+        im = cluster_image[c]
+        image = pixels[image_off[im]:image_off[im + 1]]
         cluster_n_pix[c] = _walk_cluster(
-            image, shape3, ndim, coords, cluster_feat_off[c],
+            image, shapes3[im], ndim, coords, cluster_feat_off[c],
             cluster_feat_off[c + 1], radius3, False, 0, dummy_int, dummy_val,
             dummy_coord, dummy_int, feat_n_entries)
 
 
 @parallel_kernel
-def fill_mask_pixels(image, shape3, ndim, coords, cluster_feat_off,
-                     cluster_ids, radius3, cluster_pix_off, feat_entry_off,
-                     pix_val, pix_coord, entry_pix):
-    """Write pixel values, coordinates and entries for ``cluster_ids``."""
+def fill_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim, coords,
+                     cluster_feat_off, cluster_ids, radius3, cluster_pix_off,
+                     feat_entry_off, pix_val, pix_coord, entry_pix):
+    """Write pixel values, coordinates and entries for ``cluster_ids``
+    (images as in :func:`count_mask_pixels`)."""
     dummy_int = np.empty(0, dtype=np.int64)
     for i in prange(cluster_ids.shape[0]):
         c = cluster_ids[i]
-        _walk_cluster(image, shape3, ndim, coords, cluster_feat_off[c],
+        im = cluster_image[c]
+        image = pixels[image_off[im]:image_off[im + 1]]
+        _walk_cluster(image, shapes3[im], ndim, coords, cluster_feat_off[c],
                       cluster_feat_off[c + 1], radius3, True,
                       cluster_pix_off[c], feat_entry_off, pix_val, pix_coord,
                       entry_pix, dummy_int)

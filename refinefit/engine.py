@@ -65,20 +65,29 @@ def _shape3(image):
 def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius):
     """Build a :class:`FlatBatch`; ``cluster_image`` indexes ``images``.
 
-    Clusters must be sorted by ``cluster_image``.
+    The images are concatenated once, so that each kernel is one parallel
+    loop over all clusters of the batch.
     """
     ndim = centres.shape[1]
     n_clusters = len(cluster_feat_off) - 1
     radius3 = np.array(((1.0,) if ndim == 2 else ()) + tuple(radius), float)
+    shapes3 = np.array([_shape3(image) for image in images],
+                       dtype=np.int64).reshape(len(images), 3)
+    image_off = np.zeros(len(images) + 1, dtype=np.int64)
+    np.cumsum([image.size for image in images], out=image_off[1:])
+    if len(images) == 1:
+        pixels = images[0].ravel()
+    else:
+        pixels = np.concatenate([image.ravel() for image in images]) \
+            if images else np.empty(0)
+    ids = np.arange(n_clusters, dtype=np.int64)
+    cluster_image = np.ascontiguousarray(cluster_image, dtype=np.int64)
     cluster_n_pix = np.zeros(n_clusters, dtype=np.int64)
     feat_n_entries = np.zeros(len(centres), dtype=np.int64)
-    bounds = np.searchsorted(cluster_image, np.arange(len(images) + 1))
-    for i, image in enumerate(images):
-        ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
-        if len(ids):
-            count_mask_pixels(image.ravel(), _shape3(image), ndim, centres,
-                              cluster_feat_off, ids, radius3, cluster_n_pix,
-                              feat_n_entries)
+    if n_clusters:
+        count_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim,
+                          centres, cluster_feat_off, ids, radius3,
+                          cluster_n_pix, feat_n_entries)
     cluster_pix_off = np.zeros(n_clusters + 1, dtype=np.int64)
     np.cumsum(cluster_n_pix, out=cluster_pix_off[1:])
     feat_entry_off = np.zeros(len(centres) + 1, dtype=np.int64)
@@ -86,12 +95,11 @@ def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius):
     pix_val = np.empty(cluster_pix_off[-1])
     pix_coord = np.empty((cluster_pix_off[-1], ndim))
     entry_pix = np.empty(feat_entry_off[-1], dtype=np.int64)
-    for i, image in enumerate(images):
-        ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
-        if len(ids):
-            fill_mask_pixels(image.ravel(), _shape3(image), ndim, centres,
-                             cluster_feat_off, ids, radius3, cluster_pix_off,
-                             feat_entry_off, pix_val, pix_coord, entry_pix)
+    if n_clusters:
+        fill_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim,
+                         centres, cluster_feat_off, ids, radius3,
+                         cluster_pix_off, feat_entry_off, pix_val, pix_coord,
+                         entry_pix)
     return FlatBatch(pix_val, pix_coord, cluster_pix_off, entry_pix,
                      feat_entry_off, cluster_feat_off)
 
@@ -202,7 +210,7 @@ def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
 
 
 def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
-                 lower, upper, settings, centres=None):
+                 lower, upper, settings, centres=None, return_batch=False):
     """Refine one chunk of clusters whose frames are all in ``images``.
 
     Masks are centred on ``centres`` (features x ndim; default the positions
@@ -217,6 +225,9 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     status : ndarray per cluster (kernel status code, 0 converged)
     std : ndarray (features x parameters)
         Standard errors when ``settings.with_error``, else NaN.
+    batch : FlatBatch or None
+        With ``return_batch``: the masks of every cluster at the final
+        centres, when one solve sufficed (else None).
     """
     n_clusters = len(cluster_feat_off) - 1
     pos = slice(2, 2 + settings.ndim)
@@ -230,7 +241,8 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     cluster_sizes = np.diff(cluster_feat_off)
     scipy_cluster = uses_scipy(cluster_sizes, settings)
     active = np.arange(n_clusters, dtype=np.int64)
-    for _ in range(max(settings.max_iter, 1)):
+    final_batch = None
+    for round_no in range(max(settings.max_iter, 1)):
         members, sub_off = _member_index(cluster_feat_off, active)
         batch = flatten_masks(images, cluster_image[active], sub_off,
                               np.ascontiguousarray(centres[members]),
@@ -253,11 +265,15 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         centres[members[redo]] = out[redo][:, pos]
         active = active[again]
         if len(active) == 0:
+            if round_no == 0:
+                final_batch = batch
             break
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
     failed = (status != CONVERGED) | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
     cost[failed] = np.nan
+    if return_batch:
+        return current, cost, status, std, final_batch
     return current, cost, status, std
 
 

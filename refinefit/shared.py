@@ -36,6 +36,8 @@ _MAX_OUTER = 30
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e12
 _MAX_RELATIVE_STEP = 0.5  # shared signals and sizes: at most 50% a step
+_SIGMA_FRACTION = 0.01  # shared steps below this many standard errors stop
+_INNER_TOL_FACTOR = 1e-3
 _MAX_DENSE_COMPONENT = 3000  # shared unknowns inverted together for errors
 
 
@@ -127,18 +129,28 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
     """
     theta, theta_lo, theta_hi = _shared_start(params, lower, upper, layout)
     relative = _relative_unknowns(layout.column, settings)
-    inner = replace(settings, modes=layout.local_modes, with_error=False)
+    # after the first pass the locals are solved more tightly than the outer
+    # loop stops, so that the total cost compares trial values of the shared
+    # parameters cleanly
+    first = replace(settings, modes=layout.local_modes, with_error=False)
+    inner = replace(first, tol=max(settings.tol * _INNER_TOL_FACTOR, 1e-13))
     pos = slice(2, 2 + settings.ndim)
     args = (source, cluster_frames, cluster_feat_off, lower, upper, inner,
             layout)
-    state = _solve_pass(*args, _with_shared(params, theta, layout),
+    state = _solve_pass(*args[:5], first, layout,
+                        _with_shared(params, theta, layout),
                         np.ascontiguousarray(params[:, pos]))
     lam = _LAMBDA_START
     for _ in range(_MAX_OUTER):
-        total = state.sumsq[state.ok].sum()
+        # stop when the cost changes by less than tol of itself, or, in a
+        # large problem, when the step is below ~1% of a standard error
+        # (then the predicted change is below 1e-4 residual variances)
+        threshold = min(settings.tol * state.sumsq[state.ok].sum(),
+                        _SIGMA_FRACTION ** 2 * _pixel_variance(state)
+                        * layout.n_shared)
         step, predicted = _shared_step(state.system, state.grad, lam, theta,
                                        theta_lo, theta_hi, relative)
-        if predicted <= settings.tol * total:
+        if predicted <= threshold:
             break
         trial_theta = np.clip(theta + step, theta_lo, theta_hi)
         trial = _solve_pass(*args, _with_shared(state.params, trial_theta,
@@ -149,7 +161,7 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
         if after < before:
             theta, state = trial_theta, trial
             lam = max(lam / 3.0, 1e-9)
-            if before - after <= settings.tol * before:
+            if before - after <= threshold:
                 break
         else:
             lam *= 10.0
@@ -160,6 +172,12 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
         std = _standard_errors(source, cluster_frames, cluster_feat_off,
                                lower, upper, settings, layout, state)
     return state.params, state.cost, state.status, std
+
+
+def _pixel_variance(state):
+    """Mean squared residual per valid pixel of the clusters solved."""
+    n_valid = state.n_valid[state.ok].sum()
+    return state.sumsq[state.ok].sum() / n_valid if n_valid else 0.0
 
 
 def _with_shared(params, theta, layout):
@@ -241,14 +259,17 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
         off = cluster_feat_off[c0:c1 + 1] - f0
         chunk_centres = np.ascontiguousarray(centres[f0:f1])
-        out[f0:f1], cost[c0:c1], status[c0:c1], _ = refine_chunk(
+        out[f0:f1], cost[c0:c1], status[c0:c1], _, batch = refine_chunk(
             images, frame_max, cluster_image, off, params[f0:f1],
-            lower[f0:f1], upper[f0:f1], inner, centres=chunk_centres)
+            lower[f0:f1], upper[f0:f1], inner, centres=chunk_centres,
+            return_batch=True)
         centres[f0:f1] = chunk_centres
-        result = _reduce_chunk(images, cluster_image, off, chunk_centres,
-                               out[f0:f1], lower[f0:f1], upper[f0:f1], inner,
-                               layout.kernel_modes, layout.index[f0:f1],
-                               STAGE_SYSTEM)
+        if batch is None:
+            batch = flatten_masks(images, cluster_image, off, chunk_centres,
+                                  inner.radius)
+        result = _reduce_chunk(batch, off, out[f0:f1], lower[f0:f1],
+                               upper[f0:f1], inner, layout.kernel_modes,
+                               layout.index[f0:f1], STAGE_SYSTEM)
         shared_off, block_off, index, system, grad, c_sumsq, c_valid, \
             c_local = result
         chunk_ok = np.isfinite(cost[c0:c1]) & np.isfinite(c_sumsq)
@@ -283,13 +304,11 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                  n_valid, n_local, blocks)
 
 
-def _reduce_chunk(images, cluster_image, off, centres, params, lower, upper,
-                  settings, kernel_modes, shared_index, stage,
-                  offsets=None, sinv_blocks=None, variance=0.0, std=None):
-    """Run the reduction kernel over one chunk's clusters."""
+def _reduce_chunk(batch, off, params, lower, upper, settings, kernel_modes,
+                  shared_index, stage, offsets=None, sinv_blocks=None,
+                  variance=0.0, std=None):
+    """Run the reduction kernel over the clusters of a flattened batch."""
     n_clusters = len(off) - 1
-    batch = flatten_masks(images, cluster_image, off, centres,
-                          settings.radius)
     if offsets is None:
         shared = (shared_index >= 0).any(axis=0)
         n_sh = (np.count_nonzero(shared & (kernel_modes == _MODE_CLUSTER))
@@ -368,9 +387,11 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
         sinv = inverse.values(index[shared_off[cluster] + local // width],
                               index[shared_off[cluster] + local % width])
         local_std = np.full((f1 - f0, n_params), np.nan)
-        _reduce_chunk(images, cluster_image, off,
-                      np.ascontiguousarray(state.centres[f0:f1]),
-                      state.params[f0:f1], lower[f0:f1], upper[f0:f1],
+        batch = flatten_masks(images, cluster_image, off,
+                              np.ascontiguousarray(state.centres[f0:f1]),
+                              settings.radius)
+        _reduce_chunk(batch, off, state.params[f0:f1], lower[f0:f1],
+                      upper[f0:f1],
                       settings, layout.kernel_modes, layout.index[f0:f1],
                       STAGE_STD, offsets=(shared_off, block_off),
                       sinv_blocks=sinv, variance=variance, std=local_std)

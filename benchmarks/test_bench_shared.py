@@ -1,0 +1,97 @@
+"""'global' size on W1, against the per-cluster engine and trackpy.
+
+refinefit refines 200 W1 frames (55,000 features) with one size shared by
+all of them, and the same frames with the size held constant (the
+per-cluster case) in the same run. trackpy treats a 'global' parameter as
+one SLSQP problem over every feature; it is timed on growing subsets of one
+W1 frame, up to the largest it finishes within a minute, and refinefit on
+the same subset.
+"""
+import logging
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import refinefit
+from refinefit.synthetic import make_movie
+
+from conftest import FULL
+
+FRAMES = 200 if FULL else 2
+TRACKPY_SIZES = (20, 40, 80, 160, 320) if FULL else (10,)
+TRACKPY_BUDGET = 60.0  # seconds
+
+
+@pytest.fixture(scope="module")
+def w1():
+    return make_movie(FRAMES, seed=1)
+
+
+def _timed(func):
+    start = time.perf_counter()
+    result = func()
+    return time.perf_counter() - start, result
+
+
+def test_global_size_w1(benchmark, w1, results):
+    frames, truth, guess = w1
+    first = guess[guess["frame"] == 0]
+    for mode in ("const", "global"):  # compile or load the kernels
+        refinefit.refine_leastsq(first, frames, 11, param_mode={"size": mode})
+    per_cluster, _ = _timed(lambda: refinefit.refine_leastsq(
+        guess, frames, 11, param_mode={"size": "const"}))
+    refined = benchmark.pedantic(
+        refinefit.refine_leastsq, args=(guess, frames, 11),
+        kwargs=dict(param_mode={"size": "global"}, compute_error=True),
+        rounds=1, iterations=1)
+    shared, _ = _timed(lambda: refinefit.refine_leastsq(
+        guess, frames, 11, param_mode={"size": "global"}))
+    assert refined["cost"].notna().mean() > 0.99
+    assert refined["size"].nunique() == 1
+    size = refined["size"].iloc[0]
+    # W1's sizes are 2.5; neighbours' tails outside the masks pull it down
+    assert abs(size - 2.5) < 0.05
+    results[f"global size W1 {FRAMES} frames refinefit s"] = round(shared, 2)
+    results["global size W1 refinefit features/s"] = round(len(guess) / shared)
+    results["global size W1 per-cluster (size const) features/s"] = round(
+        len(guess) / per_cluster)
+    results["global size W1 time / per-cluster time"] = round(
+        shared / per_cluster, 2)
+    results["global size W1 fitted size (truth 2.5)"] = (
+        f"{size:.4f} +- {refined['size_std'].iloc[0]:.4f}")
+
+
+def test_global_size_trackpy(w1, results):
+    trackpy = pytest.importorskip("trackpy")
+    frames, _, guess = w1
+    frame0 = guess[guess["frame"] == 0].sort_values("x")
+    logger = logging.getLogger("trackpy")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    largest = None
+    try:
+        for n in TRACKPY_SIZES:
+            subset = frame0.iloc[:n]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                seconds, theirs = _timed(lambda: trackpy.refine_leastsq(
+                    subset.copy(), frames[0], 11,
+                    param_mode={"size": "global"}))
+            if seconds > TRACKPY_BUDGET:
+                break
+            largest = (n, seconds, int(theirs["cost"].isna().sum()), subset)
+    finally:
+        logger.setLevel(level)
+    assert largest is not None
+    n, seconds, failed, subset = largest
+    ours, refined = _timed(lambda: refinefit.refine_leastsq(
+        subset, frames[0], 11, param_mode={"size": "global"}))
+    assert refined["cost"].notna().all()
+    results["global size trackpy largest input within 60 s (features)"] = n
+    results["global size trackpy time on it (s)"] = round(seconds, 2)
+    results["global size trackpy failed fits on it"] = failed
+    results["global size refinefit time on the same input (s)"] = round(ours, 4)
+    results["global size ratio refinefit / trackpy (same input)"] = \
+        f"{seconds / ours:.0f}x"
