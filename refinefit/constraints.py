@@ -257,8 +257,8 @@ def dimer_global(mpp, ndim=2):
     Returns
     -------
     tuple of dict
-        One equality constraint without ``cluster_size``. Given dimers on
-        the grouping axis, its function returns the differences between
+        One equality constraint for clusters of 2. Given dimers on the
+        grouping axis, its function returns the differences between
         consecutive dimers of ``sum(((pos_0 - pos_1) * mpp) ** 2) ** 2``
         (n_dimers - 1 values; trackpy squares the squared distance, and so
         do we, to give the same values). With one group or a 2D array it
@@ -271,9 +271,11 @@ def dimer_global(mpp, ndim=2):
 
     Notes
     -----
-    As in trackpy, a constraint without ``cluster_size`` receives all
-    features as one group (grouping axis of length 1), so once wrapped by
-    :func:`wrap_constraint` this constraint gives no values.
+    trackpy's version has no ``cluster_size``, so it receives all features
+    as one group and never constrains anything. This one has
+    ``cluster_size=2``: :func:`refine_leastsq` sees that its values mix
+    clusters and solves all clusters as one problem, in which every dimer
+    is held to one common distance.
 
     See Also
     --------
@@ -281,7 +283,8 @@ def dimer_global(mpp, ndim=2):
     """
     ndim = _check_ndim(ndim)
     mpp = _per_axis(mpp, ndim, "mpp")
-    return (dict(type="eq", fun=_dimer_global_fun, args=(mpp, ndim)),)
+    return (dict(type="eq", cluster_size=2, fun=_dimer_global_fun,
+                 args=(mpp, ndim)),)
 
 
 # --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from .models import resolve_model
 from .params import MODE_NUMBERS, make_layout
 from .readers import frame_source
 from .scipy_path import check_method
+from .joint import mixes_clusters, refine_joint
 from .shared import has_shared, refine_shared, shared_layout
 
 _DEFAULT_TOL = 1e-6
@@ -56,9 +57,19 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         a warning says so); without ``dfun`` derivatives are finite
         differences.
     param_mode : dict, optional
-        Per parameter 'var', 'const' or 'cluster'. Defaults: positions and
-        signal 'var', background 'cluster', the rest 'const'. 'pos' and
-        'size' broadcast to their columns.
+        Per parameter 'var', 'const', 'cluster', or a value shared between
+        clusters: 'global' (one value for all features, across frames),
+        'frame' (one per frame) or 'particle' (one per trajectory, from a
+        ``particle`` column). Defaults: positions and signal 'var',
+        background 'cluster', the rest 'const'. 'pos' and 'size' broadcast
+        to their columns. Shared values are solved by variable projection:
+        the clusters are refined in parallel at fixed shared values, their
+        local unknowns eliminated (a Schur complement per cluster), and the
+        shared values updated by damped Gauss-Newton steps. Unlike trackpy,
+        which weights each cluster by its mean squared residual, the shared
+        fit minimises the plain sum of squares over all mask pixels.
+        Combined with constraints, a ``method`` or a custom fit function,
+        all clusters are solved as one scipy problem, as in trackpy.
     param_val : dict, optional
         Values that replace (or add) parameter columns for all features.
     constraints : tuple of dict, optional
@@ -70,7 +81,9 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         batch); inequality constraints, constraints mixing clusters and a
         named ``method`` use ``scipy.optimize.minimize`` (SLSQP by default),
         with objective and gradient evaluated by Numba kernels. Clusters no
-        constraint applies to stay on the unconstrained engine.
+        constraint applies to stay on the unconstrained engine. A
+        constraint whose values mix clusters (e.g. ``dimer_global``: one
+        common distance) makes all clusters one scipy problem.
     bounds : dict, optional
         Absolute ``{'x': (lo, hi)}``, difference ``{'x_abs': d}`` and
         relative ``{'x_rel': f}`` bounds, one- or two-sided; the narrowest
@@ -152,10 +165,11 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
 
     shared = has_shared(layout.modes)
     particles = _particle_ids(f, layout) if shared else None
-    if shared and (constraints or method_given or custom is not None):
-        raise NotImplementedError(
-            "param_mode: 'global', 'frame' and 'particle' modes cannot be "
-            "combined with constraints, a method or a custom fit function yet")
+    # one scipy problem over everything (trackpy's 'global' level) where the
+    # engines cannot split it: see joint.py
+    joint = (shared and (bool(constraints) or method_given
+                         or custom is not None)) or any(
+        mixes_clusters(c, len(layout.names)) for c in constraints)
 
     out = f.copy()
     frames = _frame_numbers(out, source, t_column)
@@ -192,7 +206,12 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             constraints=constraints, options=options,
             residual_factor=float(residual_factor))
         start = np.clip(params[order], lower, upper)
-        if shared:
+        if joint:
+            refined, cluster_cost, _, refined_std = refine_joint(
+                source, frames[order][starts], cluster_feat_off, start, lower,
+                upper, settings, frames[order],
+                particles[order] if particles is not None else None)
+        elif shared:
             layout_sh = shared_layout(layout.modes, frames[order],
                                       particles[order] if particles is not None
                                       else None)

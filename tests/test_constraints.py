@@ -167,14 +167,14 @@ def test_inequality_constraints_go_to_scipy(monkeypatch):
     np.testing.assert_allclose(result[cols], truth, atol=0.01)
 
 
-def test_constraint_mixing_clusters_falls_back_to_scipy(monkeypatch):
-    """Values that are not one block per cluster cannot be solved in
-    lockstep; scipy solves them one cluster at a time, as trackpy."""
-    from refinefit import engine
+def test_constraint_mixing_clusters_is_one_problem(monkeypatch):
+    """Values that are not one block per cluster couple the clusters: all
+    of them are solved together by scipy (see refinefit/joint.py)."""
+    from refinefit import joint
     used = []
-    original = engine.solve_groups
-    monkeypatch.setattr(engine, "solve_groups",
-                        lambda *a, **k: used.append(1) or original(*a, **k))
+    original = joint.solve_groups
+    monkeypatch.setattr(joint, "solve_groups",
+                        lambda *a, **k: used.append(len(a[0][0])) or original(*a, **k))
     image, truth, f, cols = scene(2, 4, 1.9 * SIZE, 2, seed=12)
 
     def mixed(x):
@@ -184,8 +184,12 @@ def test_constraint_mixing_clusters_falls_back_to_scipy(monkeypatch):
     result = refinefit.refine_leastsq(
         f, image, 15, constraints=({"type": "eq", "fun": mixed,
                                     "cluster_size": 2},))
-    assert used and result["cost"].notna().all()
+    assert used and used[0] == result["cluster"].nunique()
+    assert result["cost"].notna().all()
     np.testing.assert_allclose(result[cols], truth, atol=0.01)
+    pos = result[cols].to_numpy().reshape(-1, 2, 2)
+    gaps = np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1)
+    np.testing.assert_allclose(gaps, gaps.mean(), rtol=1e-5)
 
 
 def test_custom_equality_constraint_in_lockstep():

@@ -96,8 +96,10 @@ def test_exact_shapes_give_zero():
 def test_dimer_global_matches_trackpy(ndim, mpp):
     (c_ours,), (c_theirs,) = dimer_global(mpp, ndim), tl.dimer_global(mpp,
                                                                       ndim)
+    # ours applies to clusters of 2 (trackpy's, without a size, never
+    # constrains anything); function and arguments are trackpy's
+    assert c_ours.pop("cluster_size") == 2
     _same_dict(c_ours, c_theirs)
-    assert "cluster_size" not in c_ours
     rng = np.random.default_rng(ndim)
     for n_clusters in (1, 2, 6):
         x = _random_x(rng, n_clusters, 2, ndim)
@@ -338,12 +340,11 @@ def test_wrap_binds_each_constraint():
                  alone["fun"](vect, *alone["args"]))
 
 
-def test_wrap_dimer_global_gives_no_values():
-    # as in trackpy: without cluster_size all features are one group, so
-    # dimer_global sees a grouping axis of length 1
+def test_wrap_dimer_global_stacks_the_dimers():
     params, modes, groups, vect = _problem(2)
+    n_dimers = sum(len(g) == 2 for g in groups[0])
     wrapped = wrap_constraint(dimer_global(1.0)[0], params, modes, groups)
-    assert wrapped["fun"](vect, *wrapped["args"]).shape == (0,)
+    assert wrapped["fun"](vect, *wrapped["args"]).shape == (n_dimers - 1,)
 
 
 def test_wrap_errors():
