@@ -11,7 +11,6 @@ import logging
 import time
 import warnings
 
-import numpy as np
 import pytest
 
 import refinefit

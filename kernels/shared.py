@@ -154,7 +154,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         for s in range(n_sh):
             for s2 in range(n_sh):
                 total += w[s, a] * sinv_blocks[b0 + s * n_sh + s2] * w[s2, a]
-        diag[a] = math.sqrt(variance * total) if total >= 0.0 else math.nan
+        diag[a] = math.sqrt(variance[c] * total) if total >= 0.0 else math.nan
     col_std = np.full(n_unk, math.nan)
     for a in range(n_l):
         col_std[loc_cols[a]] = diag[a]
@@ -185,7 +185,9 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     Stage 1 (``STAGE_STD``) reads the matching blocks of the inverse of the
     summed shared system from ``sinv_blocks`` and writes the standard errors
     of the local unknowns to ``std_out`` (features x parameters):
-    ``sqrt(variance * diag(A^-1 + W^T Sinv W))`` with ``W = A^-1 B``.
+    ``sqrt(variance[c] * diag(A^-1 + W^T Sinv W))`` with ``W = A^-1 B``
+    (``variance`` holds one residual variance per cluster). Without shared
+    unknowns this is the plain ``s^2 A^-1`` of a per-cluster fit.
     """
     numba.literally(ndim)  # specialise: see kernels/_jit.py
     numba.literally(n_size)

@@ -13,6 +13,7 @@ import numpy as np
 from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
                       solve_clusters)
 from .constrained_solver import Unsupported, solve_constrained
+from .reduction import errors_at
 from .scipy_path import MAX_GROUP, solve_groups
 
 
@@ -172,7 +173,12 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
             frame_max[cluster_image])
         rows = np.repeat(np.isin(np.arange(n_clusters), scipy_ids), sizes)
         out[rows] = solved[rows]
-        std[rows] = np.nan  # not estimated on the scipy path yet
+        std[rows] = np.nan
+        if settings.with_error and settings.custom is None \
+                and not settings.constraints:
+            # a named method: the engine's covariance at scipy's optimum
+            errors = errors_at(batch, scipy_ids, out, lower, upper, settings)
+            std[rows] = errors[rows]
         sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
         status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
     return out, sumsq, status, std

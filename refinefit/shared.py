@@ -26,8 +26,8 @@ from scipy.sparse import csgraph
 from scipy.sparse.linalg import spsolve
 
 from .engine import flatten_masks, iter_chunks, refine_chunk
-from .kernels import reduce_clusters
 from .kernels.shared import STAGE_STD, STAGE_SYSTEM
+from .reduction import reduce_batch
 
 GLOBAL, PARTICLE, FRAME = 2, 4, 5
 SHARED_MODES = (GLOBAL, PARTICLE, FRAME)
@@ -267,7 +267,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
         if batch is None:
             batch = flatten_masks(images, cluster_image, off, chunk_centres,
                                   inner.radius)
-        result = _reduce_chunk(batch, off, out[f0:f1], lower[f0:f1],
+        result = reduce_batch(batch, off, out[f0:f1], lower[f0:f1],
                                upper[f0:f1], inner, layout.kernel_modes,
                                layout.index[f0:f1], STAGE_SYSTEM)
         shared_off, block_off, index, system, grad, c_sumsq, c_valid, \
@@ -302,45 +302,6 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                        minlength=n).astype(np.float64)
     return _Pass(out, centres, cost, status, sumsq, ok, system, grad,
                  n_valid, n_local, blocks)
-
-
-def _reduce_chunk(batch, off, params, lower, upper, settings, kernel_modes,
-                  shared_index, stage, offsets=None, sinv_blocks=None,
-                  variance=0.0, std=None):
-    """Run the reduction kernel over the clusters of a flattened batch."""
-    n_clusters = len(off) - 1
-    if offsets is None:
-        shared = (shared_index >= 0).any(axis=0)
-        n_sh = (np.count_nonzero(shared & (kernel_modes == _MODE_CLUSTER))
-                + np.diff(off) * np.count_nonzero(
-                    shared & (kernel_modes == _MODE_VAR)))
-        shared_off = np.zeros(n_clusters + 1, dtype=np.int64)
-        np.cumsum(n_sh, out=shared_off[1:])
-        block_off = np.zeros(n_clusters + 1, dtype=np.int64)
-        np.cumsum(n_sh ** 2, out=block_off[1:])
-    else:
-        shared_off, block_off = offsets
-    index = np.empty(shared_off[-1], dtype=np.int64)
-    system = np.empty(block_off[-1])
-    grad = np.empty(shared_off[-1])
-    sumsq = np.empty(n_clusters)
-    n_valid = np.empty(n_clusters, dtype=np.int64)
-    n_local = np.empty(n_clusters, dtype=np.int64)
-    if sinv_blocks is None:
-        sinv_blocks = np.empty(0)
-    if std is None:
-        std = np.empty((0, params.shape[1]))
-    reduce_clusters(np.arange(n_clusters, dtype=np.int64), batch.pix_val,
-                    batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
-                    batch.feat_entry_off, batch.cluster_feat_off,
-                    np.ascontiguousarray(params), np.ascontiguousarray(lower),
-                    np.ascontiguousarray(upper), kernel_modes,
-                    np.ascontiguousarray(shared_index), settings.ndim,
-                    settings.n_size, settings.model_id, settings.continuous,
-                    settings.dense_limit, stage, shared_off, block_off, index,
-                    system, grad, sumsq, n_valid, n_local, sinv_blocks,
-                    float(variance), std)
-    return shared_off, block_off, index, system, grad, sumsq, n_valid, n_local
 
 
 def _block_entries(shared_off, block_off, index, system, keep):
@@ -390,7 +351,7 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
         batch = flatten_masks(images, cluster_image, off,
                               np.ascontiguousarray(state.centres[f0:f1]),
                               settings.radius)
-        _reduce_chunk(batch, off, state.params[f0:f1], lower[f0:f1],
+        reduce_batch(batch, off, state.params[f0:f1], lower[f0:f1],
                       upper[f0:f1],
                       settings, layout.kernel_modes, layout.index[f0:f1],
                       STAGE_STD, offsets=(shared_off, block_off),

@@ -382,3 +382,22 @@ def test_global_size_with_a_method_matches_the_engine():
     assert abs(engine_fit["size"].iloc[0] - scipy_fit["size"].iloc[0]) < 2e-3
     np.testing.assert_allclose(engine_fit[["y", "x"]], scipy_fit[["y", "x"]],
                                atol=0.01)
+
+
+def test_errors_with_a_named_method_match_the_engine():
+    """compute_error with method=: the engine's covariance at scipy's
+    optimum, equal to the engine's own errors at (nearly) the same fit."""
+    rng = np.random.default_rng(66)
+    positions = _scatter(rng, 6, (70, 70), 14)
+    image = synth.draw((70, 70), positions, 2.3, 100.0, background=5.0,
+                       noise=10, rng=rng)
+    guess = _guess(positions, rng, signal=100.0, size=2.3)
+    engine_fit = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                          compute_error=True)
+    scipy_fit = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                         compute_error=True,
+                                         method="L-BFGS-B", tol=1e-12,
+                                         options=dict(maxiter=2000))
+    stds = ["background_std", "signal_std", "y_std", "x_std"]
+    assert np.isfinite(scipy_fit[stds]).all().all()
+    np.testing.assert_allclose(scipy_fit[stds], engine_fit[stds], rtol=0.02)
