@@ -6,10 +6,12 @@ output, computed by a Levenberg-Marquardt engine compiled with Numba.
 from .constraints import (dimer, dimer_global, tetramer, trimer,
                           wrap_constraint)
 from .fit_functions import FitFunctions
+from .movie import refine_movie
 from .params import vect_from_params, vect_to_params
 from .refine import refine_leastsq
+from .train import train_leastsq
 
-__all__ = ["refine_leastsq", "vect_from_params", "vect_to_params", "dimer",
-           "trimer", "tetramer", "dimer_global", "wrap_constraint",
-           "FitFunctions"]
+__all__ = ["refine_leastsq", "train_leastsq", "refine_movie", "vect_from_params",
+           "vect_to_params", "dimer", "trimer", "tetramer", "dimer_global",
+           "wrap_constraint", "FitFunctions"]
 __version__ = "0.1.0"

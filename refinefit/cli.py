@@ -1,57 +1,308 @@
-"""The ``refinefit`` command line."""
+"""The ``refinefit`` command line: ``refinefit refine`` and ``refinefit demo``.
+
+``refine`` is a thin wrapper over :func:`refinefit.refine_movie`. Options
+come from a TOML file (``--config``) and flags, flags winning. Every error
+the user can fix (missing or unreadable input, missing columns, frames
+beyond the movie's end, an unwritable output, an unknown or bad option) is
+one line ``refinefit: error: ...`` on stderr with exit status 2, and nothing
+is written at OUT.
+"""
 import argparse
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import Busy
 
-def _demo(args):
-    from .refine import refine_leastsq
-    from .synthetic import make_movie
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 
-    print(f"synthesizing {args.frames} frames of 512x512 uint8 (W1: 275 "
-          "Gaussian features per frame, 150 singles, 40 dimers, 15 trimers, "
-          "S/N 10)...", flush=True)
-    frames, truth, guess = make_movie(args.frames, seed=args.seed)
-    t0 = time.perf_counter()
-    refine_leastsq(guess[guess["frame"] == 0], frames, 11)  # compile/load kernels
-    t1 = time.perf_counter()
-    refined = refine_leastsq(guess, frames, 11)
-    t2 = time.perf_counter()
-    error = np.hypot(refined["y"] - truth["y"], refined["x"] - truth["x"])
-    start = np.hypot(guess["y"] - truth["y"], guess["x"] - truth["x"])
-    failed = int(refined["cost"].isna().sum())
-    print(f"first call (compile or load cached kernels): {t1 - t0:.2f} s")
-    print(f"refined {len(refined)} features in {t2 - t1:.3f} s: "
-          f"{len(refined) / (t2 - t1):,.0f} features/s, {failed} failed fits")
-    for size, name in ((1, "singles"), (2, "dimers"), (3, "trimers")):
-        sel = truth["group_size"] == size
-        print(f"  {name:8s} rms position error {np.sqrt(np.mean(error[sel] ** 2)):.4f} px "
-              f"(initial guess {np.sqrt(np.mean(start[sel] ** 2)):.4f} px)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    refined.to_csv(out, index=False)
-    print(f"wrote the refined table to {out}")
-    return 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# refine_leastsq options a config file may set (constraints and custom fit
+# functions are Python callables: use refinefit.refine_movie for those)
+FIT_KEYS = ("diameter", "separation", "fit_function", "param_mode",
+            "param_val", "bounds", "compute_error", "pos_columns", "t_column",
+            "max_iter", "max_shift", "max_rms_dev", "residual_factor", "tol",
+            "options", "method")
+RUN_KEYS = ("threads", "chunk_frames")
+# what refine_movie raises for input the user can fix; any other exception
+# is a bug and keeps its traceback
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError,
+                NotImplementedError, Busy)
+_TABLES = ("param_mode", "param_val", "bounds", "options")
+
+CONFIG_EXAMPLE = """\
+example config file (TOML; flags override it):
+  diameter = 11                 # or [11, 9] per axis
+  separation = 14
+  fit_function = "gauss"
+  compute_error = true
+  max_iter = 10
+  tol = 1e-6
+  chunk_frames = 64
+  threads = 2
+  [param_mode]
+  size = "var"
+  [param_val]
+  size = 2.5
+  [bounds]
+  size = [1.0, 6.0]             # nan for an open side: [0.5, nan]
+  pos_abs = 2.0
+  [options]
+  maxiter = 100
+"""
+
+
+class UsageError(Exception):
+    """A problem with the command line or the config file."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="refinefit",
-        description="Fast least-squares refinement of feature positions.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """Run the command; returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except UsageError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("refinefit: interrupted; run the same command again to resume "
+              "from the committed chunks", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _build_parser():
+    parser = _Parser(prog="refinefit", description="Fast least-squares "
+                     "refinement of feature positions.")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=_Parser)
+    refine = sub.add_parser(
+        "refine", help="refine the features of a movie (streamed, resumable)",
+        description="Refine the features of MOVIE (TIFF, .npy or anything "
+        "pims opens)\nlisted in FEATURES (CSV, Parquet or HDF5) and write OUT "
+        "(CSV or Parquet,\nby extension). Results are committed per chunk in "
+        "OUT.parts/; a killed run\ncontinues when the same command is run "
+        "again, and OUT appears only when\ncomplete.",
+        epilog=CONFIG_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    refine.add_argument("movie", metavar="MOVIE")
+    refine.add_argument("features", metavar="FEATURES")
+    refine.add_argument("-o", "--out", metavar="OUT", required=True,
+                        help="output table, .csv or .parquet")
+    refine.add_argument("--diameter", metavar="D", type=_number_or_tuple,
+                        help="mask diameter, a number or one per axis "
+                        "(11 or 11,9)")
+    refine.add_argument("--separation", metavar="S", type=_number_or_tuple,
+                        help="features closer than this are fitted together "
+                        "(default: the diameter)")
+    refine.add_argument("--fit-function", metavar="NAME",
+                        help="gauss (default), disc, hat, ring, "
+                        "inv_series_<n>")
+    refine.add_argument("--param-mode", metavar="NAME=MODE", action="append",
+                        default=[], help="var, const, cluster, global, "
+                        "particle or frame; repeatable")
+    refine.add_argument("--param-val", metavar="NAME=VALUE", action="append",
+                        default=[], help="set a parameter for every "
+                        "feature; repeatable")
+    refine.add_argument("--bounds", metavar="NAME=LOW:HIGH", action="append",
+                        default=[], help="absolute bounds (an empty side is "
+                        "open), or NAME_abs=D / NAME_rel=F; repeatable")
+    refine.add_argument("--config", metavar="FILE",
+                        help="TOML file with any refine_leastsq option")
+    refine.add_argument("--threads", metavar="N", type=int,
+                        help="Numba threads (default: all cores)")
+    refine.add_argument("--chunk-frames", metavar="N", type=int,
+                        help="frames per chunk (default: as many as fit in "
+                        "16 MiB and hold at most 10,000 features, at most 64)")
+    refine.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary line")
+    refine.set_defaults(run=_refine)
+
     demo = sub.add_parser("demo", help="refine a synthetic movie with ground "
                           "truth and report accuracy and speed")
     demo.add_argument("--frames", type=int, default=40,
                       help="number of frames to synthesize (default 40)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="demo_output/refined.csv",
-                      help="where to write the refined table")
+                      help="where to write the refined table; the movie and "
+                      "the features go to the same folder")
     demo.set_defaults(run=_demo)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def _refine(args):
+    from .movie import refine_movie
+
+    options = _options(args)
+    run = {key: options.pop(key) for key in RUN_KEYS if key in options}
+    if "diameter" not in options:
+        raise UsageError("the mask diameter is required: pass --diameter or "
+                         "set diameter in the config file")
+    # library warnings and log lines are held back: an error is one line
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            refine_movie(args.movie, args.features, args.out,
+                         quiet=args.quiet, **run, **options)
+        except _USER_ERRORS as exc:
+            return _fail(exc)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"refinefit: warning: {' '.join(message.split())}",
+              file=sys.stderr)
+    return 0
+
+
+def _fail(exc):
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args \
+        else str(exc)
+    message = " ".join(message.split()) or type(exc).__name__
+    print(f"refinefit: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _options(args):
+    """refine_movie's options from the config file, then the flags."""
+    options = _read_config(args.config) if args.config else {}
+    flags = dict(diameter=args.diameter, separation=args.separation,
+                 fit_function=args.fit_function, threads=args.threads,
+                 chunk_frames=args.chunk_frames)
+    options.update({k: v for k, v in flags.items() if v is not None})
+    for key, entries, parse in (("param_mode", args.param_mode, str),
+                                ("param_val", args.param_val, _number),
+                                ("bounds", args.bounds, _bound)):
+        if entries:
+            table = dict(options.get(key, {}))
+            for entry in entries:
+                name, value = _assignment(key, entry)
+                table[name] = _parse_value(key, entry, parse, value)
+            options[key] = table
+    return options
+
+
+def _read_config(path):
+    try:
+        with open(path, "rb") as handle:
+            config = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path!r} is not valid TOML: {exc}") \
+            from None
+    if "constraints" in config:
+        raise UsageError(f"config file {path!r}: constraints are Python "
+                         "functions and cannot be set in a config file; use "
+                         "refinefit.refine_movie from Python")
+    unknown = sorted(set(config) - set(FIT_KEYS) - set(RUN_KEYS))
+    if unknown:
+        raise UsageError(f"config file {path!r}: unknown key(s) {unknown}; "
+                         f"known keys: {', '.join(FIT_KEYS + RUN_KEYS)}")
+    for key in _TABLES:
+        if key in config and not isinstance(config[key], dict):
+            raise UsageError(f"config file {path!r}: {key} must be a table, "
+                             f"e.g. [{key}]")
+    for key in ("diameter", "separation"):
+        if isinstance(config.get(key), list):
+            config[key] = tuple(config[key])
+    if "bounds" in config:
+        config["bounds"] = {name: tuple(v) if isinstance(v, list) else v
+                            for name, v in config["bounds"].items()}
+    return config
+
+
+def _assignment(flag, entry):
+    name, sep, value = entry.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise UsageError(f"--{flag.replace('_', '-')}: expected NAME=VALUE, "
+                         f"got {entry!r}")
+    return name.strip(), value.strip()
+
+
+def _parse_value(flag, entry, parse, value):
+    try:
+        return parse(value)
+    except ValueError:
+        raise UsageError(f"--{flag.replace('_', '-')}: cannot read {entry!r}"
+                         + (" (expected NAME=LOW:HIGH or NAME=VALUE)"
+                            if flag == "bounds" else "")) from None
+
+
+def _number(text):
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text \
+        and "e" not in text.lower() else value
+
+
+def _number_or_tuple(text):
+    try:
+        parts = [_number(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers, got {text!r}") \
+            from None
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _bound(text):
+    """'LOW:HIGH' (either side may be empty: open) or one number."""
+    if ":" not in text:
+        return _number(text)
+    low, high = text.split(":")
+    return tuple(None if not side.strip() else _number(side)
+                 for side in (low, high))
+
+
+def _demo(args):
+    import tifffile
+
+    from .movie import refine_movie
+    from .refine import refine_leastsq
+    from .synthetic import make_movie
+
+    out_path = Path(args.out)
+    folder = out_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"synthesizing {args.frames} frames of 512x512 uint8 (W1: 275 "
+          "Gaussian features per frame, 150 singles, 40 dimers, 15 trimers, "
+          "S/N 10)...", flush=True)
+    frames, truth, guess = make_movie(args.frames, seed=args.seed)
+    movie_path, features_path = folder / "movie.tif", folder / "features.csv"
+    tifffile.imwrite(movie_path, frames, photometric="minisblack")
+    guess.to_csv(features_path, index=False)
+    print(f"wrote {movie_path} and {features_path}")
+
+    t0 = time.perf_counter()
+    refine_leastsq(guess[guess["frame"] == 0], frames, 11)  # compile or load
+    print(f"first call (compile or load cached kernels): "
+          f"{time.perf_counter() - t0:.2f} s")
+    print(f"the pipeline of: refinefit refine {movie_path} {features_path} "
+          f"-o {out_path} --diameter 11", flush=True)
+    refined = refine_movie(movie_path, features_path, out_path, diameter=11)
+    error = np.hypot(refined["y"] - truth["y"], refined["x"] - truth["x"])
+    start = np.hypot(guess["y"] - truth["y"], guess["x"] - truth["x"])
+    for size, name in ((1, "singles"), (2, "dimers"), (3, "trimers")):
+        sel = truth["group_size"] == size
+        print(f"  {name:8s} rms position error "
+              f"{np.sqrt(np.mean(error[sel] ** 2)):.4f} px (initial guess "
+              f"{np.sqrt(np.mean(start[sel] ** 2)):.4f} px)")
+    print(f"wrote the refined table to {out_path}")
+    return 0
 
 
 if __name__ == "__main__":

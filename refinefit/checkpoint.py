@@ -1,0 +1,252 @@
+"""Chunk results committed beside the output, so that a killed run resumes.
+
+``OUT.parts/`` holds ``manifest.json`` (a fingerprint of the movie, the
+features and the options, and the number of chunks), a ``lock`` file held
+while a run writes there, and ``chunk-NNNNNN.npz``, one per refined chunk.
+Each file is written under a temporary name, flushed to disk and renamed,
+so a chunk file that exists is complete, even after SIGKILL. A run whose
+fingerprint differs from the manifest's discards the chunk files first.
+
+A chunk file holds the rows of the features it refined (positions in the
+input table), the number of clusters it found, the output's column names and
+the values of every column with a NumPy dtype. Other columns (strings,
+categories) are input columns ``refine_leastsq`` does not touch; they are
+taken from the input when the chunks are assembled.
+"""
+import hashlib
+import json
+import numbers
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FORMAT = 1
+_MANIFEST = "manifest.json"
+_LOCK = "lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock
+    fcntl = None
+
+
+class Busy(RuntimeError):
+    """Another run holds the lock on the same output."""
+
+
+def parts_folder(out):
+    """The folder of chunk files beside ``out``."""
+    return Path(str(out) + ".parts")
+
+
+def pack_chunk(rows, refined):
+    """Arrays that describe one refined chunk (see the module notes)."""
+    packed = dict(rows=np.asarray(rows, dtype=np.int64),
+                  n_clusters=np.int64(refined["cluster"].max() + 1
+                                      if len(refined) else 0),
+                  columns=np.array([str(c) for c in refined.columns]))
+    for i, name in enumerate(refined.columns):
+        dtype = refined[name].dtype
+        if isinstance(dtype, np.dtype) and dtype.kind != "O":
+            packed[f"column_{i}"] = refined[name].to_numpy()
+    return packed
+
+
+def assemble(features, packs):
+    """The refined table, rows in the order of ``features``, from the packed
+    chunks in chunk (frame) order.
+
+    Cluster labels are numbered per ``refine_leastsq`` call from 0; each
+    chunk's labels are offset by the clusters of the chunks before it, which
+    gives the labels of one call over the whole table (clusters never span
+    frames, and labels follow frame order).
+    """
+    columns = [str(c) for c in packs[0]["columns"]]
+    by_name = {str(c): c for c in features.columns}
+    rows = np.concatenate([p["rows"] for p in packs])
+    offsets = np.cumsum([0] + [int(p["n_clusters"]) for p in packs[:-1]])
+    out = features.copy()
+    for i, name in enumerate(columns):
+        key = f"column_{i}"
+        if key not in packs[0]:
+            if name not in by_name:
+                raise ValueError(f"chunk files lack the values of column "
+                                 f"{name!r}")
+            continue  # an input column refine_leastsq does not change
+        chunks = [p[key] for p in packs]
+        if name == "cluster":
+            chunks = [c + off for c, off in zip(chunks, offsets)]
+        values = np.concatenate(chunks)
+        full = np.empty(len(features), dtype=values.dtype)
+        full[rows] = values
+        out[by_name.get(name, name)] = full
+    return out[[by_name.get(name, name) for name in columns]]
+
+
+class PartStore:
+    """The chunk files of one output.
+
+    Parameters
+    ----------
+    out : str or Path
+        The final output; chunk files go to ``OUT.parts/``.
+    fingerprint : dict or None
+        What the results depend on. None: the inputs cannot be identified
+        (an unnamed reader), so nothing is resumed.
+    n_chunks : int
+        Number of chunks in the plan.
+    """
+
+    def __init__(self, out, fingerprint, n_chunks):
+        self.out = Path(out)
+        self.folder = parts_folder(out)
+        self.n_chunks = int(n_chunks)
+        self.manifest = json.loads(json.dumps(dict(
+            format=FORMAT, fingerprint=fingerprint, n_chunks=self.n_chunks)))
+        self.discarded = 0
+        self._lock_handle = None
+
+    def open(self):
+        """Lock the folder and return the chunk numbers already committed.
+
+        Chunk files from a run with another fingerprint are deleted first
+        (their number is left in ``discarded``).
+        """
+        self.folder.mkdir(exist_ok=True)
+        self._lock()
+        manifest_path = self.folder / _MANIFEST
+        try:
+            previous = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        fresh = (self.manifest["fingerprint"] is None
+                 or previous != self.manifest)
+        for entry in self.folder.iterdir():
+            if entry.name == _LOCK:
+                continue
+            if fresh or entry.name.startswith("."):
+                self.discarded += entry.name.startswith("chunk-")
+                _remove(entry)
+        if fresh:
+            _write_atomically(manifest_path, json.dumps(
+                self.manifest, indent=1).encode())
+        return {k for k in range(self.n_chunks) if self._path(k).exists()}
+
+    def commit(self, chunk, packed):
+        """Write one chunk's packed arrays durably under its final name."""
+        temporary = self.folder / f".chunk-{chunk:06d}.tmp"
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **packed)
+        _fsync_and_rename(temporary, self._path(chunk))
+
+    def load(self, chunk):
+        """Packed arrays of a committed chunk."""
+        with np.load(self._path(chunk), allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+
+    def remove(self):
+        """Delete the folder (after the output is in place), then release
+        the lock."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._unlock()
+
+    def close(self):
+        """Release the lock, keeping the chunk files for a later run."""
+        self._unlock()
+
+    def _path(self, chunk):
+        return self.folder / f"chunk-{chunk:06d}.npz"
+
+    def _lock(self):
+        if fcntl is None:
+            return
+        handle = open(self.folder / _LOCK, "a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise Busy(f"another run is writing {str(self.folder)!r}; wait "
+                       "for it to finish") from None
+        self._lock_handle = handle
+
+    def _unlock(self):
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing releases the flock
+            self._lock_handle = None
+
+
+def fingerprint(movie_identity, features_identity, options):
+    """What a run's results depend on, or None if a part is unknown."""
+    if movie_identity is None or features_identity is None:
+        return None
+    return dict(movie=movie_identity, features=features_identity,
+                options=canonical(options))
+
+
+def table_identity(table, path=None):
+    """A file's path, size and mtime; for an in-memory table a hash of its
+    index, values, column names and dtypes (None if not hashable)."""
+    if path is not None:
+        stat = os.stat(path)
+        return dict(path=os.path.realpath(path), size=stat.st_size,
+                    mtime_ns=stat.st_mtime_ns)
+    try:
+        row_hashes = pd.util.hash_pandas_object(table, index=True).to_numpy()
+    except TypeError:  # unhashable cells (lists, dicts)
+        return None
+    digest = hashlib.blake2b(row_hashes.tobytes(), digest_size=16)
+    return dict(rows=len(table), columns=[str(c) for c in table.columns],
+                dtypes=[str(t) for t in table.dtypes],
+                blake2b=digest.hexdigest())
+
+
+def canonical(value):
+    """A JSON-able form of an option value that equals across processes
+    exactly when the value does (functions by module, name and bytecode;
+    objects without a stable form by ``repr``, which at worst makes a run
+    start afresh)."""
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in
+                sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, np.ndarray):
+        return dict(array=canonical(value.tolist()), dtype=value.dtype.str)
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if value is None or isinstance(value, (str, bool, np.bool_)):
+        return value if not isinstance(value, np.bool_) else bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if np.isfinite(value) else repr(value)
+    code = getattr(value, "__code__", None)
+    if code is not None:
+        body = hashlib.blake2b(code.co_code + repr(code.co_consts).encode(),
+                               digest_size=8).hexdigest()
+        cells = [canonical(c.cell_contents) for c in value.__closure__ or ()]
+        return dict(function=f"{value.__module__}.{value.__qualname__}",
+                    code=body, closure=cells)
+    return repr(value)
+
+
+def _write_atomically(path, data):
+    temporary = path.with_name("." + path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    _fsync_and_rename(temporary, path)
+
+
+def _fsync_and_rename(temporary, path):
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _remove(entry):
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)

@@ -1,0 +1,412 @@
+"""``refine_movie``: refine a long movie chunk by chunk, resumably.
+
+A thin streaming driver over :func:`refinefit.refine_leastsq`. Frames are
+read a chunk of whole frames at a time (the next chunk in a background
+thread while the Numba engine, which releases the GIL, works on this one),
+each chunk's features are refined by one ``refine_leastsq`` call, and, when
+an output file is given, each chunk's result is committed beside it (see
+:mod:`refinefit.checkpoint`) before the output is written atomically.
+"""
+import hashlib
+import numbers
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import pandas as pd
+
+from .checkpoint import (PartStore, assemble, fingerprint, pack_chunk,
+                         table_identity)
+from .movie_io import open_movie
+from .refine import refine_leastsq
+from .table_io import (check_output_path, read_features,
+                       remove_stale_temporaries, write_table_atomically)
+
+# default chunk limits: frame data (held twice while the next chunk is read
+# ahead), features (the engine's working memory is about 10 kB a feature)
+# and frames
+CHUNK_BYTES = 16 * 2 ** 20
+CHUNK_FEATURES = 10_000
+MAX_CHUNK_FRAMES = 64
+# parameter modes whose values are shared across frames
+_COUPLING_MODES = ("global", "particle", 2, 4)
+
+
+@dataclass
+class RunSummary:
+    """Counts and timings of one :func:`refine_movie` run."""
+
+    features: int
+    failed: int
+    frames: int
+    seconds: float
+    refined_now: int
+    chunks: int
+    resumed_chunks: int
+
+    def line(self):
+        """The one-line summary the command prints."""
+        rate = self.refined_now / self.seconds if self.seconds > 0 else 0.0
+        text = (f"refinefit: {self.features:,} features in {self.frames:,} "
+                f"frames, {self.failed:,} failed fits, {self.seconds:.2f} s, "
+                f"{rate:,.0f} features/s")
+        if self.resumed_chunks:
+            text += (f" ({self.resumed_chunks} of {self.chunks} chunks "
+                     "resumed from an earlier run)")
+        return text
+
+
+class FrameWindow:
+    """The reader ``refine_leastsq`` sees: the frames of the current chunk,
+    already in memory; any other frame is read from the movie on demand."""
+
+    def __init__(self, movie, frames=None):
+        self.movie = movie
+        self.frames = frames or {}
+        self.frame_shape = movie.frame_shape
+
+    def __len__(self):
+        return len(self.movie)
+
+    def __getitem__(self, frame_no):
+        frame = self.frames.get(frame_no)
+        if frame is None:
+            frame = self.movie.read([frame_no])[0]
+        return frame
+
+
+def refine_movie(movie, features, out=None, *, diameter, separation=None,
+                 chunk_frames=None, threads=None, progress=None, quiet=False,
+                 prefetch=True, **options):
+    """Refine every feature of a movie, streaming it chunk by chunk.
+
+    Gives the table ``refine_leastsq(features, movie, diameter, ...)``
+    gives for the whole movie while holding only a chunk of frames in
+    memory. With ``out``, each chunk's result is committed beside ``out``
+    so that an interrupted run (even by SIGKILL) continues where it stopped
+    when called again with the same arguments, and ``out`` appears only when
+    complete.
+
+    Parameters
+    ----------
+    movie : str, Path, ndarray or reader
+        A TIFF stack (memory-mapped where the file allows, else decoded page
+        by page), a ``.npy`` file (memory-mapped), any other file
+        ``pims.open`` reads, or an open movie: an ndarray with frames on axis
+        0 or an object with ``frame_shape``, ``len()`` and indexing.
+    features : DataFrame, str or Path
+        The features, or a CSV, Parquet or HDF5 file of them as pandas or
+        trackpy write them: a frame column (``t_column``), positions and
+        optional parameter columns.
+    out : str or Path, optional
+        Output file, CSV (``.csv``, optionally ``.gz``/``.bz2``/``.xz``/
+        ``.zst``) or Parquet (``.parquet``, ``.pq``) by extension. Chunk
+        results go to ``OUT.parts/`` until the run completes.
+    diameter, separation
+        As in :func:`refinefit.refine_leastsq`.
+    chunk_frames : int, optional
+        Frames per chunk. Default: as many frames as fit in 16 MiB and hold
+        at most 10,000 features (at least one frame, at most 64).
+    threads : int, optional
+        Numba threads for this run (restored afterwards). Default: Numba's
+        current setting.
+    progress : bool, optional
+        Show a progress bar on stderr. Default: when stderr is a terminal.
+    quiet : bool
+        No progress bar and no summary line.
+    prefetch : bool
+        Read the next chunk's frames in a background thread. Default True.
+    **options
+        Every other :func:`refinefit.refine_leastsq` option (fit_function,
+        param_mode, param_val, bounds, constraints, compute_error,
+        pos_columns, t_column, max_iter, ..., tol, options, method).
+
+    Returns
+    -------
+    DataFrame
+        The refined table: rows in the order of ``features``, its columns
+        plus the refined ones, as ``refine_leastsq`` returns them.
+
+    Notes
+    -----
+    Chunks hold whole frames, and ``refine_leastsq`` clusters features
+    within a frame, so chunking does not change the fits; cluster labels
+    are renumbered to those of a single call. (The engine's ``cost`` can
+    differ in the last bit between any two identical calls; every other
+    column is equal bit for bit in the tests.)
+
+    Memory: the frames of two chunks (the one being refined and the one
+    read ahead), the engine's work on one chunk (about 10 kB a feature),
+    the features table and, at the end, the refined table.
+
+    A run resumes from the chunk files when the movie (path, size,
+    modification time, shape, dtype), the features (file path, size and
+    modification time, or a hash of an in-memory table), the options and
+    the chunk boundaries are unchanged; otherwise it discards them and starts
+    afresh. A movie given as a reader without a file name cannot be
+    identified, so such runs always start afresh.
+
+    The 'frame' mode is refined chunk by chunk too; its solver stops on a
+    test over all the frames solved together, so results agree with one
+    call to within the solver's tolerance rather than bit for bit.
+
+    Parameter modes 'global' and 'particle' share values across frames: the
+    features are then refined by one ``refine_leastsq`` call over the whole
+    movie (which reads the frames itself, chunk by chunk), with no chunk
+    files and no resuming; ``out`` is still written atomically.
+
+    Only one run at a time may write a given ``out``.
+
+    See Also
+    --------
+    refinefit.refine_leastsq
+
+    Examples
+    --------
+    >>> refinefit.refine_movie("movie.tif", "features.csv", "refined.parquet",
+    ...                        diameter=11)
+    """
+    started = time.perf_counter()
+    fit_options = dict(options, diameter=diameter, separation=separation)
+    kind = check_output_path(out) if out is not None else None
+    _check_threads(threads)
+    if isinstance(features, pd.DataFrame):
+        table, table_id = features, None
+    else:
+        table = read_features(features)
+        table_id = table_identity(table, path=features)
+    pos_columns = options.get("pos_columns") or (
+        ["z", "y", "x"] if "z" in table else ["y", "x"])
+    frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
+    store = None
+    try:
+        frame_numbers = _frame_numbers(table, options.get("t_column", "frame"),
+                                       len(frames_movie), movie)
+        window = FrameWindow(frames_movie)
+        # options and columns are checked before anything is written
+        empty = refine_leastsq(table.iloc[:0], window, **fit_options)
+        max_frames, max_features = _chunk_limits(chunk_frames, frames_movie)
+        show = (not quiet and (sys.stderr.isatty() if progress is None
+                               else bool(progress)))
+        with _numba_threads(threads):
+            if len(table) == 0:
+                refined, counts = empty, (0, 0, 0)
+            elif _couples_frames(options.get("param_mode")):
+                refined = refine_leastsq(table, window, **fit_options)
+                counts = (len(table), 1, 0)
+            else:
+                chunks = _plan_chunks(frame_numbers, max_frames,
+                                      max_features)
+                if out is not None:
+                    identity = fingerprint(
+                        frames_movie.identity(),
+                        table_id or table_identity(table),
+                        dict(fit_options, refinefit=_version(),
+                             chunks=_plan_digest(chunks)))
+                    store = PartStore(out, identity, len(chunks))
+                refined, counts = _refine_chunks(
+                    frames_movie, table, chunks, fit_options, store, show,
+                    prefetch, quiet)
+        if out is not None:
+            write_table_atomically(refined, out, kind)
+        if store is not None:
+            store.remove()
+    finally:
+        if store is not None:
+            store.close()  # keeps the chunk files of an unfinished run
+        if frames_movie is not movie:
+            frames_movie.close()
+    if not quiet:
+        refined_now, n_chunks, resumed = counts
+        summary = RunSummary(
+            features=len(refined),
+            failed=int(refined["cost"].isna().sum()),
+            frames=len(np.unique(frame_numbers)),
+            seconds=time.perf_counter() - started, refined_now=refined_now,
+            chunks=n_chunks, resumed_chunks=resumed)
+        print(summary.line(), flush=True)
+    return refined
+
+
+def _plan_chunks(frame_numbers, max_frames, max_features):
+    """Consecutive frames that hold features, grouped into chunks of at
+    most ``max_frames`` frames and ``max_features`` features (at least one
+    frame each): per chunk its frame numbers and the rows of its features,
+    in input order."""
+    order = np.argsort(frame_numbers, kind="stable")
+    present, first_row = np.unique(frame_numbers[order], return_index=True)
+    first_row = np.append(first_row, len(order))
+    per_frame = np.diff(first_row)
+    chunks = []
+    lo = 0
+    while lo < len(present):
+        hi, n_features = lo + 1, per_frame[lo]
+        while (hi < len(present) and hi - lo < max_frames
+               and n_features + per_frame[hi] <= max_features):
+            n_features += per_frame[hi]
+            hi += 1
+        rows = np.sort(order[first_row[lo]:first_row[hi]])
+        chunks.append((present[lo:hi], rows))
+        lo = hi
+    return chunks
+
+
+def _plan_digest(chunks):
+    """Hash of the chunk boundaries: chunk files of another plan are not
+    reused."""
+    firsts = np.array([frames[0] for frames, _ in chunks], dtype=np.int64)
+    return hashlib.blake2b(firsts.tobytes(), digest_size=16).hexdigest()
+
+
+def _refine_chunks(movie, table, chunks, fit_options, store, show, prefetch,
+                   quiet):
+    """Refine the chunks not yet in ``store`` (all of them without one);
+    returns the table and (features refined now, chunks, chunks resumed)."""
+    done = set()
+    if store is not None:
+        done = store.open()
+        remove_stale_temporaries(store.out)
+        if not quiet and store.discarded:
+            print(f"refinefit: {store.folder.name} held chunks of a run with "
+                  "another movie, features or options; starting afresh",
+                  flush=True)
+    todo = [k for k in range(len(chunks)) if k not in done]
+    packs = {}
+    refined_now = 0
+    bar = _progress_bar(show, sum(len(frames) for frames, _ in chunks),
+                        sum(len(chunks[k][0]) for k in done))
+    started = time.perf_counter()
+    try:
+        for k, frames in _frames_of(movie, [chunks[k][0] for k in todo],
+                                    todo, prefetch):
+            frame_ids, rows = chunks[k]
+            window = FrameWindow(movie, dict(zip(frame_ids.tolist(), frames)))
+            packed = pack_chunk(rows, refine_leastsq(table.iloc[rows], window,
+                                                     **fit_options))
+            if store is not None:
+                store.commit(k, packed)
+            else:
+                packs[k] = packed
+            refined_now += len(rows)
+            if bar is not None:
+                bar.set_postfix_str(
+                    f"{refined_now / (time.perf_counter() - started):,.0f} "
+                    "features/s", refresh=False)
+                bar.update(len(frame_ids))
+    finally:
+        if bar is not None:
+            bar.close()
+    if store is not None:
+        packs = {k: store.load(k) for k in range(len(chunks))}
+    refined = assemble(table, [packs[k] for k in range(len(chunks))])
+    return refined, (refined_now, len(chunks), len(done))
+
+
+def _frames_of(movie, frame_lists, labels, prefetch):
+    """Yield ``(label, frames)`` per list of frame numbers, reading the next
+    list in a background thread while the caller works on this one."""
+    if not prefetch:
+        for label, frame_list in zip(labels, frame_lists):
+            yield label, movie.read(frame_list)
+        return
+    with ThreadPoolExecutor(max_workers=1,
+                            thread_name_prefix="refinefit-read") as reader:
+        pending = reader.submit(movie.read, frame_lists[0]) if labels else None
+        for i, label in enumerate(labels):
+            frames = pending.result()
+            pending = (reader.submit(movie.read, frame_lists[i + 1])
+                       if i + 1 < len(labels) else None)
+            yield label, frames
+
+
+def _progress_bar(show, total, initial):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="frame", desc="refining",
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _frame_numbers(table, t_column, n_frames, movie):
+    """Whole frame numbers of every feature, all within the movie."""
+    if t_column not in table:
+        raise KeyError(f"features have no frame column {t_column!r} "
+                       f"(columns: {[str(c) for c in table.columns]}); set "
+                       "t_column")
+    column = table[t_column]
+    if not pd.api.types.is_numeric_dtype(column) or \
+            pd.api.types.is_bool_dtype(column):
+        raise ValueError(f"features: column {t_column!r} must hold frame "
+                         f"numbers, got dtype {column.dtype}")
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise ValueError(f"features: column {t_column!r} must hold whole, "
+                         "finite frame numbers")
+    frames = values.astype(np.int64)
+    outside = np.unique(frames[(frames < 0) | (frames >= n_frames)])
+    if len(outside):
+        name = (f"{str(movie)!r}" if isinstance(movie, (str, Path))
+                else "the movie")
+        listed = ", ".join(map(str, outside[:5])) + (
+            f", ... ({len(outside)} in all)" if len(outside) > 5 else "")
+        raise ValueError(f"features reference frame(s) {listed} beyond the "
+                         f"movie's end: {name} has {n_frames} frames "
+                         f"(0 to {n_frames - 1})")
+    return frames
+
+
+def _chunk_limits(chunk_frames, movie):
+    """Frames and features per chunk: ``chunk_frames`` frames if given,
+    else the defaults (CHUNK_BYTES, CHUNK_FEATURES, MAX_CHUNK_FRAMES)."""
+    if chunk_frames is None:
+        frame_bytes = max(int(np.prod(movie.frame_shape)) *
+                          np.dtype(movie.dtype).itemsize, 1)
+        max_frames = max(1, min(MAX_CHUNK_FRAMES, CHUNK_BYTES // frame_bytes))
+        return int(max_frames), CHUNK_FEATURES
+    if isinstance(chunk_frames, bool) or not isinstance(
+            chunk_frames, numbers.Integral) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a positive integer, got "
+                         f"{chunk_frames!r}")
+    return int(chunk_frames), np.inf
+
+
+def _check_threads(threads):
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and (isinstance(threads, bool) or not isinstance(
+            threads, numbers.Integral) or not 1 <= threads <= limit):
+        raise ValueError(f"threads must be an integer from 1 to {limit} "
+                         f"(Numba's limit on this machine), got {threads!r}")
+
+
+@contextmanager
+def _numba_threads(threads):
+    if threads is None:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _version():
+    from . import __version__  # the package is fully imported by now
+
+    return __version__
+
+
+def _couples_frames(param_mode):
+    """True when a parameter mode shares values across frames."""
+    if not isinstance(param_mode, dict):
+        return False
+    return any(isinstance(mode, (str, numbers.Integral))
+               and not isinstance(mode, bool) and mode in _COUPLING_MODES
+               for mode in param_mode.values())

@@ -1,0 +1,293 @@
+"""Movies read a few whole frames at a time, from disk or from memory.
+
+- TIFF (tifffile): where the pixel data are one contiguous, uncompressed
+  series (what ``tifffile.memmap`` maps), each read maps only the byte range
+  of the frames it needs and unmaps it afterwards, so resident memory stays
+  that of one chunk however long the movie is. Otherwise (compressed, tiled,
+  several series) the pages are decoded one by one with
+  ``TiffFile.asarray(key=...)``.
+- ``.npy``: memory-mapped in the same way (``np.load(mmap_mode='r')`` gives
+  the layout).
+- Any other path: ``pims.open``.
+- An object already open: an ndarray (frames on axis 0) or anything with
+  ``frame_shape``, ``len()`` and indexing (a pims reader).
+
+Leading axes beyond one frame's dimensions all count as frame axes (see
+``open_movie``). Every movie gives ``frame_shape``, ``dtype``, ``len()``,
+``read(frames)`` and ``identity()``, what the checkpoint fingerprint records.
+"""
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class Movie:
+    """Frames by number: the interface shared by every kind of movie."""
+
+    frame_shape = ()
+    dtype = None
+    path = None
+
+    def __len__(self):
+        return self.n_frames
+
+    def read(self, frame_numbers):
+        """Frames ``frame_numbers`` as a list of ndarrays."""
+        raise NotImplementedError
+
+    def identity(self):
+        """JSON-able description that changes when the frames change, or
+        None when the movie cannot be identified without reading it."""
+        return None
+
+    def close(self):
+        """Release the file handles."""
+
+
+class MappedMovie(Movie):
+    """Raw frames at a byte offset of a file (uncompressed TIFF or .npy)."""
+
+    def __init__(self, path, offset, shape, dtype):
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.n_frames = int(shape[0])
+        self.frame_shape = tuple(int(n) for n in shape[1:])
+        self.file_dtype = np.dtype(dtype)
+        self.dtype = self.file_dtype.newbyteorder("=")
+        self.frame_bytes = (int(np.prod(self.frame_shape))
+                            * self.file_dtype.itemsize)
+        needed = self.offset + self.n_frames * self.frame_bytes
+        size = self.path.stat().st_size
+        if size < needed:
+            raise ValueError(f"movie {str(path)!r} is truncated: it has "
+                             f"{size} bytes, its header describes {needed}")
+
+    def read(self, frame_numbers):
+        frame_numbers = [int(n) for n in frame_numbers]
+        if not frame_numbers:
+            return []
+        first, last = min(frame_numbers), max(frame_numbers)
+        # map only these frames' bytes; unmapped again when ``mapped`` goes
+        mapped = np.memmap(self.path, dtype=self.file_dtype, mode="r",
+                           offset=self.offset + first * self.frame_bytes,
+                           shape=(last - first + 1,) + self.frame_shape)
+        frames = [np.array(mapped[n - first], dtype=self.dtype)
+                  for n in frame_numbers]
+        del mapped
+        return frames
+
+    def identity(self):
+        return dict(_file_identity(self.path), frames=self.n_frames,
+                    frame_shape=list(self.frame_shape),
+                    dtype=self.file_dtype.str)
+
+
+class TiffPagesMovie(Movie):
+    """A TIFF decoded page by page (compressed, tiled, or written as several
+    series): the pages in file order are the 2D frames, or the planes of the
+    3D frames."""
+
+    def __init__(self, path, tif, frame_ndim=None):
+        self.path = Path(path)
+        self._tif = tif
+        plane = tuple(int(n) for n in tif.pages[0].shape)
+        if len(plane) != 2:
+            raise ValueError(f"TIFF pages of shape {plane} are not 2D planes")
+        depth = int(tif.series[0].shape[-3]) if frame_ndim == 3 else 1
+        self.frame_shape = ((depth,) if frame_ndim == 3 else ()) + plane
+        self.n_frames = len(tif.pages) // depth
+        self.dtype = np.dtype(tif.pages[0].dtype).newbyteorder("=")
+        self._pages_per_frame = depth
+
+    def read(self, frame_numbers):
+        frames = []
+        for n in frame_numbers:
+            first = int(n) * self._pages_per_frame
+            key = first if self._pages_per_frame == 1 else range(
+                first, first + self._pages_per_frame)
+            image = self._tif.asarray(key=key)
+            frames.append(np.ascontiguousarray(
+                image.reshape(self.frame_shape), dtype=self.dtype))
+        return frames
+
+    def identity(self):
+        return dict(_file_identity(self.path), frames=self.n_frames,
+                    frame_shape=list(self.frame_shape), dtype=self.dtype.str)
+
+    def close(self):
+        self._tif.close()
+
+
+class ReaderMovie(Movie):
+    """An ndarray (frames on axis 0) or a pims-like reader."""
+
+    def __init__(self, reader, path=None, frame_ndim=None):
+        self.path = None if path is None else Path(path)
+        if hasattr(reader, "frame_shape"):
+            self.frame_shape = tuple(int(n) for n in reader.frame_shape)
+        elif isinstance(reader, np.ndarray) and reader.ndim >= 2:
+            n_frames, self.frame_shape = movie_shape(reader.shape, frame_ndim)
+            reader = reader.reshape((n_frames,) + self.frame_shape)
+        else:
+            raise TypeError("movie must be a path, an ndarray with frames on "
+                            "axis 0, or a reader with frame_shape and "
+                            f"indexing; got {type(reader).__name__}")
+        self._reader = reader
+        self.n_frames = len(reader)
+        dtype = getattr(reader, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(reader[0]).dtype if self.n_frames else float
+        self.dtype = np.dtype(dtype)
+
+    def read(self, frame_numbers):
+        return [np.asarray(self._reader[int(n)]) for n in frame_numbers]
+
+    def identity(self):
+        reader = self._reader
+        described = dict(frames=self.n_frames,
+                         frame_shape=list(self.frame_shape),
+                         dtype=self.dtype.str)
+        filename = self.path or getattr(reader, "filename", None)
+        if filename is not None and os.path.isfile(filename):
+            described.update(_file_identity(filename))
+            if isinstance(reader, np.memmap):
+                described["offset"] = int(reader.offset)
+            return described
+        if isinstance(reader, np.ndarray):
+            described["blake2b"] = _array_digest(reader)
+            return described
+        return None  # a reader we cannot identify without reading it all
+
+    def close(self):
+        close = getattr(self._reader, "close", None)
+        if self.path is not None and callable(close):
+            close()  # we opened it
+
+
+def open_movie(movie, frame_ndim=None):
+    """Open ``movie`` (a path or an open array/reader) as a :class:`Movie`.
+
+    ``frame_ndim`` (2 or 3, the number of position columns) folds every
+    leading axis of an array or file into the frame axis, so a TIFF written
+    in blocks (shape blocks x frames x Y x X) is a movie of 2D frames.
+    Without it, axis 0 is the frame axis.
+
+    Raises
+    ------
+    FileNotFoundError
+        The path does not exist.
+    ValueError
+        The file cannot be read as a movie.
+    """
+    if not isinstance(movie, (str, os.PathLike)):
+        return movie if isinstance(movie, Movie) else ReaderMovie(
+            movie, frame_ndim=frame_ndim)
+    path = Path(movie)
+    pattern = any(c in str(path) for c in "*?[")
+    if not path.exists() and not (pattern and glob.glob(str(path))):
+        raise FileNotFoundError(f"movie {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if path.is_file() and suffix in _TIFF_SUFFIXES:
+            return _open_tiff(path, frame_ndim)
+        if path.is_file() and suffix == ".npy":
+            return _open_npy(path, frame_ndim)
+        return _open_pims(path)  # also a glob of images
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:  # any reader error: the file is not a movie
+        raise ValueError(f"cannot read movie {str(path)!r}: "
+                         f"{_one_line(exc)}") from exc
+
+
+def movie_shape(shape, frame_ndim=None):
+    """Number of frames and frame shape of data of ``shape``."""
+    shape = tuple(int(n) for n in shape)
+    if frame_ndim is None:
+        frame_ndim = len(shape) - 1 if len(shape) > 2 else 2
+    if len(shape) < frame_ndim:
+        raise ValueError(f"the data have shape {shape}, fewer than the "
+                         f"{frame_ndim} dimensions of one frame")
+    return int(np.prod(shape[:-frame_ndim])), shape[-frame_ndim:]
+
+
+def _open_tiff(path, frame_ndim):
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    try:
+        if not tif.series or not tif.pages:
+            raise ValueError("the file holds no images")
+        if tif.series[0].axes.endswith("S"):
+            raise ValueError("frames with colour samples (RGB) are not "
+                             "supported; save the movie as grayscale")
+    except ValueError:
+        tif.close()
+        raise
+    if tif.series[0].dataoffset is None or len(tif.series) > 1:
+        # compressed, tiled or scattered: decode page by page
+        return TiffPagesMovie(path, tif, frame_ndim)
+    tif.close()
+    mapped = tifffile.memmap(path, mode="r")
+    n_frames, frame_shape = movie_shape(mapped.shape, frame_ndim)
+    movie = MappedMovie(path, mapped.offset, (n_frames,) + frame_shape,
+                        mapped.dtype)
+    del mapped
+    return movie
+
+
+def _open_npy(path, frame_ndim):
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not mapped.flags.c_contiguous:  # Fortran order: index the map itself
+        return ReaderMovie(mapped, path, frame_ndim)
+    n_frames, frame_shape = movie_shape(mapped.shape, frame_ndim)
+    movie = MappedMovie(path, mapped.offset, (n_frames,) + frame_shape,
+                        mapped.dtype)
+    del mapped
+    return movie
+
+
+def _open_pims(path):
+    import pims
+
+    return PimsMovie(pims.open(str(path)), path)
+
+
+class PimsMovie(ReaderMovie):
+    """A movie ``pims.open`` reads: one file or a glob of images. The
+    identity of a glob covers every matching file."""
+
+    def identity(self):
+        if self.path.is_file():
+            return super().identity()
+        files = sorted(glob.glob(str(self.path)))
+        digest = hashlib.blake2b(digest_size=16)
+        for name in files:
+            digest.update(json.dumps(_file_identity(name)).encode())
+        return dict(pattern=os.path.realpath(self.path), files=len(files),
+                    stats=digest.hexdigest(), frames=self.n_frames,
+                    frame_shape=list(self.frame_shape), dtype=self.dtype.str)
+
+
+def _file_identity(path):
+    stat = os.stat(path)
+    return dict(path=os.path.realpath(path), size=stat.st_size,
+                mtime_ns=stat.st_mtime_ns)
+
+
+def _array_digest(array):
+    digest = hashlib.blake2b(digest_size=16)
+    for frame in array:  # frame by frame: no copy of the whole movie
+        digest.update(np.ascontiguousarray(frame).view(np.uint8).ravel())
+    return digest.hexdigest()
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,178 @@
+"""Feature tables on disk: CSV, Parquet and HDF5 in, CSV and Parquet out.
+
+Formats are chosen by the file's extension. Parquet needs pyarrow
+(``pip install 'refinefit[parquet]'``); HDF5 needs PyTables
+(``pip install tables``). Both are optional and named in the error when
+missing.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+_CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst")
+_PARQUET = (".parquet", ".pq")
+_HDF5 = (".h5", ".hdf5", ".hdf")
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+# trackpy.PandasHDFStore keeps one table per frame under these keys
+_TRACKPY_FRAME_KEY = "/Frame_"
+
+
+def table_format(path, purpose):
+    """'csv', 'parquet' or 'hdf5' from the extension of ``path``.
+
+    ``purpose`` is 'features' (read) or 'output' (written; no HDF5).
+    Raises ValueError for another extension and ImportError when the
+    library the format needs is missing.
+    """
+    name = Path(path).name.lower()
+    formats = [("csv", _CSV), ("parquet", _PARQUET)]
+    if purpose == "features":
+        formats.append(("hdf5", _HDF5))
+    for kind, suffixes in formats:
+        if name.endswith(suffixes):
+            _require(kind, purpose)
+            return kind
+    known = ", ".join(s for _, suffixes in formats for s in suffixes)
+    raise ValueError(f"{purpose} file {str(path)!r}: unknown extension; use "
+                     f"one of {known}")
+
+
+def read_features(path):
+    """Read a features table written by pandas or trackpy.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv`` (optionally compressed), ``.parquet``/``.pq``, or
+        ``.h5``/``.hdf5``/``.hdf``. A CSV whose first header cell is empty
+        (``DataFrame.to_csv`` with its index) gets that column as index. An
+        HDF5 file holds one table, or one per frame as
+        ``trackpy.PandasHDFStore`` writes them (concatenated in frame order).
+
+    Returns
+    -------
+    DataFrame
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"features file {str(path)!r} does not exist"
+                                if not path.exists() else
+                                f"features file {str(path)!r} is not a file")
+    kind = table_format(path, "features")
+    try:
+        if kind == "csv":
+            header = pd.read_csv(path, nrows=0)
+            index_col = 0 if len(header.columns) and \
+                str(header.columns[0]).startswith("Unnamed: 0") else None
+            return pd.read_csv(path, index_col=index_col)
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        return _read_hdf(path)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as exc:  # a parser error: say which file and why
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot read features file {str(path)!r}: "
+                         f"{first}") from exc
+
+
+def _read_hdf(path):
+    with pd.HDFStore(path, mode="r") as store:
+        keys = store.keys()
+        if len(keys) == 1:
+            return store[keys[0]]
+        if keys and all(k.startswith(_TRACKPY_FRAME_KEY) for k in keys):
+            keys.sort(key=lambda k: int(k[len(_TRACKPY_FRAME_KEY):]))
+            return pd.concat([store[k] for k in keys], ignore_index=True)
+    raise ValueError(f"expected one table, found keys {keys}")
+
+
+def write_table(table, path, kind, final_name=None):
+    """Write ``table`` to ``path`` as ``kind`` ('csv' or 'parquet').
+
+    The index is written only when it is not the default 0..n-1 range, so a
+    table read from a file round-trips with its columns only. CSV
+    compression follows the extension of ``final_name`` (default ``path``).
+    """
+    keep_index = not table.index.equals(pd.RangeIndex(len(table)))
+    if kind == "parquet":
+        table.to_parquet(path, index=keep_index)
+    else:
+        table.to_csv(path, index=keep_index,
+                     compression=_compression(final_name or path))
+
+
+def write_table_atomically(table, path, kind):
+    """Write to a temporary name in the destination directory, flush it to
+    disk and rename it to ``path``: ``path`` is either absent or complete."""
+    path = Path(path)
+    temporary = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
+    try:
+        write_table(table, temporary, kind, final_name=path)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def remove_stale_temporaries(path):
+    """Delete what ``write_table_atomically`` left for ``path`` in a run
+    that was killed while writing (call only while holding the run's
+    lock)."""
+    path = Path(path)
+    for stale in path.parent.glob(_temporary_prefix(path) + "*"):
+        stale.unlink(missing_ok=True)
+
+
+def _temporary_prefix(path):
+    return f".{Path(path).name}.tmp-"
+
+
+def check_output_path(path):
+    """Raise if ``path`` cannot be written (missing or read-only directory,
+    a directory at ``path``, an unknown extension); returns the format.
+
+    Writability is tested by creating and deleting a hidden file in the
+    directory, which also holds for root and read-only file systems.
+    """
+    path = Path(path)
+    kind = table_format(path, "output")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output directory {str(folder)!r} does not "
+                                "exist" if not folder.exists() else
+                                f"output directory {str(folder)!r} is not a "
+                                "directory")
+    if path.is_dir():
+        raise IsADirectoryError(f"output {str(path)!r} is a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}."):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"output {str(path)!r} cannot be written: "
+                              f"{exc.strerror or exc}") from None
+    return kind
+
+
+def _compression(path):
+    name = Path(path).name.lower()
+    return next((c for s, c in _COMPRESSION.items() if name.endswith(s)), None)
+
+
+def _require(kind, purpose):
+    if kind == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ImportError(f"Parquet {purpose} needs pyarrow: pip install "
+                              "pyarrow (or refinefit[parquet])") from None
+    elif kind == "hdf5":
+        try:
+            import tables  # noqa: F401
+        except ImportError:
+            raise ImportError(f"HDF5 {purpose} needs PyTables: pip install "
+                              "tables") from None
