@@ -64,7 +64,6 @@ def test_custom_gradient_matches_finite_differences(spec, n_size):
         warnings.simplefilter("ignore")
         model = resolve_model(spec)
     image, truth, _ = image_and_guess(1)
-    rng = np.random.default_rng(2)
     n_extra = len(model.params)
     rows = []
     for y, x in truth[:2]:  # one dimer cluster
