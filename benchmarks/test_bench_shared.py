@@ -21,6 +21,7 @@ from conftest import FULL
 FRAMES = 200 if FULL else 2
 TRACKPY_SIZES = (10, 20, 40, 80, 160, 275) if FULL else (10,)
 TRACKPY_BUDGET = 60.0  # seconds
+ROUNDS = 3 if FULL else 1  # best of, for the refinefit timings
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,16 @@ def test_global_size_w1(benchmark, w1, results):
     first = guess[guess["frame"] == 0]
     for mode in ("const", "global"):  # compile or load the kernels
         refinefit.refine_leastsq(first, frames, 11, param_mode={"size": mode})
-    per_cluster, _ = _timed(lambda: refinefit.refine_leastsq(
-        guess, frames, 11, param_mode={"size": "const"}))
+    per_cluster = min(_timed(lambda: refinefit.refine_leastsq(
+        guess, frames, 11, param_mode={"size": "const"}))[0]
+        for _ in range(ROUNDS))
     refined = benchmark.pedantic(
         refinefit.refine_leastsq, args=(guess, frames, 11),
         kwargs=dict(param_mode={"size": "global"}, compute_error=True),
         rounds=1, iterations=1)
-    shared, _ = _timed(lambda: refinefit.refine_leastsq(
-        guess, frames, 11, param_mode={"size": "global"}))
+    shared = min(_timed(lambda: refinefit.refine_leastsq(
+        guess, frames, 11, param_mode={"size": "global"}))[0]
+        for _ in range(ROUNDS))
     assert refined["cost"].notna().mean() > 0.99
     assert refined["size"].nunique() == 1
     size = refined["size"].iloc[0]
