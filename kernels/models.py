@@ -10,6 +10,7 @@ optimising the per-pixel loop (measured 87 ns against 8 ns per pixel).
 import math
 
 from ._jit import inline_kernel, kernel
+from .custom import CUSTOM_BASE, custom_shape
 
 GAUSS = 0
 DISC = 1
@@ -89,6 +90,8 @@ def shape_at(model_id, r2, params, row, at, ndim, dextra):
         return _ring(r2, params[row, at], ndim, dextra)
     if model_id == INV_SERIES:
         return _inv_series(r2, params, row, at, dextra)
+    if model_id >= CUSTOM_BASE:
+        return custom_shape(model_id, r2, params, row, at, ndim, dextra)
     return math.nan, math.nan
 
 

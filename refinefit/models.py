@@ -4,10 +4,15 @@ Built-in shapes are evaluated by the Numba kernels (by id); a custom
 fit-function dict (trackpy's format) gets ``kernel_id`` CUSTOM and is
 evaluated with NumPy (see ``custom_model.py``).
 """
+import marshal
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .kernels import DISC, GAUSS, INV_SERIES, RING
+from .kernels.custom import CUSTOM_BASE, is_registered, make_shape, register
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,6 @@ def resolve_model(fit_function):
     ------
     ValueError
         For an unknown name.
-    NotImplementedError
-        For a custom fit-function dict (not supported yet).
     TypeError
         For anything that is neither a string nor a dict.
     """
@@ -100,10 +103,77 @@ def _custom_model(spec):
     if isinstance(params, str) or not all(isinstance(p, str) for p in params):
         raise TypeError("fit_function['params'] must be a list of names")
     default = dict(spec.get("default") or {})
-    warnings.warn("fit_function: a custom fit function is evaluated with "
-                  "NumPy and solved by scipy.optimize.minimize per cluster, "
-                  "much slower than the built-in models", UserWarning,
-                  stacklevel=3)
-    return Model("custom", CUSTOM, tuple(params), default,
-                 bool(spec.get("continuous", True)), spec["fun"],
-                 spec.get("dfun"))
+    continuous = bool(spec.get("continuous", True))
+    model_id, reason = _compile_custom(spec["fun"], spec.get("dfun"),
+                                       tuple(params), default)
+    if model_id is not None:
+        return Model("custom", model_id, tuple(params), default, continuous)
+    warnings.warn(f"fit_function: the custom fit function cannot be compiled "
+                  f"by Numba ({reason}); it is evaluated with NumPy and "
+                  "solved by scipy.optimize.minimize per cluster, much "
+                  "slower than a compiled one", UserWarning, stacklevel=3)
+    return Model("custom", CUSTOM, tuple(params), default, continuous,
+                 spec["fun"], spec.get("dfun"))
+
+
+def _compile_custom(fun, dfun, params, default):
+    """Kernel id of a compiled custom shape, or (None, why not).
+
+    The compiled shape must agree with ``fun`` called by NumPy on an array
+    (trackpy's convention) at a few radii, so that a function that behaves
+    differently on scalars is not used compiled.
+    """
+    model_id = CUSTOM_BASE + _code_hash(fun, dfun, len(params))
+    n_extra = len(params)
+    p = np.array([float(default.get(name, 1.0)) for name in params])
+    r2 = np.array([0.0, 0.3, 1.0, 2.5])
+    try:
+        shape = make_shape(fun, dfun, n_extra)
+        dextra = np.empty(max(n_extra, 1))
+        table = np.concatenate([[0.0, 0.0], p]).reshape(1, -1)
+        compiled = np.array([shape(float(x), table, 0, 2, 2, dextra)[0]
+                             for x in r2])
+    except Exception as exc:  # noqa: BLE001 - any Numba failure means "no"
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    with np.errstate(all="ignore"):
+        expected = np.asarray(fun(r2, p.copy(), 2), dtype=float)
+    if expected.shape != r2.shape or not np.allclose(compiled, expected,
+                                                     rtol=1e-9, atol=1e-12,
+                                                     equal_nan=True):
+        return None, "its compiled values differ from NumPy's"
+    if not is_registered(model_id):
+        register(model_id, shape)
+    return model_id, None
+
+
+def _code_hash(fun, dfun, n_extra):
+    """A stable hash of the functions' code, constants, closures and the
+    numeric globals they read: the same function gets the same kernel id
+    (and cached machine code) in every process."""
+    parts = [str(n_extra)]
+    for func in (fun, dfun):
+        if func is None:
+            parts.append("-")
+            continue
+        code = getattr(func, "__code__", None)
+        if code is None:
+            parts.append(repr(func))
+            continue
+        parts.append(marshal.dumps(code).hex())
+        cells = func.__closure__ or ()
+        parts.append(repr([_plain(c.cell_contents) for c in cells]))
+        parts.append(repr(func.__defaults__))
+        scope = getattr(func, "__globals__", {})
+        parts.append(repr([(name, _plain(scope[name])) for name in code.co_names
+                           if name in scope]))
+    return zlib.crc32("|".join(parts).encode()) % (1 << 30)
+
+
+def _plain(value):
+    """Numbers and arrays by value, anything else (modules, functions) by
+    name."""
+    if isinstance(value, (int, float, complex, bool, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tobytes().hex()
+    return getattr(value, "__name__", type(value).__name__)

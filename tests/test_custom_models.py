@@ -8,7 +8,8 @@ from scipy.optimize import approx_fprime
 
 import refinefit
 from refinefit import custom_model, engine
-from refinefit.models import resolve_model
+from refinefit.kernels import evaluate_model
+from refinefit.models import CUSTOM, Model, resolve_model
 
 
 def gauss_fun(r2, p, ndim):
@@ -43,26 +44,94 @@ def image_and_guess(seed=0):
     return image, truth, f
 
 
+def _numpy_model(spec):
+    """The NumPy/scipy evaluation of a custom dict (used when Numba cannot
+    compile it)."""
+    return Model("custom", CUSTOM, tuple(spec["params"]),
+                 dict(spec.get("default") or {}),
+                 bool(spec.get("continuous", True)), spec["fun"],
+                 spec.get("dfun"))
+
+
 @pytest.mark.parametrize("spec", [GAUSS, GAUSS_NO_DFUN],
                          ids=["with-dfun", "without-dfun"])
-def test_custom_gauss_matches_builtin(spec):
+def test_custom_gauss_matches_builtin(spec, monkeypatch):
+    """Compiled by Numba and solved on the LM engine: no warning, scipy
+    never called, the built-in gauss's positions."""
     image, truth, f = image_and_guess()
     builtin = refinefit.refine_leastsq(f, image, 15)
-    with pytest.warns(UserWarning, match="custom fit function"):
+    monkeypatch.setattr(engine, "solve_groups", _no_scipy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         custom = refinefit.refine_leastsq(f, image, 15, fit_function=spec)
     assert custom["cost"].notna().all()
     np.testing.assert_allclose(custom[["y", "x"]], builtin[["y", "x"]],
-                               atol=0.01)
+                               atol=1e-6)
     np.testing.assert_allclose(custom[["y", "x"]], truth, atol=0.01)
+
+
+def _no_scipy(*args, **kwargs):
+    raise AssertionError("a compiled custom model went to scipy")
+
+
+@pytest.mark.parametrize("spec, builtin", [(GAUSS, "gauss"),
+                                           (GAUSS_NO_DFUN, "gauss"),
+                                           (RING, "ring")],
+                         ids=["gauss-dfun", "gauss-fd", "ring-fd"])
+def test_compiled_model_and_derivatives_match_builtin(spec, builtin):
+    """The compiled custom shape gives the built-in model image, and its
+    derivatives (analytic from dfun, or finite differences) agree with the
+    built-in analytic ones, which tests/test_kernels.py checks against
+    finite differences."""
+    image, truth, _ = image_and_guess(2)
+    n_extra = len(spec["params"])
+    params = np.array([[12.0, 95.0, y + 0.3, x - 0.2, 2.1] + [0.35] * n_extra
+                       for y, x in truth[:2]])
+    cfo = np.array([0, 2], dtype=np.int64)
+    batch = engine.flatten_masks([image], np.zeros(1, np.int64), cfo,
+                                 np.ascontiguousarray(params[:, 2:4]),
+                                 (7.0, 7.0))
+    results = []
+    for fit_function in (spec, builtin):
+        model = resolve_model(fit_function)
+        n_pix, n_entries = len(batch.pix_val), len(batch.entry_pix)
+        image_out = np.empty(n_pix)
+        excluded = np.empty(n_pix, dtype=bool)
+        deriv = np.empty((n_entries, params.shape[1]))
+        evaluate_model(batch.pix_coord, batch.cluster_pix_off,
+                       batch.entry_pix, batch.feat_entry_off,
+                       batch.cluster_feat_off, params, 2, 1, model.kernel_id,
+                       model.continuous, image_out, excluded, deriv)
+        results.append((image_out, excluded, deriv))
+    (img_c, exc_c, der_c), (img_b, exc_b, der_b) = results
+    np.testing.assert_array_equal(exc_c, exc_b)
+    np.testing.assert_allclose(img_c, img_b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(der_c, der_b, rtol=1e-5,
+                               atol=1e-6 * np.abs(der_b).max())
+
+
+def test_uncompilable_custom_function_falls_back_with_a_warning():
+    from scipy import special
+
+    def fun(r2, p, ndim):
+        return special.expit(-r2) * 2.0  # scipy.special: Numba cannot
+
+    image, truth, f = image_and_guess()
+    with pytest.warns(UserWarning, match="cannot be compiled by Numba"):
+        model = resolve_model(dict(params=[], fun=fun))
+    assert model.fun is fun and model.kernel_id == CUSTOM
+    with pytest.warns(UserWarning, match="cannot be compiled by Numba"):
+        result = refinefit.refine_leastsq(f, image, 15,
+                                          fit_function=dict(params=[], fun=fun))
+    assert result["cost"].notna().all()
+    np.testing.assert_allclose(result[["y", "x"]], truth, atol=0.1)
 
 
 @pytest.mark.parametrize("spec, n_size", [(GAUSS, 1), (GAUSS_NO_DFUN, 2),
                                           (RING, 1)],
                          ids=["gauss-dfun", "gauss-fd-aniso", "ring-fd"])
 def test_custom_gradient_matches_finite_differences(spec, n_size):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = resolve_model(spec)
+    model = _numpy_model(spec)
     image, truth, _ = image_and_guess(1)
     n_extra = len(model.params)
     rows = []
