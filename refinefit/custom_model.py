@@ -99,3 +99,51 @@ def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
     bg_grad = np.bincount(cluster_of_pix, weights=2.0 * resid,
                           minlength=len(offsets) - 1)
     grad_out[offsets[ids], 0] = bg_grad[ids]
+
+
+def evaluate(model, batch, params, ndim, n_size):
+    """Model image, excluded pixels and per-entry derivatives over the whole
+    batch, with the contract of ``kernels.evaluate_model``."""
+    offsets = batch.cluster_feat_off
+    n_feat = offsets[-1]
+    counts = np.diff(batch.feat_entry_off[:n_feat + 1])
+    entry_feat = np.repeat(np.arange(n_feat), counts)
+    pix = batch.entry_pix
+    p = params[entry_feat]
+    size_at = 2 + ndim
+    extra_at = size_at + n_size
+    delta = batch.pix_coord[pix] - p[:, 2:size_at]
+    sizes = p[:, size_at:extra_at]
+    r2 = np.sum(delta ** 2 / sizes ** 2, axis=1)
+    dist2 = np.sum(delta ** 2, axis=1)
+    n_extra = params.shape[1] - extra_at
+    f = np.empty(len(pix))
+    df_dr2 = np.empty(len(pix))
+    df_dextra = np.empty((len(pix), n_extra))
+    extras, which = np.unique(p[:, extra_at:], axis=0, return_inverse=True)
+    which = which.ravel()
+    for k, extra in enumerate(extras):
+        sel = which == k
+        value, derivs = _shape(model, r2[sel], extra.copy(), ndim)
+        f[sel] = value
+        df_dr2[sel] = derivs[0]
+        for j in range(n_extra):
+            df_dextra[sel, j] = derivs[1 + j]
+    excluded = np.zeros(len(batch.pix_val), dtype=bool)
+    if not model.continuous:
+        excluded[pix[dist2 < 1.0]] = True
+    cluster_of_pix = np.repeat(np.arange(len(offsets) - 1),
+                               np.diff(batch.cluster_pix_off))
+    image = params[offsets[cluster_of_pix], 0].copy()
+    np.add.at(image, pix, p[:, 1] * f)
+    slope = p[:, 1] * df_dr2
+    deriv = np.zeros((len(pix), params.shape[1]))
+    deriv[:, 0] = 1.0
+    deriv[:, 1] = f
+    deriv[:, 2:size_at] = -2.0 * slope[:, None] * delta / sizes ** 2
+    if n_size == 1:
+        deriv[:, size_at] = -2.0 * slope * r2 / sizes[:, 0]
+    else:
+        deriv[:, size_at:extra_at] = -2.0 * slope[:, None] * delta ** 2 / sizes ** 3
+    deriv[:, extra_at:] = p[:, 1:2] * df_dextra
+    return image, excluded, deriv

@@ -168,17 +168,19 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
                                     sizes, settings, out, sumsq, status, std)
     if len(scipy_ids):
         groups = scipy_groups(scipy_ids, cluster_image, sizes, settings)
-        solved, scipy_sumsq, ok = solve_groups(
+        solved, scipy_sumsq, ok, scipy_std = solve_groups(
             groups, batch, start, lower, upper, settings.modes, settings,
             frame_max[cluster_image])
         rows = np.repeat(np.isin(np.arange(n_clusters), scipy_ids), sizes)
         out[rows] = solved[rows]
-        std[rows] = np.nan
+        std[rows] = scipy_std[rows]
         if settings.with_error and settings.custom is None \
                 and not settings.constraints:
-            # a named method: the engine's covariance at scipy's optimum
+            # a named method: the engine's covariance at scipy's optimum,
+            # computed in the kernel (bound-held unknowns excepted)
             errors = errors_at(batch, scipy_ids, out, lower, upper, settings)
-            std[rows] = errors[rows]
+            std[rows] = np.where(np.isnan(errors[rows]), std[rows],
+                                 errors[rows])
         sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
         status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
     return out, sumsq, status, std

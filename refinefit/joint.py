@@ -12,8 +12,9 @@ All frames that hold features are read, the masks of all clusters are
 flattened into one batch, and one minimisation runs over the stacked
 unknowns; the objective and its gradient come from the Numba kernel (or the
 custom model) over the batch. Masks are re-centred as in the per-cluster
-engine, and then the whole problem is solved again. Standard errors are not
-estimated on this path (NaN).
+engine, and then the whole problem is solved again. Standard errors come
+from ``scipy_errors.py`` (the covariance of the whole problem, constraints
+linearised).
 """
 import numpy as np
 
@@ -49,7 +50,8 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
 
     Arguments as :func:`engine.refine_sorted`, plus every feature's frame and
     (for the 'particle' mode) particle id. Returns parameters, cost and
-    status per cluster, and standard errors (NaN).
+    status per cluster, and standard errors (NaN unless
+    ``settings.with_error``).
     """
     n_clusters = len(cluster_frames)
     frame_numbers, cluster_image = np.unique(cluster_frames,
@@ -69,11 +71,12 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
     sumsq = np.full(n_clusters, np.nan)
     success = np.zeros(n_clusters, dtype=bool)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
+    std = np.full_like(params, np.nan)
     for _ in range(max(settings.max_iter, 1)):
         batch = flatten_masks(images, cluster_image, cluster_feat_off,
                               centres, settings.radius)
         n_pix = np.diff(batch.cluster_pix_off)
-        solved, sumsq, success = solve_groups(
+        solved, sumsq, success, std = solve_groups(
             [ids], batch, current, lower, upper, settings.modes, settings,
             frame_max[cluster_image], extra_groups=groups[1:],
             normalise=True)
@@ -89,7 +92,8 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
     failed = ~success | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
     cost[failed] = np.nan
-    return current, cost, status, np.full_like(params, np.nan)
+    std[np.repeat(failed, np.diff(cluster_feat_off))] = np.nan
+    return current, cost, status, std
 
 
 def _index_lists(keys):

@@ -96,7 +96,10 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         Add ``<param>_std`` for every fitted parameter: the standard error
         from the covariance of the least-squares fit at the optimum,
         ``s^2 (J^T J)^-1`` with ``s^2`` the residual variance (numdifftools
-        is not needed). NaN where the fit failed.
+        is not needed). Equality constraints and active inequality
+        constraints enter linearised; shared ('global', 'frame',
+        'particle') values are accounted for in every local error. NaN
+        where the fit failed.
     pos_columns : list of str, optional
         Default ``['z', 'y', 'x']`` if ``f`` has a 'z' column, else
         ``['y', 'x']``.

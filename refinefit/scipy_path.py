@@ -12,8 +12,9 @@ from scipy.optimize import minimize
 
 from . import custom_model
 from .constraints import wrap_constraint
-from .kernels import cost_and_gradient
+from .kernels import cost_and_gradient, evaluate_model
 from .params import vect_from_params, vect_to_params
+from .scipy_errors import group_errors
 
 # minimize methods that take bounds and use a gradient
 BOUNDED_GRADIENT_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr")
@@ -72,7 +73,10 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
 
     Returns
     -------
-    params_out, sumsq (per cluster), success (per cluster, bool)
+    params_out, sumsq (per cluster), success (per cluster, bool), std
+        ``std`` (features x parameters): standard errors of the solved
+        groups when ``settings.with_error`` (see ``scipy_errors.py``), else
+        NaN.
     """
     n_clusters = len(batch.cluster_feat_off) - 1
     out = params.copy()
@@ -83,6 +87,7 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     work = params.copy()
     cost = np.empty(n_clusters)
     grad = np.zeros_like(params)
+    solved = []
     for ids in groups:
         ids = np.asarray(ids, dtype=np.int64)
         starts = batch.cluster_feat_off[ids]
@@ -144,4 +149,27 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
         out[members] = work[members]
         sumsq[ids] = cost[ids]
         success[ids] = np.isfinite(cost[ids])
-    return out, sumsq, success
+        if success[ids].all():
+            solved.append((ids, members, result.x, modes, spec, constraints))
+    std = np.full_like(params, np.nan)
+    if settings.with_error and solved:
+        std = group_errors(batch, out, _evaluation(batch, out, settings),
+                           solved)
+    return out, sumsq, success, std
+
+
+def _evaluation(batch, params, settings):
+    """Model image, excluded pixels and entry derivatives over the batch."""
+    if settings.custom is not None:
+        return custom_model.evaluate(settings.custom, batch, params,
+                                     settings.ndim, settings.n_size)
+    n_pix, n_entries = len(batch.pix_val), len(batch.entry_pix)
+    image = np.empty(n_pix)
+    excluded = np.empty(n_pix, dtype=bool)
+    deriv = np.empty((n_entries, params.shape[1]))
+    evaluate_model(batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+                   batch.feat_entry_off, batch.cluster_feat_off,
+                   np.ascontiguousarray(params), settings.ndim,
+                   settings.n_size, settings.model_id, settings.continuous,
+                   image, excluded, deriv)
+    return image, excluded, deriv

@@ -121,10 +121,39 @@ def test_uncompilable_custom_function_falls_back_with_a_warning():
         model = resolve_model(dict(params=[], fun=fun))
     assert model.fun is fun and model.kernel_id == CUSTOM
     with pytest.warns(UserWarning, match="cannot be compiled by Numba"):
-        result = refinefit.refine_leastsq(f, image, 15,
+        result = refinefit.refine_leastsq(f, image, 15, compute_error=True,
                                           fit_function=dict(params=[], fun=fun))
     assert result["cost"].notna().all()
     np.testing.assert_allclose(result[["y", "x"]], truth, atol=0.1)
+    # standard errors from the NumPy evaluation (noise-free image: tiny)
+    assert np.isfinite(result[["y_std", "x_std", "signal_std"]]).all().all()
+    assert (result["y_std"] < 0.1).all()
+
+
+def test_numpy_evaluation_matches_the_kernel():
+    """custom_model.evaluate (used for errors of the NumPy path) gives the
+    kernel's model image and entry derivatives for the same shape."""
+    image, truth, _ = image_and_guess(3)
+    params = np.array([[12.0, 95.0, y + 0.3, x - 0.2, 2.1, 0.35]
+                       for y, x in truth[:2]])
+    cfo = np.array([0, 2], dtype=np.int64)
+    batch = engine.flatten_masks([image], np.zeros(1, np.int64), cfo,
+                                 np.ascontiguousarray(params[:, 2:4]),
+                                 (7.0, 7.0))
+    img_np, exc_np, der_np = custom_model.evaluate(_numpy_model(RING), batch,
+                                                   params, 2, 1)
+    model = resolve_model("ring")
+    img = np.empty(len(batch.pix_val))
+    exc = np.empty(len(batch.pix_val), dtype=bool)
+    der = np.empty((len(batch.entry_pix), params.shape[1]))
+    evaluate_model(batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+                   batch.feat_entry_off, batch.cluster_feat_off, params, 2, 1,
+                   model.kernel_id, model.continuous, img, exc, der)
+    np.testing.assert_array_equal(exc_np, exc)
+    np.testing.assert_allclose(img_np[~exc], img[~exc], rtol=1e-12)
+    use = ~exc[batch.entry_pix]
+    np.testing.assert_allclose(der_np[use], der[use], rtol=1e-5,
+                               atol=1e-6 * np.abs(der).max())
 
 
 @pytest.mark.parametrize("spec, n_size", [(GAUSS, 1), (GAUSS_NO_DFUN, 2),

@@ -401,3 +401,51 @@ def test_errors_with_a_named_method_match_the_engine():
     stds = ["background_std", "signal_std", "y_std", "x_std"]
     assert np.isfinite(scipy_fit[stds]).all().all()
     np.testing.assert_allclose(scipy_fit[stds], engine_fit[stds], rtol=0.02)
+
+
+def test_errors_on_the_joint_scipy_problem_match_the_engine():
+    """One cluster, 'global' size with method=: the joint scipy problem's
+    covariance equals the engine's for the same unknowns ('cluster')."""
+    rng = np.random.default_rng(67)
+    positions = np.array([[20.0, 18.0], [21.0, 22.5], [19.0, 27.0]])
+    image = synth.draw((40, 46), positions, 2.0, 100.0, background=5.0,
+                       noise=10, rng=rng)
+    guess = _guess(positions, rng, signal=90.0, size=2.2)
+    joint = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                     param_mode={"size": "global"},
+                                     method="L-BFGS-B", tol=1e-12,
+                                     options=dict(maxiter=5000),
+                                     compute_error=True)
+    engine_fit = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                          param_mode={"size": "cluster"},
+                                          compute_error=True)
+    stds = ["y_std", "x_std", "signal_std", "size_std", "background_std"]
+    assert np.isfinite(joint[stds]).all().all()
+    np.testing.assert_allclose(joint[stds], engine_fit[stds], rtol=0.02)
+
+
+def test_errors_under_an_active_inequality_match_the_equality():
+    """A dimer held apart by an active inequality has the errors of the
+    same dimer under the equivalent equality constraint."""
+    rng = np.random.default_rng(68)
+    positions = _dimers(rng, 4, (80, 80), 5.0)
+    image = synth.draw((80, 80), positions, 2.0, 100.0, background=5.0,
+                       noise=10, rng=rng)
+    guess = _guess(positions, rng, signal=100.0, size=2.0)
+
+    def apart(x, dist):
+        gap = np.linalg.norm(x[:, 0, 2:4] - x[:, 1, 2:4], axis=1)
+        return gap - dist
+
+    ineq = refinefit.refine_leastsq(
+        guess, image, DIAMETER, compute_error=True,
+        constraints=({"type": "ineq", "fun": apart, "args": (5.5,),
+                      "cluster_size": 2},))
+    eq = refinefit.refine_leastsq(guess, image, DIAMETER, compute_error=True,
+                                  constraints=refinefit.dimer(5.5))
+    pos = ineq[["y", "x"]].to_numpy().reshape(-1, 2, 2)
+    np.testing.assert_allclose(np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1),
+                               5.5, atol=1e-4)  # the inequality is active
+    stds = ["y_std", "x_std", "signal_std"]
+    assert np.isfinite(ineq[stds]).all().all()
+    np.testing.assert_allclose(ineq[stds], eq[stds], rtol=0.02)

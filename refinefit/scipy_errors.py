@@ -1,0 +1,132 @@
+"""Standard errors of fits made by ``scipy.optimize.minimize``.
+
+For a group of clusters solved as one vector ``v`` (see ``scipy_path.py``),
+at the optimum:
+
+- the Jacobian of the residuals with respect to ``v`` is the per-entry
+  model derivatives (``kernels.evaluate_model``, or the NumPy evaluation of
+  a custom model) times the linear map from ``v`` to the per-feature
+  parameters (``vect_to_params``), assembled sparse;
+- ``N = J^T J`` and ``s^2`` = sum of squared residuals / (pixels - unknowns);
+- equality constraints, and inequality constraints that are active
+  (|value| <= 1e-6), enter linearised: with ``A`` their finite-difference
+  Jacobian, Cov = s^2 (N^-1 - N^-1 A^T (A N^-1 A^T)^-1 A N^-1);
+- the standard error of every unknown is mapped back to the features.
+
+This path is the slow one (a Python loop over groups); the engine's own
+solvers compute their errors inside the kernels.
+"""
+import numpy as np
+from scipy import sparse
+
+from .params import vect_to_params
+
+_ACTIVE = 1e-6
+_FD_STEP = 1e-7
+
+
+def group_errors(batch, params, evaluation, solved):
+    """Standard errors (features x parameters, NaN elsewhere) of ``solved``.
+
+    Parameters
+    ----------
+    batch : engine.FlatBatch
+    params : ndarray (batch features x parameters), the fitted values
+    evaluation : (model, excluded, entry_deriv) over the whole batch at
+        ``params``, as ``kernels.evaluate_model`` fills them
+    solved : list of (ids, members, x, modes, spec, constraints)
+        Every group scipy solved: its cluster ids, feature rows, optimum,
+        modes, groups spec and wrapped constraints.
+    """
+    model, excluded, entry_deriv = evaluation
+    std = np.full(params.shape, np.nan)
+    for ids, members, x, modes, spec, constraints in solved:
+        try:
+            std[members] = _one_group(batch, params, model, excluded,
+                                      entry_deriv, ids, members, x, modes,
+                                      spec, constraints)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            continue
+    return std
+
+
+def _one_group(batch, params, model, excluded, entry_deriv, ids, members, x,
+               modes, spec, constraints):
+    n_params = params.shape[1]
+    n_v = len(x)
+    base = np.zeros((len(members), n_params))
+    # the linear map v -> per-feature parameters, one column per unknown
+    columns = [vect_to_params(unit, base, modes, spec).ravel()
+               for unit in np.eye(n_v)]
+    vmap = sparse.csr_matrix(np.array(columns).T)  # (features*params, n_v)
+
+    local_feat = np.full(len(params), -1, dtype=np.int64)
+    local_feat[members] = np.arange(len(members))
+    pix = np.concatenate([np.arange(batch.cluster_pix_off[c],
+                                    batch.cluster_pix_off[c + 1]) for c in ids])
+    local_pix = np.full(len(batch.pix_val), -1, dtype=np.int64)
+    local_pix[pix] = np.arange(len(pix))
+    valid = ~excluded[pix]
+
+    entries = np.concatenate([np.arange(batch.feat_entry_off[f],
+                                        batch.feat_entry_off[f + 1])
+                              for f in members])
+    entry_feat = np.repeat(members, batch.feat_entry_off[members + 1]
+                           - batch.feat_entry_off[members])
+    rows = np.repeat(local_pix[batch.entry_pix[entries]], n_params - 1)
+    cols = (local_feat[entry_feat][:, None] * n_params
+            + np.arange(1, n_params)).ravel()
+    vals = entry_deriv[entries, 1:].ravel()
+    # the background: once per pixel, the cluster's first feature's value
+    pix_cluster = np.repeat(ids, batch.cluster_pix_off[ids + 1]
+                            - batch.cluster_pix_off[ids])
+    first = local_feat[batch.cluster_feat_off[pix_cluster]]
+    rows = np.concatenate([rows, np.arange(len(pix))])
+    cols = np.concatenate([cols, first * n_params])
+    vals = np.concatenate([vals, np.ones(len(pix))])
+    keep = valid[rows]
+    jac_params = sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])),
+                                   shape=(len(pix), len(members) * n_params))
+    jac = (jac_params @ vmap).toarray()
+    normal = jac.T @ jac
+    resid = (model[pix] - batch.pix_val[pix])[valid]
+    dof = int(valid.sum()) - n_v
+    if dof <= 0:
+        return np.full((len(members), n_params), np.nan)
+    variance = float(resid @ resid) / dof
+    inverse = np.linalg.inv(normal)
+    active = _active_constraint_jacobian(constraints, x)
+    if len(active):
+        middle = active @ inverse @ active.T
+        inverse = inverse - inverse @ active.T @ np.linalg.solve(
+            middle, active @ inverse)
+    diag = np.diag(inverse) * variance
+    with np.errstate(invalid="ignore"):
+        std_v = np.where(diag >= 0, np.sqrt(np.abs(diag)), np.nan)
+    nan_base = np.full((len(members), n_params), np.nan)
+    return vect_to_params(std_v, nan_base, modes, spec)
+
+
+def _active_constraint_jacobian(constraints, x):
+    """Finite-difference Jacobian rows of the equality constraints and the
+    active inequality constraints at ``x``."""
+    rows = []
+    for cons in constraints:
+        fun, args = cons["fun"], cons.get("args", ())
+        value = np.atleast_1d(np.asarray(fun(x, *args), dtype=np.float64))
+        if value.size == 0:
+            continue
+        use = np.ones(value.size, dtype=bool) if cons["type"] == "eq" \
+            else np.abs(value) <= _ACTIVE
+        if not use.any():
+            continue
+        jac = np.empty((value.size, len(x)))
+        for i in range(len(x)):
+            step = _FD_STEP * max(abs(x[i]), 1.0)
+            shifted = x.copy()
+            shifted[i] += step
+            jac[:, i] = (np.atleast_1d(fun(shifted, *args)) - value) / step
+        rows.append(jac[use])
+    if not rows:
+        return np.empty((0, len(x)))
+    return np.concatenate(rows)
