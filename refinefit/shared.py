@@ -11,7 +11,8 @@ by variable projection with a Schur complement:
    systems (sparse: a shared unknown couples only the clusters that use it)
    and takes a damped Gauss-Newton step in the shared values;
 3. the step is kept if the total sum of squares went down (Levenberg-
-   Marquardt damping otherwise), until the predicted change is below ``tol``.
+   Marquardt damping otherwise), until the predicted change is below ``tol``
+   of the cost or the step below ~1% of a standard error.
 
 Every pass reads the frames chunk by chunk, as the per-cluster engine does,
 so memory does not grow with the movie. A pass costs one warm-started solve
@@ -135,11 +136,13 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
     first = replace(settings, modes=layout.local_modes, with_error=False)
     inner = replace(first, tol=max(settings.tol * _INNER_TOL_FACTOR, 1e-13))
     pos = slice(2, 2 + settings.ndim)
-    args = (source, cluster_frames, cluster_feat_off, lower, upper, inner,
-            layout)
-    state = _solve_pass(*args[:5], first, layout,
-                        _with_shared(params, theta, layout),
-                        np.ascontiguousarray(params[:, pos]))
+
+    def solve_pass(pass_settings, start, centres):
+        return _solve_pass(source, cluster_frames, cluster_feat_off, lower,
+                           upper, pass_settings, layout, start, centres)
+
+    state = solve_pass(first, _with_shared(params, theta, layout),
+                       np.ascontiguousarray(params[:, pos]))
     lam = _LAMBDA_START
     for _ in range(_MAX_OUTER):
         # stop when the cost changes by less than tol of itself, or, in a
@@ -153,8 +156,8 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
         if predicted <= threshold:
             break
         trial_theta = np.clip(theta + step, theta_lo, theta_hi)
-        trial = _solve_pass(*args, _with_shared(state.params, trial_theta,
-                                                layout), state.centres.copy())
+        trial = solve_pass(inner, _with_shared(state.params, trial_theta,
+                                               layout), state.centres.copy())
         both = state.ok & trial.ok
         before = state.sumsq[both].sum()
         after = trial.sumsq[both].sum()
