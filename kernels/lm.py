@@ -134,14 +134,14 @@ def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                     entry_deriv[e - e_base, j] = deriv[j]
                     if modes[j] == MODE_CLUSTER:
                         jac_cl[q, slot[j]] += deriv[j]
+    for q in range(n_pix):
+        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
+    # summed over the kernel's own array: a vectorised sum over pix_val
+    # would start at an alignment that depends on the cluster's place in
+    # the batch, and its last bit on how the movie was chunked
     cost = 0.0
     for q in range(n_pix):
-        if excluded[q]:
-            resid[q] = 0.0
-        else:
-            r = model[q] - pix_val[pix_base + q]
-            resid[q] = r
-            cost += r * r
+        cost += resid[q] * resid[q]
     if not with_jac:
         return cost
     bg_col = cols[0, 0]
@@ -503,10 +503,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8],
                      b[9])
     n_eval = 1
-    tiny = 0.0
-    for q in range(pix_base, pix_base + n_pix):
-        tiny += pix_val[q] * pix_val[q]
-    tiny *= 1e-26
+    # (a maximum, not a sum: exact in any order)
+    tiny = 1e-26 * n_pix * max(vmin * vmin, vmax * vmax)
 
     free = np.empty(n_unk, dtype=np.bool_)
     scale = np.empty(n_unk)

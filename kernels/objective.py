@@ -52,16 +52,15 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     excluded[q - p0] = True
                 else:
                     model[q - p0] += value
+        for q in range(n_pix):  # model becomes the residual
+            model[q] = 0.0 if excluded[q] else model[q] - pix_val[p0 + q]
+        # sums over the kernel's own array, whose alignment is fixed (see
+        # lm._evaluate)
         cost = 0.0
         bg_grad = 0.0
         for q in range(n_pix):
-            if excluded[q]:
-                model[q] = 0.0
-            else:
-                r = model[q] - pix_val[p0 + q]
-                model[q] = r  # now the residual
-                cost += r * r
-                bg_grad += 2.0 * r
+            cost += model[q] * model[q]
+            bg_grad += 2.0 * model[q]
         cost_out[c] = cost
         for feat in range(f0, f1):
             grad_out[feat, :] = 0.0
