@@ -1,8 +1,9 @@
-"""Cost and gradient of a custom fit function, with NumPy over a batch.
+"""A custom fit function that Numba cannot compile, with NumPy over a batch.
 
-Same contract as ``kernels.objective.cost_and_gradient`` (per cluster the
-sum of squared residuals, per feature and parameter its derivative), for a
-custom fit-function dict. ``fun``/``dfun`` are called once per distinct
+``cost_and_gradient`` has the contract of ``kernels.objective.
+cost_and_gradient`` (per cluster the sum of squared residuals, per feature
+and parameter its derivative), ``evaluate`` that of
+``kernels.evaluate_model``; both build on one per-entry evaluation. ``fun``/``dfun`` are called once per distinct
 vector of extra shape parameters over all entries that share it (usually
 once per call: shape parameters are mostly constant). Without ``dfun`` the
 derivatives with respect to r2 and the shape parameters are central finite
@@ -34,15 +35,14 @@ def _shape(model, r2, extra, ndim):
     return value, derivs
 
 
-def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
-                      grad_out):
-    """Fill ``cost_out[ids]`` and the rows of ``grad_out`` of their features."""
-    offsets = batch.cluster_feat_off
-    feats = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in ids])
+def _entry_terms(model, feats, batch, params, ndim, n_size):
+    """Per entry of the features ``feats``: the pixel, the feature, the
+    shape value and the derivatives of ``signal * f`` with respect to every
+    parameter (column 0, the background, is 1); and the pixels a
+    non-continuous model ignores."""
     counts = batch.feat_entry_off[feats + 1] - batch.feat_entry_off[feats]
-    entries = np.concatenate([np.arange(batch.feat_entry_off[f],
-                                        batch.feat_entry_off[f + 1])
-                              for f in feats])
+    entries = np.repeat(batch.feat_entry_off[feats] - np.r_[0, np.cumsum(
+        counts)[:-1]], counts) + np.arange(counts.sum())
     entry_feat = np.repeat(feats, counts)
     pix = batch.entry_pix[entries]
     p = params[entry_feat]
@@ -51,11 +51,9 @@ def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
     delta = batch.pix_coord[pix] - p[:, 2:size_at]
     sizes = p[:, size_at:extra_at]
     r2 = np.sum(delta ** 2 / sizes ** 2, axis=1)
-    dist2 = np.sum(delta ** 2, axis=1)
-
+    n_extra = params.shape[1] - extra_at
     f = np.empty(len(entries))
     df_dr2 = np.empty(len(entries))
-    n_extra = params.shape[1] - extra_at
     df_dextra = np.empty((len(entries), n_extra))
     extras, which = np.unique(p[:, extra_at:], axis=0, return_inverse=True)
     which = which.ravel()
@@ -66,78 +64,11 @@ def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
         df_dr2[sel] = derivs[0]
         for j in range(n_extra):
             df_dextra[sel, j] = derivs[1 + j]
-
-    # pixels of the clusters, and which are ignored (non-continuous models)
-    cluster_of_pix = np.repeat(np.arange(len(offsets) - 1),
-                               np.diff(batch.cluster_pix_off))
     excluded = np.zeros(len(batch.pix_val), dtype=bool)
     if not model.continuous:
-        excluded[pix[dist2 < 1.0]] = True
-    model_img = np.zeros(len(batch.pix_val))
-    np.add.at(model_img, pix, p[:, 1] * f)
-    first = offsets[cluster_of_pix]
-    used = np.zeros(len(batch.pix_val), dtype=bool)
-    used[pix] = True
-    resid = np.where(used & ~excluded,
-                     params[first, 0] + model_img - batch.pix_val, 0.0)
-    cost = np.bincount(cluster_of_pix, weights=resid ** 2,
-                       minlength=len(offsets) - 1)
-    cost_out[ids] = cost[ids]
-
-    r = resid[pix]
+        excluded[pix[np.sum(delta ** 2, axis=1) < 1.0]] = True
     slope = p[:, 1] * df_dr2
-    d = np.zeros((len(entries), params.shape[1]))
-    d[:, 1] = f
-    d[:, 2:size_at] = -2.0 * slope[:, None] * delta / sizes ** 2
-    if n_size == 1:
-        d[:, size_at] = -2.0 * slope * r2 / sizes[:, 0]
-    else:
-        d[:, size_at:extra_at] = -2.0 * slope[:, None] * delta ** 2 / sizes ** 3
-    d[:, extra_at:] = p[:, 1:2] * df_dextra
-    grad_out[feats] = 0.0
-    np.add.at(grad_out, entry_feat, 2.0 * r[:, None] * d)
-    bg_grad = np.bincount(cluster_of_pix, weights=2.0 * resid,
-                          minlength=len(offsets) - 1)
-    grad_out[offsets[ids], 0] = bg_grad[ids]
-
-
-def evaluate(model, batch, params, ndim, n_size):
-    """Model image, excluded pixels and per-entry derivatives over the whole
-    batch, with the contract of ``kernels.evaluate_model``."""
-    offsets = batch.cluster_feat_off
-    n_feat = offsets[-1]
-    counts = np.diff(batch.feat_entry_off[:n_feat + 1])
-    entry_feat = np.repeat(np.arange(n_feat), counts)
-    pix = batch.entry_pix
-    p = params[entry_feat]
-    size_at = 2 + ndim
-    extra_at = size_at + n_size
-    delta = batch.pix_coord[pix] - p[:, 2:size_at]
-    sizes = p[:, size_at:extra_at]
-    r2 = np.sum(delta ** 2 / sizes ** 2, axis=1)
-    dist2 = np.sum(delta ** 2, axis=1)
-    n_extra = params.shape[1] - extra_at
-    f = np.empty(len(pix))
-    df_dr2 = np.empty(len(pix))
-    df_dextra = np.empty((len(pix), n_extra))
-    extras, which = np.unique(p[:, extra_at:], axis=0, return_inverse=True)
-    which = which.ravel()
-    for k, extra in enumerate(extras):
-        sel = which == k
-        value, derivs = _shape(model, r2[sel], extra.copy(), ndim)
-        f[sel] = value
-        df_dr2[sel] = derivs[0]
-        for j in range(n_extra):
-            df_dextra[sel, j] = derivs[1 + j]
-    excluded = np.zeros(len(batch.pix_val), dtype=bool)
-    if not model.continuous:
-        excluded[pix[dist2 < 1.0]] = True
-    cluster_of_pix = np.repeat(np.arange(len(offsets) - 1),
-                               np.diff(batch.cluster_pix_off))
-    image = params[offsets[cluster_of_pix], 0].copy()
-    np.add.at(image, pix, p[:, 1] * f)
-    slope = p[:, 1] * df_dr2
-    deriv = np.zeros((len(pix), params.shape[1]))
+    deriv = np.zeros((len(entries), params.shape[1]))
     deriv[:, 0] = 1.0
     deriv[:, 1] = f
     deriv[:, 2:size_at] = -2.0 * slope[:, None] * delta / sizes ** 2
@@ -146,4 +77,46 @@ def evaluate(model, batch, params, ndim, n_size):
     else:
         deriv[:, size_at:extra_at] = -2.0 * slope[:, None] * delta ** 2 / sizes ** 3
     deriv[:, extra_at:] = p[:, 1:2] * df_dextra
+    return pix, entry_feat, p[:, 1] * f, deriv, excluded
+
+
+def _model_image(batch, params, pix, terms):
+    """Background of each cluster's first feature plus the terms."""
+    offsets = batch.cluster_feat_off
+    cluster_of_pix = np.repeat(np.arange(len(offsets) - 1),
+                               np.diff(batch.cluster_pix_off))
+    image = params[offsets[cluster_of_pix], 0].copy()
+    np.add.at(image, pix, terms)
+    return image, cluster_of_pix
+
+
+def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
+                      grad_out):
+    """Fill ``cost_out[ids]`` and the rows of ``grad_out`` of their features."""
+    offsets = batch.cluster_feat_off
+    feats = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in ids])
+    pix, entry_feat, terms, deriv, excluded = _entry_terms(
+        model, feats, batch, params, ndim, n_size)
+    image, cluster_of_pix = _model_image(batch, params, pix, terms)
+    used = np.zeros(len(batch.pix_val), dtype=bool)
+    used[pix] = True
+    resid = np.where(used & ~excluded, image - batch.pix_val, 0.0)
+    cost = np.bincount(cluster_of_pix, weights=resid ** 2,
+                       minlength=len(offsets) - 1)
+    cost_out[ids] = cost[ids]
+    deriv[:, 0] = 0.0  # the background enters once per pixel, below
+    grad_out[feats] = 0.0
+    np.add.at(grad_out, entry_feat, 2.0 * resid[pix][:, None] * deriv)
+    bg_grad = np.bincount(cluster_of_pix, weights=2.0 * resid,
+                          minlength=len(offsets) - 1)
+    grad_out[offsets[ids], 0] = bg_grad[ids]
+
+
+def evaluate(model, batch, params, ndim, n_size):
+    """Model image, excluded pixels and per-entry derivatives over the whole
+    batch, with the contract of ``kernels.evaluate_model``."""
+    feats = np.arange(batch.cluster_feat_off[-1])
+    pix, _, terms, deriv, excluded = _entry_terms(model, feats, batch, params,
+                                                  ndim, n_size)
+    image, _ = _model_image(batch, params, pix, terms)
     return image, excluded, deriv
