@@ -8,11 +8,11 @@ from .bounds import bound_spec, compute_bounds
 from .clustering import cluster_features
 from .constraints import validate_constraints
 from .engine import Settings, refine_sorted
+from .joint import mixes_clusters, refine_joint
 from .models import resolve_model
 from .params import MODE_NUMBERS, make_layout
 from .readers import frame_source
 from .scipy_path import check_method
-from .joint import mixes_clusters, refine_joint
 from .shared import has_shared, refine_shared, shared_layout
 
 _DEFAULT_TOL = 1e-6
@@ -212,15 +212,14 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
             constraints=constraints, options=options,
             residual_factor=float(residual_factor))
         start = np.clip(params[order], lower, upper)
+        sorted_particles = None if particles is None else particles[order]
         if joint:
             refined, cluster_cost, _, refined_std = refine_joint(
                 source, frames[order][starts], cluster_feat_off, start, lower,
-                upper, settings, frames[order],
-                particles[order] if particles is not None else None)
+                upper, settings, frames[order], sorted_particles)
         elif shared:
             layout_sh = shared_layout(layout.modes, frames[order],
-                                      particles[order] if particles is not None
-                                      else None)
+                                      sorted_particles)
             refined, cluster_cost, _, refined_std = refine_shared(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings, layout_sh)
