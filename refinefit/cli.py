@@ -131,6 +131,14 @@ def _build_parser():
                         "16 MiB and hold at most 10,000 features, at most 64)")
     refine.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary line")
+    refine.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run the chunks on the Dask scheduler at ADDRESS "
+                        "(tcp://host:8786); MOVIE must be a path every "
+                        "worker can open. Needs: pip install "
+                        "'refinefit[dask]'")
+    refine.add_argument("--scheduler-timeout", metavar="SECONDS", type=float,
+                        default=10.0, help="give up connecting to the "
+                        "scheduler after this long (default 10)")
     refine.set_defaults(run=_refine)
 
     demo = sub.add_parser("demo", help="refine a synthetic movie with ground "
@@ -153,15 +161,27 @@ def _refine(args):
     if "diameter" not in options:
         raise UsageError("the mask diameter is required: pass --diameter or "
                          "set diameter in the config file")
+    if not args.scheduler_timeout > 0:
+        raise UsageError("--scheduler-timeout must be a positive number of "
+                         f"seconds, got {args.scheduler_timeout:g}")
     # library warnings and log lines are held back: an error is one line
     logging.getLogger("tifffile").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    client = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            if args.scheduler:
+                from .distributed import connect
+
+                client = connect(args.scheduler, args.scheduler_timeout)
             refine_movie(args.movie, args.features, args.out,
-                         quiet=args.quiet, **run, **options)
+                         quiet=args.quiet, client=client, **run, **options)
         except _USER_ERRORS as exc:
             return _fail(exc)
+        finally:
+            if client is not None:
+                client.close()
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"refinefit: warning: {' '.join(message.split())}",
               file=sys.stderr)

@@ -285,29 +285,68 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     return current, cost, status, std
 
 
-def iter_chunks(source, cluster_frames, cluster_feat_off, settings):
-    """Chunks of whole frames: yields ``(c0, c1, images, frame_max,
-    cluster_image)`` for clusters ``c0:c1``.
+def plan_chunks(frame_shape, cluster_frames, cluster_feat_off, settings):
+    """Chunks of whole frames: ``(c0, c1, frames, cluster_image)`` for
+    clusters ``c0:c1``, the frame numbers they need and each cluster's index
+    into those frames.
 
     ``cluster_frames`` holds each cluster's frame number (non-decreasing).
     A chunk holds at most ``chunk_frames`` frames and ``chunk_pixels``
     pixels, and (unless one frame has more) at most ``chunk_features``
     features.
     """
-    frame_pixels = max(int(np.prod(source.frame_shape)), 1)
+    frame_pixels = max(int(np.prod(frame_shape)), 1)
     max_frames = max(1, min(settings.chunk_frames,
                             settings.chunk_pixels // frame_pixels))
     n_clusters = len(cluster_frames)
+    chunks = []
     c0 = 0
     while c0 < n_clusters:
         c1 = _chunk_end(cluster_frames, cluster_feat_off, c0,
                         settings.chunk_features, max_frames)
         frames, cluster_image = np.unique(cluster_frames[c0:c1],
                                           return_inverse=True)
-        images = [source.image(fr) for fr in frames]
-        frame_max = np.array([_frame_max(im) for im in images])
-        yield c0, c1, images, frame_max, cluster_image.astype(np.int64)
+        chunks.append((c0, c1, frames, cluster_image.astype(np.int64)))
         c0 = c1
+    return chunks
+
+
+def iter_chunks(source, cluster_frames, cluster_feat_off, settings):
+    """The chunks of :func:`plan_chunks` with their frames read: yields
+    ``(c0, c1, images, frame_max, cluster_image)``."""
+    for c0, c1, frames, cluster_image in plan_chunks(
+            source.frame_shape, cluster_frames, cluster_feat_off, settings):
+        images = [source.image(fr) for fr in frames]
+        yield c0, c1, images, frame_maxima(images), cluster_image
+
+
+def map_chunks(source, cluster_frames, cluster_feat_off, settings, work,
+               payload_of):
+    """``work(images, frame_max, cluster_image, payload_of(c0, c1))`` for
+    every chunk of :func:`plan_chunks`; returns ``(c0, c1, result)`` per
+    chunk, in order.
+
+    ``work`` runs here, chunk after chunk, or, when the reader offers
+    ``map_chunks`` (see :class:`refinefit.distributed.DaskMovie`), where the
+    reader sends it; it must then be a module-level function.
+    """
+    if source.map_chunks is None:
+        return [(c0, c1, work(images, frame_max, cluster_image,
+                              payload_of(c0, c1)))
+                for c0, c1, images, frame_max, cluster_image in iter_chunks(
+                    source, cluster_frames, cluster_feat_off, settings)]
+    plan = plan_chunks(source.frame_shape, cluster_frames, cluster_feat_off,
+                       settings)
+    results = source.map_chunks(work, [frames for _, _, frames, _ in plan],
+                                [image for _, _, _, image in plan],
+                                [payload_of(c0, c1) for c0, c1, _, _ in plan])
+    return [(c0, c1, result)
+            for (c0, c1, _, _), result in zip(plan, results)]
+
+
+def frame_maxima(images):
+    """Maximum of each frame (NaN for an empty or all-NaN frame)."""
+    return np.array([_frame_max(image) for image in images])
 
 
 def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,

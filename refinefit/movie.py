@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numba
@@ -22,6 +23,8 @@ import pandas as pd
 
 from .checkpoint import (PartStore, assemble, fingerprint, pack_chunk,
                          table_identity)
+from .distributed import (DaskMovie, MovieSpec, check_client,
+                          refine_movie_chunks)
 from .movie_io import open_movie
 from .refine import refine_leastsq
 from .table_io import (check_output_path, read_features,
@@ -82,7 +85,7 @@ class FrameWindow:
 
 def refine_movie(movie, features, out=None, *, diameter, separation=None,
                  chunk_frames=None, threads=None, progress=None, quiet=False,
-                 prefetch=True, **options):
+                 prefetch=True, client=None, **options):
     """Refine every feature of a movie, streaming it chunk by chunk.
 
     Gives the table ``refine_leastsq(features, movie, diameter, ...)``
@@ -113,14 +116,21 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         Frames per chunk. Default: as many frames as fit in 16 MiB and hold
         at most 10,000 features (at least one frame, at most 64).
     threads : int, optional
-        Numba threads for this run (restored afterwards). Default: Numba's
-        current setting.
+        Numba threads for this run (restored afterwards), on every Dask
+        worker too. Default: Numba's current setting (on a worker: its
+        cores).
     progress : bool, optional
         Show a progress bar on stderr. Default: when stderr is a terminal.
     quiet : bool
         No progress bar and no summary line.
     prefetch : bool
         Read the next chunk's frames in a background thread. Default True.
+    client : dask.distributed.Client, optional
+        Run the chunks as tasks on this Dask cluster (needs
+        ``pip install 'refinefit[dask]'``). ``movie`` must then be a file
+        path that every worker can open: workers read their own frames.
+        The result is the same, bit for bit, as without a client, and runs
+        resume from each other's chunk files.
     **options
         Every other :func:`refinefit.refine_leastsq` option (fit_function,
         param_mode, param_val, bounds, constraints, compute_error,
@@ -162,6 +172,15 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
 
     Only one run at a time may write a given ``out``.
 
+    With a ``client``, each chunk is one task; a task whose worker dies is
+    run again elsewhere by Dask. In the 'global' and 'particle' modes every
+    pass of the shared-parameter solver is one task per chunk of frames
+    that returns the chunk's reduced normal equations; the client sums them
+    in chunk order and solves for the shared values, as one process does.
+    Runs that the engines cannot split (shared values together with
+    constraints, a named ``method`` or a custom fit function) are solved on
+    the client.
+
     See Also
     --------
     refinefit.refine_leastsq
@@ -173,6 +192,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     """
     started = time.perf_counter()
     fit_options = dict(options, diameter=diameter, separation=separation)
+    if client is not None:
+        _check_remote(client, movie)
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
     if isinstance(features, pd.DataFrame):
@@ -190,13 +211,17 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         window = FrameWindow(frames_movie)
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
+        spec = None if client is None else MovieSpec.of(
+            movie, len(pos_columns), frames_movie)
         max_frames, max_features = _chunk_limits(chunk_frames, frames_movie)
         show = (not quiet and (sys.stderr.isatty() if progress is None
                                else bool(progress)))
-        with _numba_threads(threads):
+        with numba_threads(threads):
             if len(table) == 0:
                 refined, counts = empty, (0, 0, 0)
             elif _couples_frames(options.get("param_mode")):
+                if client is not None:
+                    window = DaskMovie(window, client, spec, threads)
                 refined = refine_leastsq(table, window, **fit_options)
                 counts = (len(table), 1, 0)
             else:
@@ -209,9 +234,13 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                         dict(fit_options, refinefit=_version(),
                              chunks=_plan_digest(chunks)))
                     store = PartStore(out, identity, len(chunks))
+                if client is None:
+                    results = partial(_refine_here, frames_movie, prefetch)
+                else:
+                    results = partial(refine_movie_chunks, client, spec,
+                                      threads=threads)
                 refined, counts = _refine_chunks(
-                    frames_movie, table, chunks, fit_options, store, show,
-                    prefetch, quiet)
+                    results, table, chunks, fit_options, store, show, quiet)
         if out is not None:
             write_table_atomically(refined, out, kind)
         if store is not None:
@@ -263,10 +292,14 @@ def _plan_digest(chunks):
     return hashlib.blake2b(firsts.tobytes(), digest_size=16).hexdigest()
 
 
-def _refine_chunks(movie, table, chunks, fit_options, store, show, prefetch,
-                   quiet):
+def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
     """Refine the chunks not yet in ``store`` (all of them without one);
-    returns the table and (features refined now, chunks, chunks resumed)."""
+    returns the table and (features refined now, chunks, chunks resumed).
+
+    ``results(table, chunks, todo, fit_options)`` yields ``(k, packed)``
+    for every chunk ``k`` in ``todo``, in any order: :func:`_refine_here`,
+    or :func:`refinefit.distributed.refine_movie_chunks` on a cluster.
+    """
     done = set()
     if store is not None:
         done = store.open()
@@ -282,22 +315,17 @@ def _refine_chunks(movie, table, chunks, fit_options, store, show, prefetch,
                         sum(len(chunks[k][0]) for k in done))
     started = time.perf_counter()
     try:
-        for k, frames in _frames_of(movie, [chunks[k][0] for k in todo],
-                                    todo, prefetch):
-            frame_ids, rows = chunks[k]
-            window = FrameWindow(movie, dict(zip(frame_ids.tolist(), frames)))
-            packed = pack_chunk(rows, refine_leastsq(table.iloc[rows], window,
-                                                     **fit_options))
+        for k, packed in results(table, chunks, todo, fit_options):
             if store is not None:
                 store.commit(k, packed)
             else:
                 packs[k] = packed
-            refined_now += len(rows)
+            refined_now += len(chunks[k][1])
             if bar is not None:
                 bar.set_postfix_str(
                     f"{refined_now / (time.perf_counter() - started):,.0f} "
                     "features/s", refresh=False)
-                bar.update(len(frame_ids))
+                bar.update(len(chunks[k][0]))
     finally:
         if bar is not None:
             bar.close()
@@ -305,6 +333,17 @@ def _refine_chunks(movie, table, chunks, fit_options, store, show, prefetch,
         packs = {k: store.load(k) for k in range(len(chunks))}
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
     return refined, (refined_now, len(chunks), len(done))
+
+
+def _refine_here(movie, prefetch, table, chunks, todo, fit_options):
+    """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, in
+    order; yields ``(k, packed)``."""
+    for k, frames in _frames_of(movie, [chunks[k][0] for k in todo], todo,
+                                prefetch):
+        frame_ids, rows = chunks[k]
+        window = FrameWindow(movie, dict(zip(frame_ids.tolist(), frames)))
+        yield k, pack_chunk(rows, refine_leastsq(table.iloc[rows], window,
+                                                 **fit_options))
 
 
 def _frames_of(movie, frame_lists, labels, prefetch):
@@ -376,6 +415,14 @@ def _chunk_limits(chunk_frames, movie):
     return int(chunk_frames), np.inf
 
 
+def _check_remote(client, movie):
+    check_client(client)
+    if not isinstance(movie, (str, Path)):
+        raise ValueError("movie: with a Dask client the movie must be a file "
+                         "path that every worker can open (workers read "
+                         f"their own frames), got {type(movie).__name__}")
+
+
 def _check_threads(threads):
     limit = numba.config.NUMBA_NUM_THREADS
     if threads is not None and (isinstance(threads, bool) or not isinstance(
@@ -385,7 +432,7 @@ def _check_threads(threads):
 
 
 @contextmanager
-def _numba_threads(threads):
+def numba_threads(threads):
     if threads is None:
         yield
         return

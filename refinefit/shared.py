@@ -26,7 +26,7 @@ from scipy import sparse
 from scipy.sparse import csgraph
 from scipy.sparse.linalg import spsolve
 
-from .engine import flatten_masks, iter_chunks, refine_chunk
+from .engine import flatten_masks, map_chunks, refine_chunk
 from .kernels.shared import STAGE_STD, STAGE_SYSTEM
 from .reduction import reduce_batch
 
@@ -247,7 +247,8 @@ def _shared_step(system, grad, lam, theta, lo, hi, relative):
 def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                 inner, layout, params, centres):
     """Refine all clusters at the shared values in ``params`` and reduce
-    their normal equations."""
+    their normal equations (chunk by chunk, see :func:`_pass_chunk`); the
+    chunks' systems are summed here, in chunk order."""
     n_clusters = len(cluster_frames)
     out = params.copy()
     cost = np.full(n_clusters, np.nan)
@@ -257,42 +258,39 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
     n_local = np.zeros(n_clusters, dtype=np.int64)
     rows, cols, vals, grad_idx, grad_val, blocks = [], [], [], [], [], []
     ok = np.zeros(n_clusters, dtype=bool)
-    for c0, c1, images, frame_max, cluster_image in iter_chunks(
-            source, cluster_frames, cluster_feat_off, inner):
+
+    def payload(c0, c1):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-        off = cluster_feat_off[c0:c1 + 1] - f0
-        chunk_centres = np.ascontiguousarray(centres[f0:f1])
-        out[f0:f1], cost[c0:c1], status[c0:c1], _, batch = refine_chunk(
-            images, frame_max, cluster_image, off, params[f0:f1],
-            lower[f0:f1], upper[f0:f1], inner, centres=chunk_centres,
-            return_batch=True)
-        centres[f0:f1] = chunk_centres
-        if batch is None:
-            batch = flatten_masks(images, cluster_image, off, chunk_centres,
-                                  inner.radius)
-        result = reduce_batch(batch, off, out[f0:f1], lower[f0:f1],
-                               upper[f0:f1], inner, layout.kernel_modes,
-                               layout.index[f0:f1], STAGE_SYSTEM)
-        shared_off, block_off, index, system, grad, c_sumsq, c_valid, \
-            c_local = result
-        chunk_ok = np.isfinite(cost[c0:c1]) & np.isfinite(c_sumsq)
+        return (cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1],
+                lower[f0:f1], upper[f0:f1], centres[f0:f1], inner,
+                layout.kernel_modes, layout.index[f0:f1])
+
+    for c0, c1, chunk in map_chunks(source, cluster_frames, cluster_feat_off,
+                                    inner, _pass_chunk, payload):
+        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+        out[f0:f1] = chunk.params
+        cost[c0:c1] = chunk.cost
+        status[c0:c1] = chunk.status
+        centres[f0:f1] = chunk.centres
+        shared_off, index = chunk.shared_off, chunk.index
+        chunk_ok = np.isfinite(chunk.cost) & np.isfinite(chunk.sumsq)
         bad_index = np.minimum.reduceat(index, shared_off[:-1]) < 0 \
             if len(index) else np.zeros(c1 - c0, dtype=bool)
         has_shared = np.diff(shared_off) > 0
         chunk_ok &= ~(bad_index & has_shared)
         ok[c0:c1] = chunk_ok
-        sumsq[c0:c1] = c_sumsq
-        n_valid[c0:c1] = c_valid
-        n_local[c0:c1] = c_local
-        blocks.append((shared_off, block_off, index))
-        r, c, v = _block_entries(shared_off, block_off, index, system,
-                                 chunk_ok)
+        sumsq[c0:c1] = chunk.sumsq
+        n_valid[c0:c1] = chunk.n_valid
+        n_local[c0:c1] = chunk.n_local
+        blocks.append((shared_off, chunk.block_off, index))
+        r, c, v = _block_entries(shared_off, chunk.block_off, index,
+                                 chunk.system, chunk_ok)
         rows.append(r)
         cols.append(c)
         vals.append(v)
         keep = np.repeat(chunk_ok, np.diff(shared_off))
         grad_idx.append(index[keep])
-        grad_val.append(grad[keep])
+        grad_val.append(chunk.grad[keep])
     n = layout.n_shared
     system = sparse.coo_matrix(
         (np.concatenate(vals) if vals else np.empty(0),
@@ -305,6 +303,41 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                        minlength=n).astype(np.float64)
     return _Pass(out, centres, cost, status, sumsq, ok, system, grad,
                  n_valid, n_local, blocks)
+
+
+@dataclass
+class _ChunkPass:
+    """What one chunk of a pass contributes (see :func:`_pass_chunk`)."""
+
+    params: np.ndarray
+    cost: np.ndarray
+    status: np.ndarray
+    centres: np.ndarray
+    shared_off: np.ndarray  # the reduced system, as reduce_batch gives it
+    block_off: np.ndarray
+    index: np.ndarray
+    system: np.ndarray
+    grad: np.ndarray
+    sumsq: np.ndarray
+    n_valid: np.ndarray
+    n_local: np.ndarray
+
+
+def _pass_chunk(images, frame_max, cluster_image, payload):
+    """Refine one chunk's clusters at fixed shared values and reduce their
+    normal equations to the shared unknowns. Sees only its own frames and
+    arrays, so that it can run on another machine."""
+    off, params, lower, upper, centres, inner, kernel_modes, index = payload
+    centres = np.array(centres, dtype=np.float64, order="C")
+    out, cost, status, _, batch = refine_chunk(
+        images, frame_max, cluster_image, off, params, lower, upper, inner,
+        centres=centres, return_batch=True)
+    if batch is None:
+        batch = flatten_masks(images, cluster_image, off, centres,
+                              inner.radius)
+    reduced = reduce_batch(batch, off, out, lower, upper, inner, kernel_modes,
+                           index, STAGE_SYSTEM)
+    return _ChunkPass(out, cost, status, centres, *reduced)
 
 
 def _block_entries(shared_off, block_off, index, system, keep):
@@ -337,34 +370,46 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
         np.arange(layout.n_shared), np.arange(layout.n_shared)))
     rows, cols = np.nonzero(layout.index >= 0)
     std[rows, cols] = shared_std[layout.index[rows, cols]]
-    chunk = 0
-    for c0, c1, images, frame_max, cluster_image in iter_chunks(
-            source, cluster_frames, cluster_feat_off, settings):
+    blocks = iter(state.blocks)
+
+    def payload(c0, c1):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-        off = cluster_feat_off[c0:c1 + 1] - f0
-        shared_off, block_off, index = state.blocks[chunk]
-        chunk += 1
+        shared_off, block_off, index = next(blocks)
         n_sh = np.diff(shared_off)
         cluster = np.repeat(np.arange(len(n_sh)), n_sh ** 2)
         local = np.arange(block_off[-1]) - block_off[cluster]
         width = np.maximum(n_sh[cluster], 1)
         sinv = inverse.values(index[shared_off[cluster] + local // width],
                               index[shared_off[cluster] + local % width])
-        local_std = np.full((f1 - f0, n_params), np.nan)
-        batch = flatten_masks(images, cluster_image, off,
-                              np.ascontiguousarray(state.centres[f0:f1]),
-                              settings.radius)
-        reduce_batch(batch, off, state.params[f0:f1], lower[f0:f1],
-                      upper[f0:f1],
-                      settings, layout.kernel_modes, layout.index[f0:f1],
-                      STAGE_STD, offsets=(shared_off, block_off),
-                      sinv_blocks=sinv, variance=variance, std=local_std)
-        fitted_local = (layout.local_modes > 0)[None, :]
-        bad = np.repeat(~ok[c0:c1], np.diff(off))
+        return (cluster_feat_off[c0:c1 + 1] - f0, state.centres[f0:f1],
+                state.params[f0:f1], lower[f0:f1], upper[f0:f1], settings,
+                layout.kernel_modes, layout.index[f0:f1], shared_off,
+                block_off, sinv, variance)
+
+    fitted_local = (layout.local_modes > 0)[None, :]
+    for c0, c1, local_std in map_chunks(source, cluster_frames,
+                                        cluster_feat_off, settings,
+                                        _std_chunk, payload):
+        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+        bad = np.repeat(~ok[c0:c1], np.diff(cluster_feat_off[c0:c1 + 1]))
         local_std[bad] = np.nan
         std[f0:f1] = np.where(fitted_local, local_std, std[f0:f1])
         std[f0:f1][bad] = np.nan
     return std
+
+
+def _std_chunk(images, frame_max, cluster_image, payload):
+    """Standard errors of one chunk's local unknowns, given the entries of
+    the inverse reduced system that its clusters touch."""
+    off, centres, params, lower, upper, settings, kernel_modes, index, \
+        shared_off, block_off, sinv, variance = payload
+    local_std = np.full(params.shape, np.nan)
+    batch = flatten_masks(images, cluster_image, off,
+                          np.ascontiguousarray(centres), settings.radius)
+    reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
+                 index, STAGE_STD, offsets=(shared_off, block_off),
+                 sinv_blocks=sinv, variance=variance, std=local_std)
+    return local_std
 
 
 class _SelectedInverse:

@@ -1,0 +1,224 @@
+"""Refining on a Dask cluster: chunks of frames as tasks.
+
+No pixel data leaves a worker: each task opens the movie from its path
+(once per worker process, then cached) and reads the frames of its chunk.
+Two kinds of work are sent:
+
+- the chunks of :func:`refinefit.refine_movie` when no parameter is shared
+  across frames: a task runs ``refine_leastsq`` on one chunk, exactly as a
+  single process does, and returns the packed rows
+  (:func:`checkpoint.pack_chunk`); the client commits them as they arrive;
+- the passes of the shared-parameter solver ('global', 'particle'): the
+  solver maps a function over its chunks of clusters (:func:`engine.map_chunks`)
+  and, when the reader is a :class:`DaskMovie`, each chunk is a task. The
+  client sums the returned reduced normal equations in chunk order, as one
+  process does, so the answer is the same.
+
+A worker process runs one engine call at a time (the Numba thread pool is
+shared by the whole process); several Dask threads on a worker overlap their
+reads with the engine.
+"""
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import pack_chunk
+from .movie_io import open_movie
+from .readers import as_kernel_image
+
+INSTALL_HINT = "pip install 'refinefit[dask]'"
+_ENGINE_LOCK = threading.Lock()
+_MOVIES_LOCK = threading.Lock()
+_MOVIES = {}  # per worker process: MovieSpec -> (movie, read lock)
+_MAX_OPEN_MOVIES = 4
+
+
+def import_distributed():
+    """The ``distributed`` package, or an ImportError saying what to
+    install."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"running on a Dask scheduler needs Dask's "
+                          f"distributed package ({exc}); install it with: "
+                          f"{INSTALL_HINT}") from None
+    return distributed
+
+
+def connect(address, timeout=10.0):
+    """A ``distributed.Client`` connected to the scheduler at ``address``.
+
+    Raises
+    ------
+    ImportError
+        Dask is not installed.
+    OSError
+        The scheduler cannot be reached within ``timeout`` seconds.
+    """
+    distributed = import_distributed()
+    try:
+        return distributed.Client(address, timeout=timeout,
+                                  set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise OSError(f"cannot reach the Dask scheduler at {address!r} "
+                      f"within {timeout:g} s ({' '.join(str(exc).split())})"
+                      ) from None
+    except ValueError as exc:
+        raise ValueError(f"scheduler address {address!r}: {exc}") from None
+
+
+def check_client(client):
+    """TypeError unless ``client`` is a ``distributed.Client``."""
+    distributed = import_distributed()
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"client must be a dask.distributed.Client, got "
+                        f"{type(client).__name__}")
+    if client.status not in ("running", "connecting", "newly-created"):
+        raise ValueError(f"client: the Dask client is {client.status}")
+
+
+@dataclass(frozen=True)
+class MovieSpec:
+    """How a worker opens the movie: its path, the frame dimensionality,
+    and the identity the client saw (a worker that sees another file at
+    that path refuses to work on it)."""
+
+    path: str
+    frame_ndim: int
+    identity: str  # JSON of the movie's identity() on the client
+
+    @classmethod
+    def of(cls, path, frame_ndim, movie):
+        return cls(str(path), int(frame_ndim), _identity_text(movie))
+
+    def open(self):
+        """The movie and its read lock, cached per worker process."""
+        with _MOVIES_LOCK:
+            cached = _MOVIES.get(self)
+            if cached is None:
+                try:
+                    movie = open_movie(self.path, frame_ndim=self.frame_ndim)
+                except (OSError, ValueError) as exc:
+                    raise ValueError(f"a Dask worker cannot open the movie: "
+                                     f"{exc}") from None
+                if _identity_text(movie) != self.identity:
+                    movie.close()
+                    raise ValueError(
+                        f"the movie at {self.path!r} on a Dask worker is not "
+                        "the client's file (size, modification time, shape "
+                        "or dtype differ)")
+                if len(_MOVIES) >= _MAX_OPEN_MOVIES:
+                    old_spec = next(iter(_MOVIES))
+                    _MOVIES.pop(old_spec)[0].close()
+                cached = _MOVIES[self] = (movie, threading.Lock())
+            return cached
+
+    def read(self, frame_numbers):
+        movie, lock = self.open()
+        with lock:
+            return movie, movie.read(list(frame_numbers))
+
+
+def _identity_text(movie):
+    return json.dumps(movie.identity(), sort_keys=True, default=str)
+
+
+def _engine_threads(threads):
+    from .movie import numba_threads
+
+    return numba_threads(threads)
+
+
+# --- refine_movie's chunks -------------------------------------------------
+
+def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
+                        threads):
+    """Refine ``chunks[k]`` for every ``k`` in ``todo`` on the cluster;
+    yields ``(k, packed)`` as tasks finish (in any order).
+
+    A task whose worker dies is run again by Dask on another worker; the
+    tasks still pending when the caller stops iterating are cancelled.
+    """
+    distributed = import_distributed()
+    run = uuid.uuid4().hex[:8]
+    futures = {}
+    for k in todo:
+        frame_ids, rows = chunks[k]
+        future = client.submit(
+            _refine_movie_chunk, spec, frame_ids, rows, table.iloc[rows],
+            fit_options, threads, key=f"refinefit-chunk-{k:06d}-{run}",
+            pure=False)
+        futures[future] = k
+    try:
+        for future in distributed.as_completed(futures):
+            yield futures[future], future.result()
+            future.release()
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
+    """One chunk on a worker: as ``refine_movie`` refines it in one
+    process."""
+    from .movie import FrameWindow
+    from .refine import refine_leastsq
+
+    movie, frames = spec.read(frame_ids)
+    window = FrameWindow(movie, dict(zip(np.asarray(frame_ids).tolist(),
+                                         frames)))
+    with _ENGINE_LOCK, _engine_threads(threads):
+        return pack_chunk(rows, refine_leastsq(table, window, **fit_options))
+
+
+# --- the shared-parameter solver's chunks -----------------------------------
+
+class DaskMovie:
+    """A reader for ``refine_leastsq`` whose chunk work runs on a cluster.
+
+    It reads frames like the movie it wraps (for anything the client does
+    itself) and gives the engine :meth:`map_chunks`, which runs a function
+    over chunks of frames as tasks on the workers.
+    """
+
+    def __init__(self, window, client, spec, threads=None):
+        self.window = window
+        self.client = client
+        self.spec = spec
+        self.threads = threads
+        self.frame_shape = window.frame_shape
+
+    def __len__(self):
+        return len(self.window)
+
+    def __getitem__(self, frame_no):
+        return self.window[frame_no]
+
+    def map_chunks(self, work, chunk_frames, chunk_images, payloads):
+        """``[work(images, frame_max, cluster_image, payload) ...]`` per
+        chunk, in chunk order, each computed on a worker from the frames
+        ``chunk_frames[i]`` of the movie."""
+        run = uuid.uuid4().hex[:8]
+        data = self.client.scatter(list(payloads), hash=False)
+        futures = [
+            self.client.submit(_map_chunk, self.spec, frames, cluster_image,
+                               work, payload, self.threads,
+                               key=f"refinefit-{work.__name__}-{i:06d}-{run}",
+                               pure=False)
+            for i, (frames, cluster_image, payload) in enumerate(
+                zip(chunk_frames, chunk_images, data))]
+        try:
+            return self.client.gather(futures)
+        finally:
+            self.client.cancel([f for f in futures + data if not f.done()])
+
+
+def _map_chunk(spec, frames, cluster_image, work, payload, threads):
+    from .engine import frame_maxima
+
+    _, raw = spec.read(frames)
+    images = [as_kernel_image(frame, spec.frame_ndim) for frame in raw]
+    with _ENGINE_LOCK, _engine_threads(threads):
+        return work(images, frame_maxima(images), cluster_image, payload)

@@ -1,0 +1,252 @@
+"""refine_movie on a Dask cluster: two worker processes on this machine."""
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+import tifffile
+from distributed import Client, LocalCluster
+
+import refinefit
+from refinefit import checkpoint, cli, movie as movie_module
+from refinefit.synthetic import make_movie
+
+from same_refinement import assert_same_refinement
+
+DIAMETER = 11
+
+
+def local_cluster(n_workers=2):
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                        processes=True, dashboard_address=":0",
+                        memory_limit=0, silence_logs=40)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_cluster() as cluster, Client(cluster) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory):
+    """A TIFF of 8 frames of 128x128 uint8 and its features, each with a
+    particle id (its rank within its frame)."""
+    frames, truth, guess = make_movie(8, shape=(128, 128), n_single=10,
+                                      n_dimer=3, n_trimer=2, seed=21)
+    folder = tmp_path_factory.mktemp("dask")
+    path = folder / "movie.tif"
+    tifffile.imwrite(path, frames)
+    guess = guess.copy()
+    guess["particle"] = guess.groupby("frame").cumcount()
+    return path, frames, truth, guess
+
+
+def run(*args, **kwargs):
+    kwargs.setdefault("quiet", True)
+    return refinefit.refine_movie(*args, **kwargs)
+
+
+def assert_bitwise(got, expected):
+    """Every column bit for bit, except cost and *_std: to 1e-12, see
+    same_refinement.py (a last-bit difference seen rarely in one process
+    too)."""
+    assert_same_refinement(got, expected)
+
+
+@pytest.mark.parametrize("options", [
+    dict(chunk_frames=2),
+    dict(chunk_frames=3, compute_error=True, param_mode={"size": "var"}),
+    dict(param_mode={"signal": "frame"}, chunk_frames=2)])
+def test_equal_to_one_process(client, movie, options):
+    path, _, _, guess = movie
+    expected = run(path, guess, diameter=DIAMETER, **options)
+    got = run(path, guess, diameter=DIAMETER, client=client, **options)
+    assert_bitwise(got, expected)
+
+
+@pytest.mark.parametrize("mode", ["global", "particle"])
+def test_shared_size_equal_to_one_process(client, movie, mode):
+    path, _, truth, guess = movie
+    options = dict(diameter=DIAMETER, param_mode={"size": mode},
+                   compute_error=True)
+    expected = run(path, guess, **options)
+    got = run(path, guess, client=client, **options)
+    assert_bitwise(got, expected)
+    if mode == "global":
+        assert got["size"].nunique() == 1
+        assert got["size"].iloc[0] == pytest.approx(truth["size"].iloc[0],
+                                                    abs=0.1)
+
+
+def test_shared_size_runs_chunks_on_the_workers(client, movie, monkeypatch):
+    """The client never reads a frame in a shared-mode run."""
+    path, _, _, guess = movie
+    from refinefit import movie_io
+
+    def no_reads(self, frames):
+        raise AssertionError("the client read frames")
+
+    with monkeypatch.context() as patch:
+        for cls in (movie_io.MappedMovie, movie_io.TiffPagesMovie,
+                    movie_io.ReaderMovie):
+            patch.setattr(cls, "read", no_reads)
+        got = run(path, guess, diameter=DIAMETER, client=client,
+                  param_mode={"size": "global"})
+    assert got["cost"].notna().all()
+
+
+def test_resume_computes_only_missing_chunks(client, movie, tmp_path,
+                                             monkeypatch, capsys):
+    path, _, _, guess = movie
+    out = tmp_path / "out.csv"
+    expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
+    real = movie_module.refine_leastsq
+    calls = []
+
+    def interrupt_third(table, *args, **kwargs):
+        if len(table):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real(table, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(movie_module, "refine_leastsq", interrupt_third)
+        with pytest.raises(KeyboardInterrupt):
+            run(path, guess, out, diameter=DIAMETER, chunk_frames=1)
+    assert len(list(checkpoint.parts_folder(out).glob("chunk-*"))) == 2
+    got = run(path, guess, out, diameter=DIAMETER, chunk_frames=1,
+              client=client, quiet=False)
+    assert "2 of 8 chunks resumed" in capsys.readouterr().out
+    assert_bitwise(got, expected)
+    assert_bitwise(pd.read_csv(out), pd.read_csv(_written(expected,
+                                                          tmp_path)))
+
+
+def _written(table, folder):
+    path = folder / "expected.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_killed_worker_gives_complete_exact_output(tmp_path):
+    frames, _, guess = make_movie(60, shape=(256, 256), n_single=40,
+                                  n_dimer=10, n_trimer=4, seed=5)
+    path = tmp_path / "long.tif"
+    tifffile.imwrite(path, frames)
+    out = tmp_path / "out.parquet"
+    expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
+    parts = checkpoint.parts_folder(out)
+    with local_cluster() as cluster, Client(cluster) as dask_client:
+        pids = dask_client.run(os.getpid)
+        result = {}
+
+        def refine():
+            result["table"] = run(path, guess, out, diameter=DIAMETER,
+                                  chunk_frames=1, client=dask_client)
+
+        worker = threading.Thread(target=refine)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not list(parts.glob("chunk-*")) and worker.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.002)
+        committed = len(list(parts.glob("chunk-*")))
+        finished = out.exists()
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        worker.join(300)
+    assert not worker.is_alive()
+    assert 1 <= committed < 60 and not finished  # killed mid-run
+    assert_bitwise(result["table"], expected)
+    assert_bitwise(pd.read_parquet(out), expected)
+    assert not parts.exists()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_a_bounded_clear_error(movie, tmp_path,
+                                                        capsys):
+    path, _, _, guess = movie
+    features = tmp_path / "features.csv"
+    guess.to_csv(features, index=False)
+    out = tmp_path / "out.csv"
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    status = cli.main(["refine", str(path), str(features), "-o", str(out),
+                       "--diameter", "11", "--scheduler", address,
+                       "--scheduler-timeout", "3", "--quiet"])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("refinefit: error: cannot reach the Dask "
+                          f"scheduler at '{address}' within 3 s")
+    assert len(err.splitlines()) == 1
+    assert elapsed < 30
+    assert not out.exists() and not checkpoint.parts_folder(out).exists()
+
+
+def test_command_with_scheduler_equals_one_process(client, movie, tmp_path,
+                                                   capsys):
+    path, _, _, guess = movie
+    features = tmp_path / "features.csv"
+    guess.to_csv(features, index=False)
+    args = ["refine", str(path), str(features), "--diameter", "11",
+            "--chunk-frames", "2"]
+    assert cli.main(args + ["-o", str(tmp_path / "one.csv")]) == 0
+    assert cli.main(args + ["-o", str(tmp_path / "dask.csv"), "--scheduler",
+                            client.scheduler.address]) == 0
+    assert_bitwise(pd.read_csv(tmp_path / "dask.csv"),
+                   pd.read_csv(tmp_path / "one.csv"))
+    assert "features/s" in capsys.readouterr().out
+
+
+def test_without_dask_the_error_names_the_extra(movie, tmp_path, capsys,
+                                                monkeypatch):
+    path, _, _, guess = movie
+    features = tmp_path / "features.csv"
+    guess.to_csv(features, index=False)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    status = cli.main(["refine", str(path), str(features), "-o",
+                       str(tmp_path / "out.csv"), "--diameter", "11",
+                       "--scheduler", "tcp://127.0.0.1:8786"])
+    assert status == 2
+    assert "pip install 'refinefit[dask]'" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_client_needs_a_movie_path(client, movie):
+    _, frames, _, guess = movie
+    with pytest.raises(ValueError, match="path"):
+        run(frames, guess, diameter=DIAMETER, client=client)
+
+
+def test_client_must_be_a_client(movie):
+    path, _, _, guess = movie
+    with pytest.raises(TypeError, match="client"):
+        run(path, guess, diameter=DIAMETER, client="tcp://127.0.0.1:8786")
+
+
+def test_worker_refuses_another_file_at_the_path(client, movie, tmp_path):
+    path, frames, _, guess = movie
+    copy = tmp_path / "movie.tif"
+    tifffile.imwrite(copy, frames)
+    from refinefit.distributed import MovieSpec
+    from refinefit.movie_io import open_movie
+
+    opened = open_movie(copy, frame_ndim=2)
+    spec = MovieSpec.of(copy, 2, opened)
+    opened.close()
+    tifffile.imwrite(copy, frames[:, :, ::-1].copy())  # same size, new data
+    os.utime(copy, ns=(0, 0))
+    future = client.submit(MovieSpec.read, spec, [0], pure=False)
+    with pytest.raises(ValueError, match="not the client's file"):
+        future.result()
