@@ -4,7 +4,7 @@ Full mode: a 600-frame 512x512 uint8 TIFF of workload W1 (165,000
 features). Interleaved in each round, best of 3: ``refine_movie`` in this
 process (kernels loaded), then on a ``LocalCluster`` of 1 worker process
 using every core, then of 2 worker processes sharing the cores (Numba
-threads = cores / workers). Worker processes are started and warmed (a
+threads = cores / workers); each worker has 2 Dask threads. Worker processes are started and warmed (a
 small job loads their kernels) before the timing; their start-up is
 reported separately (every worker refines one frame). Also: the 'global' size mode on the first 200 frames,
 in this process and on 2 workers. Quick mode: a few small frames.
@@ -57,7 +57,9 @@ def w1_movie(tmp_path_factory):
 
 
 def _cluster(n_workers):
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1,
+    # two Dask threads per worker: one task reads its frames while another
+    # refines (a worker runs one engine call at a time)
+    return LocalCluster(n_workers=n_workers, threads_per_worker=2,
                         processes=True, dashboard_address=":0",
                         memory_limit=0, silence_logs=40)
 
