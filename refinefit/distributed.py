@@ -18,9 +18,12 @@ A worker process runs one engine call at a time (the Numba thread pool is
 shared by the whole process); several Dask threads on a worker overlap their
 reads with the engine.
 """
+import asyncio
 import json
+import os
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +35,7 @@ from .readers import as_kernel_image
 INSTALL_HINT = "pip install 'refinefit[dask]'"
 _ENGINE_LOCK = threading.Lock()
 _MOVIES_LOCK = threading.Lock()
-_MOVIES = {}  # per worker process: MovieSpec -> (movie, read lock)
+_MOVIES = OrderedDict()  # per worker process: MovieSpec -> (movie, lock)
 _MAX_OPEN_MOVIES = 4
 
 
@@ -60,14 +63,33 @@ def connect(address, timeout=10.0):
     """
     distributed = import_distributed()
     try:
-        return distributed.Client(address, timeout=timeout,
-                                  set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        client = distributed.Client(address, timeout=timeout,
+                                    set_as_default=False)
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
         raise OSError(f"cannot reach the Dask scheduler at {address!r} "
                       f"within {timeout:g} s ({' '.join(str(exc).split())})"
                       ) from None
     except ValueError as exc:
         raise ValueError(f"scheduler address {address!r}: {exc}") from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (OSError, TimeoutError, asyncio.TimeoutError):
+        client.close()
+        raise OSError(f"the Dask scheduler at {address!r} has no workers "
+                      f"(waited {timeout:g} s)") from None
+    return client
+
+
+class ClusterError(OSError):
+    """The cluster lost work it could not redo (its tasks were cancelled,
+    or they killed too many workers)."""
+
+
+def _cluster_failures(distributed):
+    from distributed.client import FutureCancelledError
+
+    return (FutureCancelledError, distributed.KilledWorker,
+            asyncio.CancelledError)
 
 
 def check_client(client):
@@ -92,13 +114,16 @@ class MovieSpec:
 
     @classmethod
     def of(cls, path, frame_ndim, movie):
-        return cls(str(path), int(frame_ndim), _identity_text(movie))
+        return cls(os.path.abspath(path), int(frame_ndim),
+                   _identity_text(movie))
 
     def open(self):
         """The movie and its read lock, cached per worker process."""
         with _MOVIES_LOCK:
             cached = _MOVIES.get(self)
-            if cached is None:
+            if cached is not None:
+                _MOVIES.move_to_end(self)
+            else:
                 try:
                     movie = open_movie(self.path, frame_ndim=self.frame_ndim)
                 except (OSError, ValueError) as exc:
@@ -111,8 +136,9 @@ class MovieSpec:
                         "the client's file (size, modification time, shape "
                         "or dtype differ)")
                 if len(_MOVIES) >= _MAX_OPEN_MOVIES:
-                    old_spec = next(iter(_MOVIES))
-                    _MOVIES.pop(old_spec)[0].close()
+                    # not closed here: another thread may be reading it;
+                    # its file closes when the last reference goes
+                    _MOVIES.popitem(last=False)
                 cached = _MOVIES[self] = (movie, threading.Lock())
             return cached
 
@@ -123,12 +149,23 @@ class MovieSpec:
 
 
 def _identity_text(movie):
-    return json.dumps(movie.identity(), sort_keys=True, default=str)
+    """The movie's identity without its path: a shared file system may be
+    mounted elsewhere on a worker."""
+    identity = movie.identity()
+    if isinstance(identity, dict):
+        identity = {k: v for k, v in identity.items() if k != "path"}
+    return json.dumps(identity, sort_keys=True, default=str)
 
 
 def _engine_threads(threads):
+    import numba
+
     from .movie import numba_threads
 
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and threads > limit:
+        raise ValueError(f"threads: {threads} is more than this Dask "
+                         f"worker's Numba limit of {limit}")
     return numba_threads(threads)
 
 
@@ -154,7 +191,15 @@ def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
         futures[future] = k
     try:
         for future in distributed.as_completed(futures):
-            yield futures[future], future.result()
+            k = futures[future]
+            try:
+                packed = future.result()
+            except _cluster_failures(distributed) as exc:
+                raise ClusterError(
+                    f"the Dask cluster lost the task of chunk {k} (frames "
+                    f"{chunks[k][0][0]} to {chunks[k][0][-1]}): "
+                    f"{type(exc).__name__}: {exc}") from None
+            yield k, packed
             future.release()
     finally:
         client.cancel([f for f in futures if not f.done()])
@@ -179,7 +224,7 @@ class DaskMovie:
     """A reader for ``refine_leastsq`` whose chunk work runs on a cluster.
 
     It reads frames like the movie it wraps (for anything the client does
-    itself) and gives the engine :meth:`map_chunks`, which runs a function
+    itself) and gives the engine :meth:`refinefit_map_chunks`, which runs a function
     over chunks of frames as tasks on the workers.
     """
 
@@ -196,23 +241,30 @@ class DaskMovie:
     def __getitem__(self, frame_no):
         return self.window[frame_no]
 
-    def map_chunks(self, work, chunk_frames, chunk_images, payloads):
+    def refinefit_map_chunks(self, work, chunk_frames, chunk_images,
+                             payloads):
         """``[work(images, frame_max, cluster_image, payload) ...]`` per
         chunk, in chunk order, each computed on a worker from the frames
         ``chunk_frames[i]`` of the movie."""
+        distributed = import_distributed()
         run = uuid.uuid4().hex[:8]
-        data = self.client.scatter(list(payloads), hash=False)
+        # each payload goes with its task (not scattered): Dask can then
+        # run the task again if its worker dies
         futures = [
             self.client.submit(_map_chunk, self.spec, frames, cluster_image,
                                work, payload, self.threads,
                                key=f"refinefit-{work.__name__}-{i:06d}-{run}",
                                pure=False)
             for i, (frames, cluster_image, payload) in enumerate(
-                zip(chunk_frames, chunk_images, data))]
+                zip(chunk_frames, chunk_images, payloads))]
         try:
             return self.client.gather(futures)
+        except _cluster_failures(distributed) as exc:
+            raise ClusterError(f"the Dask cluster lost a chunk of the "
+                               f"shared-parameter solver: "
+                               f"{type(exc).__name__}: {exc}") from None
         finally:
-            self.client.cancel([f for f in futures + data if not f.done()])
+            self.client.cancel([f for f in futures if not f.done()])
 
 
 def _map_chunk(spec, frames, cluster_image, work, payload, threads):

@@ -327,7 +327,7 @@ def map_chunks(source, cluster_frames, cluster_feat_off, settings, work,
     chunk, in order.
 
     ``work`` runs here, chunk after chunk, or, when the reader offers
-    ``map_chunks`` (see :class:`refinefit.distributed.DaskMovie`), where the
+    ``refinefit_map_chunks`` (see :class:`refinefit.distributed.DaskMovie`), where the
     reader sends it; it must then be a module-level function.
     """
     if source.map_chunks is None:

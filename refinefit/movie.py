@@ -12,7 +12,7 @@ import numbers
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -314,21 +314,23 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
     bar = _progress_bar(show, sum(len(frames) for frames, _ in chunks),
                         sum(len(chunks[k][0]) for k in done))
     started = time.perf_counter()
-    try:
-        for k, packed in results(table, chunks, todo, fit_options):
-            if store is not None:
-                store.commit(k, packed)
-            else:
-                packs[k] = packed
-            refined_now += len(chunks[k][1])
+    # closing: a failed commit cancels the tasks still running at once
+    with closing(results(table, chunks, todo, fit_options)) as stream:
+        try:
+            for k, packed in stream:
+                if store is not None:
+                    store.commit(k, packed)
+                else:
+                    packs[k] = packed
+                refined_now += len(chunks[k][1])
+                if bar is not None:
+                    bar.set_postfix_str(
+                        f"{refined_now / (time.perf_counter() - started):,.0f}"
+                        " features/s", refresh=False)
+                    bar.update(len(chunks[k][0]))
+        finally:
             if bar is not None:
-                bar.set_postfix_str(
-                    f"{refined_now / (time.perf_counter() - started):,.0f} "
-                    "features/s", refresh=False)
-                bar.update(len(chunks[k][0]))
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     if store is not None:
         packs = {k: store.load(k) for k in range(len(chunks))}
     refined = assemble(table, [packs[k] for k in range(len(chunks))])

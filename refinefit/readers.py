@@ -91,7 +91,8 @@ def frame_source(reader, n_pos):
         except TypeError:
             n_frames = None
         return FrameSource(reader.__getitem__, reader.frame_shape, n_frames,
-                           map_chunks=getattr(reader, "map_chunks", None))
+                           map_chunks=getattr(reader, "refinefit_map_chunks",
+                                              None))
     if not hasattr(reader, "ndim") or not hasattr(reader, "shape"):
         raise TypeError("reader must be a pims FramesSequence (or any object "
                         "with frame_shape and indexing), a pims.Frame or an "

@@ -118,6 +118,7 @@ class _Pass:
     n_valid: np.ndarray
     n_local: np.ndarray
     blocks: list          # per chunk: (shared_off, block_off, index_out)
+    chunk_starts: list    # per chunk: its first cluster
 
 
 def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
@@ -257,6 +258,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
     n_valid = np.zeros(n_clusters, dtype=np.int64)
     n_local = np.zeros(n_clusters, dtype=np.int64)
     rows, cols, vals, grad_idx, grad_val, blocks = [], [], [], [], [], []
+    starts = []
     ok = np.zeros(n_clusters, dtype=bool)
 
     def payload(c0, c1):
@@ -283,6 +285,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
         n_valid[c0:c1] = chunk.n_valid
         n_local[c0:c1] = chunk.n_local
         blocks.append((shared_off, chunk.block_off, index))
+        starts.append(c0)
         r, c, v = _block_entries(shared_off, chunk.block_off, index,
                                  chunk.system, chunk_ok)
         rows.append(r)
@@ -302,7 +305,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                        weights=np.concatenate(grad_val) if grad_val else None,
                        minlength=n).astype(np.float64)
     return _Pass(out, centres, cost, status, sumsq, ok, system, grad,
-                 n_valid, n_local, blocks)
+                 n_valid, n_local, blocks, starts)
 
 
 @dataclass
@@ -370,11 +373,11 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
         np.arange(layout.n_shared), np.arange(layout.n_shared)))
     rows, cols = np.nonzero(layout.index >= 0)
     std[rows, cols] = shared_std[layout.index[rows, cols]]
-    blocks = iter(state.blocks)
+    chunk_of = {}  # first cluster of each chunk -> its blocks in state
 
     def payload(c0, c1):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-        shared_off, block_off, index = next(blocks)
+        shared_off, block_off, index = state.blocks[chunk_of[c0]]
         n_sh = np.diff(shared_off)
         cluster = np.repeat(np.arange(len(n_sh)), n_sh ** 2)
         local = np.arange(block_off[-1]) - block_off[cluster]
@@ -386,6 +389,7 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
                 layout.kernel_modes, layout.index[f0:f1], shared_off,
                 block_off, sinv, variance)
 
+    chunk_of.update((c0, k) for k, c0 in enumerate(state.chunk_starts))
     fitted_local = (layout.local_modes > 0)[None, :]
     for c0, c1, local_std in map_chunks(source, cluster_frames,
                                         cluster_feat_off, settings,

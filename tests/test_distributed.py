@@ -1,4 +1,5 @@
 """refine_movie on a Dask cluster: two worker processes on this machine."""
+import functools
 import os
 import signal
 import socket
@@ -9,10 +10,11 @@ import time
 import pandas as pd
 import pytest
 import tifffile
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 import refinefit
-from refinefit import checkpoint, cli, movie as movie_module
+from refinefit import checkpoint, cli, engine, movie as movie_module
+from refinefit import refine as refine_module
 from refinefit.synthetic import make_movie
 
 from same_refinement import assert_same_refinement
@@ -69,14 +71,29 @@ def test_equal_to_one_process(client, movie, options):
     assert_bitwise(got, expected)
 
 
+@pytest.fixture
+def solver_chunks_of_2_frames(monkeypatch):
+    """The shared solver's chunks: 2 frames each (4 chunks of the movie).
+    The client plans them, so the workers get them too."""
+    monkeypatch.setattr(refine_module, "Settings",
+                        functools.partial(engine.Settings, chunk_frames=2))
+
+
 @pytest.mark.parametrize("mode", ["global", "particle"])
-def test_shared_size_equal_to_one_process(client, movie, mode):
+def test_shared_size_equal_to_one_process(client, movie, mode,
+                                          solver_chunks_of_2_frames):
     path, _, truth, guess = movie
     options = dict(diameter=DIAMETER, param_mode={"size": mode},
                    compute_error=True)
     expected = run(path, guess, **options)
-    got = run(path, guess, client=client, **options)
+    with get_task_stream(client) as tasks:
+        got = run(path, guess, client=client, **options)
     assert_bitwise(got, expected)
+    keys = [str(t["key"]) for t in tasks.data]
+    assert sum(k.startswith("refinefit-_pass_chunk-000003") for k in keys) > 1
+    assert not any(k.startswith("refinefit-_pass_chunk-000004")
+                   for k in keys)
+    assert sum(k.startswith("refinefit-_std_chunk") for k in keys) == 4
     if mode == "global":
         assert got["size"].nunique() == 1
         assert got["size"].iloc[0] == pytest.approx(truth["size"].iloc[0],
@@ -120,9 +137,14 @@ def test_resume_computes_only_missing_chunks(client, movie, tmp_path,
         with pytest.raises(KeyboardInterrupt):
             run(path, guess, out, diameter=DIAMETER, chunk_frames=1)
     assert len(list(checkpoint.parts_folder(out).glob("chunk-*"))) == 2
-    got = run(path, guess, out, diameter=DIAMETER, chunk_frames=1,
-              client=client, quiet=False)
+    with get_task_stream(client) as tasks:
+        got = run(path, guess, out, diameter=DIAMETER, chunk_frames=1,
+                  client=client, quiet=False)
     assert "2 of 8 chunks resumed" in capsys.readouterr().out
+    chunk_tasks = [t["key"] for t in tasks.data
+                   if str(t["key"]).startswith("refinefit-chunk-")]
+    assert sorted(key[:22] for key in chunk_tasks) == [
+        f"refinefit-chunk-{k:06d}" for k in range(2, 8)]
     assert_bitwise(got, expected)
     assert_bitwise(pd.read_csv(out), pd.read_csv(_written(expected,
                                                           tmp_path)))
@@ -143,7 +165,6 @@ def test_killed_worker_gives_complete_exact_output(tmp_path):
     expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
     parts = checkpoint.parts_folder(out)
     with local_cluster() as cluster, Client(cluster) as dask_client:
-        pids = dask_client.run(os.getpid)
         result = {}
 
         def refine():
@@ -156,21 +177,55 @@ def test_killed_worker_gives_complete_exact_output(tmp_path):
         while not list(parts.glob("chunk-*")) and worker.is_alive() \
                 and time.monotonic() < deadline:
             time.sleep(0.002)
+        killed = kill_a_busy_worker(dask_client, "refinefit-chunk-")
         committed = len(list(parts.glob("chunk-*")))
         finished = out.exists()
-        os.kill(next(iter(pids.values())), signal.SIGKILL)
         worker.join(300)
     assert not worker.is_alive()
+    assert killed  # a worker died while running a chunk's task
     assert 1 <= committed < 60 and not finished  # killed mid-run
     assert_bitwise(result["table"], expected)
     assert_bitwise(pd.read_parquet(out), expected)
     assert not parts.exists()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def kill_a_busy_worker(client, key_prefix, timeout=60):
+    """SIGKILL a worker process while it runs a task whose key starts with
+    ``key_prefix``; False if none was seen within ``timeout`` seconds."""
+    pids = client.run(os.getpid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for address, keys in client.processing().items():
+            if address in pids and any(str(k).startswith(key_prefix)
+                                       for k in keys):
+                os.kill(pids[address], signal.SIGKILL)
+                return True
+        time.sleep(0.005)
+    return False
+
+
+def test_killed_worker_in_the_shared_solver(tmp_path, monkeypatch):
+    frames, truth, guess = make_movie(24, shape=(256, 256), n_single=40,
+                                      n_dimer=10, n_trimer=4, seed=6)
+    path = tmp_path / "shared.tif"
+    tifffile.imwrite(path, frames)
+    monkeypatch.setattr(refine_module, "Settings",
+                        functools.partial(engine.Settings, chunk_frames=1))
+    options = dict(diameter=DIAMETER, param_mode={"size": "global"})
+    expected = run(path, guess, **options)
+    with local_cluster() as cluster, Client(cluster) as dask_client:
+        result = {}
+
+        def refine():
+            result["table"] = run(path, guess, client=dask_client, **options)
+
+        worker = threading.Thread(target=refine)
+        worker.start()
+        killed = kill_a_busy_worker(dask_client, "refinefit-_pass_chunk-")
+        worker.join(300)
+    assert killed and not worker.is_alive()
+    assert_bitwise(result["table"], expected)
+    assert result["table"]["size"].iloc[0] == pytest.approx(2.5, abs=0.1)
 
 
 def test_unreachable_scheduler_is_a_bounded_clear_error(movie, tmp_path,
@@ -179,12 +234,14 @@ def test_unreachable_scheduler_is_a_bounded_clear_error(movie, tmp_path,
     features = tmp_path / "features.csv"
     guess.to_csv(features, index=False)
     out = tmp_path / "out.csv"
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    started = time.monotonic()
-    status = cli.main(["refine", str(path), str(features), "-o", str(out),
-                       "--diameter", "11", "--scheduler", address,
-                       "--scheduler-timeout", "3", "--quiet"])
-    elapsed = time.monotonic() - started
+    with socket.socket() as sock:  # bound, not listening: refuses
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+        started = time.monotonic()
+        status = cli.main(["refine", str(path), str(features), "-o",
+                           str(out), "--diameter", "11", "--scheduler",
+                           address, "--scheduler-timeout", "3", "--quiet"])
+        elapsed = time.monotonic() - started
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert err.startswith("refinefit: error: cannot reach the Dask "
