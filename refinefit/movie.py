@@ -129,8 +129,9 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         Run the chunks as tasks on this Dask cluster (needs
         ``pip install 'refinefit[dask]'``). ``movie`` must then be a file
         path that every worker can open: workers read their own frames.
-        The result is the same, bit for bit, as without a client, and runs
-        resume from each other's chunk files.
+        The result is the same as without a client (the same engine calls
+        on the same chunks: bit for bit in the benchmarks; see the Notes on
+        ``cost``), and runs resume from each other's chunk files.
     **options
         Every other :func:`refinefit.refine_leastsq` option (fit_function,
         param_mode, param_val, bounds, constraints, compute_error,
