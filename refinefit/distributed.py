@@ -26,14 +26,14 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 
-from .checkpoint import pack_chunk
 from .movie_io import open_movie
 from .readers import as_kernel_image
+from .scratch import Scratch
 
 INSTALL_HINT = "pip install 'refinefit[dask]'"
 _ENGINE_LOCK = threading.Lock()
+_SCRATCH = Scratch()  # per worker process; used under _ENGINE_LOCK
 _MOVIES_LOCK = threading.Lock()
 _MOVIES = OrderedDict()  # per worker process: MovieSpec -> (movie, lock)
 _MAX_OPEN_MOVIES = 4
@@ -208,14 +208,12 @@ def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
 def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
     """One chunk on a worker: as ``refine_movie`` refines it in one
     process."""
-    from .movie import FrameWindow
-    from .refine import refine_leastsq
+    from .movie import refine_read_chunk
 
     movie, frames = spec.read(frame_ids)
-    window = FrameWindow(movie, dict(zip(np.asarray(frame_ids).tolist(),
-                                         frames)))
     with _ENGINE_LOCK, _engine_threads(threads):
-        return pack_chunk(rows, refine_leastsq(table, window, **fit_options))
+        return refine_read_chunk(movie, frame_ids, frames, rows, table,
+                                 fit_options, _SCRATCH)
 
 
 # --- the shared-parameter solver's chunks -----------------------------------

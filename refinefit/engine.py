@@ -14,6 +14,7 @@ from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
                       solve_clusters)
 from .constrained_solver import Unsupported, solve_constrained
 from .reduction import errors_at
+from .scratch import active_scratch, reused_buffers
 from .scipy_path import MAX_GROUP, solve_groups
 
 
@@ -63,24 +64,57 @@ def _shape3(image):
                     dtype=np.int64)
 
 
-def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius):
-    """Build a :class:`FlatBatch`; ``cluster_image`` indexes ``images``.
+@dataclass(frozen=True)
+class Frames:
+    """Frames concatenated once for the mask kernels: frame ``i`` is
+    ``values[offsets[i]:offsets[i + 1]]`` in C order, of shape
+    ``shapes3[i]`` (2D frames as depth 1)."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+    shapes3: np.ndarray
+
+
+def concat_frames(images, scratch=None):
+    """:class:`Frames` of a list of images; the concatenation goes into
+    ``scratch`` (see :mod:`refinefit.scratch`) when given."""
+    shapes3 = np.array([_shape3(image) for image in images],
+                       dtype=np.int64).reshape(len(images), 3)
+    offsets = np.zeros(len(images) + 1, dtype=np.int64)
+    np.cumsum([image.size for image in images], out=offsets[1:])
+    if len(images) == 1:
+        values = images[0].ravel()
+    elif not images:
+        values = np.empty(0)
+    else:
+        dtype = np.result_type(*images)
+        values = np.concatenate([image.ravel() for image in images],
+                                out=_empty(scratch, "frames", offsets[-1],
+                                           dtype))
+    return Frames(values, offsets, shapes3)
+
+
+def _empty(scratch, name, shape, dtype=np.float64):
+    """``np.empty``, from buffer ``name`` of ``scratch`` if given."""
+    if scratch is None:
+        return np.empty(shape, dtype)
+    return scratch.empty(name, shape, dtype)
+
+
+def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius,
+                  scratch=None):
+    """Build a :class:`FlatBatch`; ``cluster_image`` indexes ``images`` (a
+    list of images, or :class:`Frames`).
 
     The images are concatenated once, so that each kernel is one parallel
-    loop over all clusters of the batch.
+    loop over all clusters of the batch. With ``scratch``, the batch's
+    arrays are taken from it: valid until the next batch from that scratch.
     """
     ndim = centres.shape[1]
     n_clusters = len(cluster_feat_off) - 1
     radius3 = np.array(((1.0,) if ndim == 2 else ()) + tuple(radius), float)
-    shapes3 = np.array([_shape3(image) for image in images],
-                       dtype=np.int64).reshape(len(images), 3)
-    image_off = np.zeros(len(images) + 1, dtype=np.int64)
-    np.cumsum([image.size for image in images], out=image_off[1:])
-    if len(images) == 1:
-        pixels = images[0].ravel()
-    else:
-        pixels = np.concatenate([image.ravel() for image in images]) \
-            if images else np.empty(0)
+    frames = images if isinstance(images, Frames) else concat_frames(images)
+    pixels, image_off, shapes3 = frames.values, frames.offsets, frames.shapes3
     ids = np.arange(n_clusters, dtype=np.int64)
     cluster_image = np.ascontiguousarray(cluster_image, dtype=np.int64)
     cluster_n_pix = np.zeros(n_clusters, dtype=np.int64)
@@ -93,9 +127,9 @@ def flatten_masks(images, cluster_image, cluster_feat_off, centres, radius):
     np.cumsum(cluster_n_pix, out=cluster_pix_off[1:])
     feat_entry_off = np.zeros(len(centres) + 1, dtype=np.int64)
     np.cumsum(feat_n_entries, out=feat_entry_off[1:])
-    pix_val = np.empty(cluster_pix_off[-1])
-    pix_coord = np.empty((cluster_pix_off[-1], ndim))
-    entry_pix = np.empty(feat_entry_off[-1], dtype=np.int64)
+    pix_val = _empty(scratch, "pix_val", cluster_pix_off[-1])
+    pix_coord = _empty(scratch, "pix_coord", (cluster_pix_off[-1], ndim))
+    entry_pix = _empty(scratch, "entry_pix", feat_entry_off[-1], np.int64)
     if n_clusters:
         fill_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim,
                          centres, cluster_feat_off, ids, radius3,
@@ -250,11 +284,14 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     scipy_cluster = uses_scipy(cluster_sizes, settings)
     active = np.arange(n_clusters, dtype=np.int64)
     final_batch = None
+    # a returned batch must outlive the call: no scratch then
+    scratch = None if return_batch else active_scratch()
+    frames = concat_frames(images, scratch)
     for round_no in range(max(settings.max_iter, 1)):
         members, sub_off = _member_index(cluster_feat_off, active)
-        batch = flatten_masks(images, cluster_image[active], sub_off,
+        batch = flatten_masks(frames, cluster_image[active], sub_off,
                               np.ascontiguousarray(centres[members]),
-                              settings.radius)
+                              settings.radius, scratch)
         out, sub_sumsq, sub_status, sub_std = _solve_round(
             batch, np.ascontiguousarray(current[members]),
             np.ascontiguousarray(lower[members]),
@@ -361,14 +398,15 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
     std = np.full_like(params, np.nan)
     cost = np.full(n_clusters, np.nan)
     status = np.zeros(n_clusters, dtype=np.int64)
-    for c0, c1, images, frame_max, cluster_image in iter_chunks(
-            source, cluster_frames, cluster_feat_off, settings):
-        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-        out, cost[c0:c1], status[c0:c1], std[f0:f1] = refine_chunk(
-            images, frame_max, cluster_image,
-            cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1], lower[f0:f1],
-            upper[f0:f1], settings)
-        params_out[f0:f1] = out
+    with reused_buffers():
+        for c0, c1, images, frame_max, cluster_image in iter_chunks(
+                source, cluster_frames, cluster_feat_off, settings):
+            f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+            out, cost[c0:c1], status[c0:c1], std[f0:f1] = refine_chunk(
+                images, frame_max, cluster_image,
+                cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1],
+                lower[f0:f1], upper[f0:f1], settings)
+            params_out[f0:f1] = out
     return params_out, cost, status, std
 
 

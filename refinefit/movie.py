@@ -27,6 +27,7 @@ from .distributed import (DaskMovie, MovieSpec, check_client,
                           refine_movie_chunks)
 from .movie_io import open_movie
 from .refine import refine_leastsq
+from .scratch import Scratch, reused_buffers
 from .table_io import (check_output_path, read_features,
                        remove_stale_temporaries, write_table_atomically)
 
@@ -341,12 +342,25 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
 def _refine_here(movie, prefetch, table, chunks, todo, fit_options):
     """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, in
     order; yields ``(k, packed)``."""
+    scratch = Scratch()  # kept from chunk to chunk
     for k, frames in _frames_of(movie, [chunks[k][0] for k in todo], todo,
                                 prefetch):
         frame_ids, rows = chunks[k]
-        window = FrameWindow(movie, dict(zip(frame_ids.tolist(), frames)))
-        yield k, pack_chunk(rows, refine_leastsq(table.iloc[rows], window,
-                                                 **fit_options))
+        yield k, refine_read_chunk(movie, frame_ids, frames, rows,
+                                   table.iloc[rows], fit_options, scratch)
+
+
+def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
+                      fit_options, scratch):
+    """``refine_leastsq`` on the features of one chunk (``chunk_table``,
+    rows ``rows`` of the input) given its frames, already read; the engine
+    takes its per-round arrays from ``scratch``. Returns the packed
+    result (see :func:`refinefit.checkpoint.pack_chunk`)."""
+    window = FrameWindow(movie, dict(zip(np.asarray(frame_ids).tolist(),
+                                         frames)))
+    with reused_buffers(scratch):
+        return pack_chunk(rows, refine_leastsq(chunk_table, window,
+                                               **fit_options))
 
 
 def _frames_of(movie, frame_lists, labels, prefetch):

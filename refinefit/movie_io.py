@@ -2,8 +2,9 @@
 
 - TIFF (tifffile): where the pixel data are one contiguous, uncompressed
   series (what ``tifffile.memmap`` maps), each read maps only the byte range
-  of the frames it needs and unmaps it afterwards, so resident memory stays
-  that of one chunk however long the movie is. Otherwise (compressed, tiled,
+  of the frames it needs, unmapped when those frames are dropped, so
+  resident memory stays that of one chunk however long the movie is; the
+  frames are views of the map, not copies. Otherwise (compressed, tiled,
   several series) the pages are decoded one by one with
   ``TiffFile.asarray(key=...)``.
 - ``.npy``: memory-mapped in the same way (``np.load(mmap_mode='r')`` gives
@@ -19,6 +20,7 @@ Leading axes beyond one frame's dimensions all count as frame axes (see
 import glob
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -69,18 +71,29 @@ class MappedMovie(Movie):
                              f"{size} bytes, its header describes {needed}")
 
     def read(self, frame_numbers):
+        """The frames as read-only views of a map of their byte range, which
+        is unmapped when the last of them goes; the system reads the range
+        ahead. Copies only where the file's byte order is not native."""
         frame_numbers = [int(n) for n in frame_numbers]
         if not frame_numbers:
             return []
         first, last = min(frame_numbers), max(frame_numbers)
-        # map only these frames' bytes; unmapped again when ``mapped`` goes
-        mapped = np.memmap(self.path, dtype=self.file_dtype, mode="r",
-                           offset=self.offset + first * self.frame_bytes,
-                           shape=(last - first + 1,) + self.frame_shape)
-        frames = [np.array(mapped[n - first], dtype=self.dtype)
-                  for n in frame_numbers]
-        del mapped
-        return frames
+        start = self.offset + first * self.frame_bytes
+        skip = start % mmap.ALLOCATIONGRANULARITY  # maps start on a page
+        length = skip + (last - first + 1) * self.frame_bytes
+        with open(self.path, "rb") as file:
+            mapped = mmap.mmap(file.fileno(), length, offset=start - skip,
+                               access=mmap.ACCESS_READ)
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_WILLNEED)
+        block = np.frombuffer(mapped, dtype=self.file_dtype, offset=skip,
+                              count=(last - first + 1) * self.frame_bytes
+                              // self.file_dtype.itemsize)
+        block = block.reshape((last - first + 1,) + self.frame_shape)
+        if self.file_dtype != self.dtype:
+            return [block[n - first].astype(self.dtype)
+                    for n in frame_numbers]
+        return [block[n - first] for n in frame_numbers]
 
     def identity(self):
         return dict(_file_identity(self.path), frames=self.n_frames,
