@@ -154,8 +154,10 @@ def _build_parser():
 
 
 def _refine(args):
+    from .malloc_tuning import keep_freed_memory
     from .movie import refine_movie
 
+    keep_freed_memory()
     options = _options(args)
     run = {key: options.pop(key) for key in RUN_KEYS if key in options}
     if "diameter" not in options:

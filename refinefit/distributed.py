@@ -16,7 +16,9 @@ Two kinds of work are sent:
 
 A worker process runs one engine call at a time (the Numba thread pool is
 shared by the whole process); several Dask threads on a worker overlap their
-reads with the engine.
+reads with the engine. The first refinefit task on a worker raises its glibc
+``malloc`` thresholds (:mod:`refinefit.malloc_tuning`): Dask starts workers
+with settings that make every chunk fault its memory in anew.
 """
 import asyncio
 import json
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 
 from .movie_io import open_movie
+from .malloc_tuning import keep_freed_memory
 from .readers import as_kernel_image
 from .scratch import Scratch
 
@@ -210,6 +213,7 @@ def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
     process."""
     from .movie import refine_read_chunk
 
+    keep_freed_memory()
     movie, frames = spec.read(frame_ids)
     with _ENGINE_LOCK, _engine_threads(threads):
         return refine_read_chunk(movie, frame_ids, frames, rows, table,
@@ -268,6 +272,7 @@ class DaskMovie:
 def _map_chunk(spec, frames, cluster_image, work, payload, threads):
     from .engine import frame_maxima
 
+    keep_freed_memory()
     _, raw = spec.read(frames)
     images = [as_kernel_image(frame, spec.frame_ndim) for frame in raw]
     with _ENGINE_LOCK, _engine_threads(threads):

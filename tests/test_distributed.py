@@ -307,3 +307,21 @@ def test_worker_refuses_another_file_at_the_path(client, movie, tmp_path):
     future = client.submit(MovieSpec.read, spec, [0], pure=False)
     with pytest.raises(ValueError, match="not the client's file"):
         future.result()
+
+
+def _malloc_tuned():
+    from refinefit import malloc_tuning
+    return malloc_tuning._applied
+
+
+def test_workers_keep_freed_memory_after_a_task(client, movie):
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536; a worker that
+    # ran refinefit's work has raised it (refinefit/malloc_tuning.py)
+    path, _, _, guess = movie
+    with get_task_stream(client) as stream:
+        run(path, guess, diameter=DIAMETER, client=client, chunk_frames=2)
+    busy = {task["worker"] for task in stream.data
+            if task["key"].startswith("refinefit-chunk")}
+    assert busy
+    tuned = client.run(_malloc_tuned, workers=sorted(busy))
+    assert all(tuned.values()), tuned
