@@ -5,6 +5,7 @@ output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
 from .constraints import (dimer, dimer_global, tetramer, trimer,
                           wrap_constraint)
+from .distributed import ClusterError
 from .fit_functions import FitFunctions
 from .movie import refine_movie
 from .params import vect_from_params, vect_to_params
@@ -13,5 +14,5 @@ from .train import train_leastsq
 
 __all__ = ["refine_leastsq", "train_leastsq", "refine_movie", "vect_from_params",
            "vect_to_params", "dimer", "trimer", "tetramer", "dimer_global",
-           "wrap_constraint", "FitFunctions"]
+           "wrap_constraint", "FitFunctions", "ClusterError"]
 __version__ = "0.1.0"

@@ -144,6 +144,14 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         The refined table: rows in the order of ``features``, its columns
         plus the refined ones, as ``refine_leastsq`` returns them.
 
+    Raises
+    ------
+    refinefit.ClusterError
+        With a ``client``: work the cluster lost and could not redo (a task
+        whose workers died more often than the scheduler's
+        ``allowed-failures``, or a cancelled task). Chunks committed beside
+        ``out`` are kept: calling again resumes.
+
     Notes
     -----
     Chunks hold whole frames, and ``refine_leastsq`` clusters features

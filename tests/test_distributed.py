@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import dask
 import pandas as pd
 import pytest
 import tifffile
@@ -325,3 +326,51 @@ def test_workers_keep_freed_memory_after_a_task(client, movie):
     assert busy
     tuned = client.run(_malloc_tuned, workers=sorted(busy))
     assert all(tuned.values()), tuned
+
+
+def test_work_the_cluster_cannot_redo_is_a_cluster_error(tmp_path):
+    # with no failures allowed, Dask gives up on a task whose worker died:
+    # refine_movie raises ClusterError naming the chunk, writes nothing at
+    # OUT, and the chunks it committed are resumed by the next run
+    frames, _, guess = make_movie(40, shape=(256, 256), n_single=40,
+                                  n_dimer=10, n_trimer=4, seed=7)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, frames)
+    out = tmp_path / "out.parquet"
+    expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            local_cluster() as cluster, Client(cluster) as dask_client:
+        result = {}
+
+        def refine():
+            try:
+                run(path, guess, out, diameter=DIAMETER, chunk_frames=1,
+                    client=dask_client)
+            except Exception as exc:  # noqa: BLE001 (checked below)
+                result["error"] = exc
+
+        worker = threading.Thread(target=refine)
+        worker.start()
+        killed = kill_a_busy_worker(dask_client, "refinefit-chunk-")
+        worker.join(300)
+    assert killed and not worker.is_alive()
+    error = result.get("error")
+    assert isinstance(error, refinefit.ClusterError), error
+    assert isinstance(error, OSError)
+    assert "lost the task of chunk" in str(error)
+    assert "KilledWorker" in str(error)
+    assert not out.exists()
+    got = run(path, guess, out, diameter=DIAMETER, chunk_frames=1)
+    assert_bitwise(got, expected)
+
+
+def test_threads_above_a_workers_limit_name_the_argument(movie):
+    path, _, _, guess = movie
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", memory_limit=0,
+                           silence_logs=40, env={"NUMBA_NUM_THREADS": "1"})
+    with cluster, Client(cluster) as dask_client:
+        with pytest.raises(ValueError, match="threads: 2 is more than this "
+                           "Dask worker's Numba limit of 1"):
+            run(path, guess, diameter=DIAMETER, threads=2,
+                client=dask_client)
