@@ -330,8 +330,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
             for k, packed in stream:
                 if store is not None:
                     store.commit(k, packed)
-                else:
-                    packs[k] = packed
+                packs[k] = packed
                 refined_now += len(chunks[k][1])
                 if bar is not None:
                     bar.set_postfix_str(
@@ -341,8 +340,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
         finally:
             if bar is not None:
                 bar.close()
-    if store is not None:
-        packs = {k: store.load(k) for k in range(len(chunks))}
+    packs.update((k, store.load(k)) for k in done)  # resumed chunks
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
     return refined, (refined_now, len(chunks), len(done))
 
