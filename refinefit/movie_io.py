@@ -77,6 +77,9 @@ class MappedMovie(Movie):
         frame_numbers = [int(n) for n in frame_numbers]
         if not frame_numbers:
             return []
+        if self.frame_bytes == 0:  # frames without pixels: nothing to map
+            return [np.empty(self.frame_shape, self.dtype)
+                    for _ in frame_numbers]
         first, last = min(frame_numbers), max(frame_numbers)
         start = self.offset + first * self.frame_bytes
         skip = start % mmap.ALLOCATIONGRANULARITY  # maps start on a page

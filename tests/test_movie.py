@@ -190,6 +190,18 @@ def test_reads_map_only_the_chunk(small, tmp_path):
         < 3 * frames[0].nbytes + mmap.ALLOCATIONGRANULARITY
 
 
+
+def test_reads_big_endian_and_empty_frames(tmp_path):
+    frames = np.arange(4 * 16 * 16, dtype=">u2").reshape(4, 16, 16)
+    np.save(tmp_path / "big.npy", frames)
+    got = movie_module.open_movie(tmp_path / "big.npy").read([3, 1])
+    assert got[0].dtype == np.dtype("=u2")  # native order, for the kernels
+    assert np.array_equal(got[0], frames[3])
+    assert np.array_equal(got[1], frames[1])
+    np.save(tmp_path / "empty.npy", np.zeros((3, 0, 5), np.uint8))
+    got = movie_module.open_movie(tmp_path / "empty.npy").read([0, 2])
+    assert [frame.shape for frame in got] == [(0, 5), (0, 5)]
+
 def _count_calls(monkeypatch):
     """The number of rows of each refine_leastsq call refine_movie makes."""
     calls = []
