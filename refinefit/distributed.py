@@ -28,9 +28,8 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
-
-from .movie_io import open_movie
 from .malloc_tuning import keep_freed_memory
+from .movie_io import open_movie
 from .readers import as_kernel_image
 from .scratch import Scratch
 

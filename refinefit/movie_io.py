@@ -72,8 +72,9 @@ class MappedMovie(Movie):
 
     def read(self, frame_numbers):
         """The frames as read-only views of a map of their byte range, which
-        is unmapped when the last of them goes; the system reads the range
-        ahead. Copies only where the file's byte order is not native."""
+        is unmapped when the last of them goes; the system reads these
+        frames ahead. Copies only where the file's byte order is not
+        native."""
         frame_numbers = [int(n) for n in frame_numbers]
         if not frame_numbers:
             return []
@@ -87,8 +88,12 @@ class MappedMovie(Movie):
         with open(self.path, "rb") as file:
             mapped = mmap.mmap(file.fileno(), length, offset=start - skip,
                                access=mmap.ACCESS_READ)
-        if hasattr(mapped, "madvise"):
-            mapped.madvise(mmap.MADV_WILLNEED)
+        if hasattr(mmap, "MADV_WILLNEED"):  # read ahead these frames only
+            for n in frame_numbers:
+                begin = skip + (n - first) * self.frame_bytes
+                page = begin - begin % mmap.PAGESIZE
+                mapped.madvise(mmap.MADV_WILLNEED, page,
+                               begin + self.frame_bytes - page)
         block = np.frombuffer(mapped, dtype=self.file_dtype, offset=skip,
                               count=(last - first + 1) * self.frame_bytes
                               // self.file_dtype.itemsize)
