@@ -18,7 +18,9 @@ A worker process runs one engine call at a time (the Numba thread pool is
 shared by the whole process); several Dask threads on a worker overlap their
 reads with the engine. The first refinefit task on a worker raises its glibc
 ``malloc`` thresholds (:mod:`refinefit.malloc_tuning`): Dask starts workers
-with settings that make every chunk fault its memory in anew.
+with settings that make every chunk fault its memory in anew. A worker also
+keeps the engine's buffers (:mod:`refinefit.scratch`) between its tasks:
+those of its largest chunk so far: its frames and 3-4 kB a feature.
 """
 import asyncio
 import json
