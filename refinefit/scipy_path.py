@@ -8,7 +8,6 @@ The objective is trackpy's: per cluster the mean squared residual over its
 mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
 """
 import numpy as np
-from scipy.optimize import minimize
 
 from . import custom_model
 from .constraints import wrap_constraint
@@ -78,6 +77,10 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
         groups when ``settings.with_error`` (see ``scipy_errors.py``), else
         NaN.
     """
+    # here, not at the top: most runs never need scipy.optimize, and its
+    # import is part of every new process's start-up
+    from scipy.optimize import minimize
+
     n_clusters = len(batch.cluster_feat_off) - 1
     out = params.copy()
     sumsq = np.full(n_clusters, np.nan)
