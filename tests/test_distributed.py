@@ -157,13 +157,20 @@ def _written(table, folder):
     return path
 
 
-def test_killed_worker_gives_complete_exact_output(tmp_path):
-    frames, _, guess = make_movie(60, shape=(256, 256), n_single=40,
-                                  n_dimer=10, n_trimer=4, seed=5)
-    path = tmp_path / "long.tif"
+def _chunked_movie(tmp_path, n_frames, seed):
+    """A TIFF of ``n_frames`` 256x256 frames (40 singles, 10 dimers and 4
+    trimers each), its features, and the single-process result in chunks
+    of one frame."""
+    frames, _, guess = make_movie(n_frames, shape=(256, 256), n_single=40,
+                                  n_dimer=10, n_trimer=4, seed=seed)
+    path = tmp_path / "movie.tif"
     tifffile.imwrite(path, frames)
+    return path, guess, run(path, guess, diameter=DIAMETER, chunk_frames=1)
+
+
+def test_killed_worker_gives_complete_exact_output(tmp_path):
+    path, guess, expected = _chunked_movie(tmp_path, 60, seed=5)
     out = tmp_path / "out.parquet"
-    expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
     parts = checkpoint.parts_folder(out)
     with local_cluster() as cluster, Client(cluster) as dask_client:
         result = {}
@@ -332,12 +339,8 @@ def test_work_the_cluster_cannot_redo_is_a_cluster_error(tmp_path):
     # with no failures allowed, Dask gives up on a task whose worker died:
     # refine_movie raises ClusterError naming the chunk, writes nothing at
     # OUT, and the chunks it committed are resumed by the next run
-    frames, _, guess = make_movie(40, shape=(256, 256), n_single=40,
-                                  n_dimer=10, n_trimer=4, seed=7)
-    path = tmp_path / "movie.tif"
-    tifffile.imwrite(path, frames)
+    path, guess, expected = _chunked_movie(tmp_path, 40, seed=7)
     out = tmp_path / "out.parquet"
-    expected = run(path, guess, diameter=DIAMETER, chunk_frames=1)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             local_cluster() as cluster, Client(cluster) as dask_client:
         result = {}
