@@ -40,6 +40,17 @@ def _guess(positions, rng, frame=0, **columns):
     return out
 
 
+def _one_cluster_of_three(seed):
+    """One cluster of three touching features (size 2, signal 100) at S/N
+    10, and guesses off by up to 0.4 px with signal 90 and size 2.2."""
+    rng = np.random.default_rng(seed)
+    positions = np.array([[20.0, 18.0], [21.0, 22.5], [19.0, 27.0]])
+    image = synth.draw((40, 46), positions, 2.0, 100.0, background=5.0,
+                       noise=10, rng=rng)
+    guess = _guess(positions, rng, signal=90.0, size=2.2)
+    return image, guess
+
+
 def test_global_signal_over_100_overlapping_features():
     """One cluster of 100 touching features, true signal 200, start 180."""
     rng = np.random.default_rng(51)
@@ -219,11 +230,7 @@ def test_shared_errors_are_calibrated():
 def test_global_errors_match_one_cluster_solve():
     """With one cluster, 'global' and 'cluster' describe the same unknowns:
     the same fit and the same standard errors."""
-    rng = np.random.default_rng(57)
-    positions = np.array([[20.0, 18.0], [21.0, 22.5], [19.0, 27.0]])
-    image = synth.draw((40, 46), positions, 2.0, 100.0, background=5.0,
-                       noise=10, rng=rng)
-    guess = _guess(positions, rng, signal=90.0, size=2.2)
+    image, guess = _one_cluster_of_three(seed=57)
     shared = refinefit.refine_leastsq(guess, image, DIAMETER,
                                       param_mode={"size": "global"},
                                       compute_error=True)
@@ -406,11 +413,7 @@ def test_errors_with_a_named_method_match_the_engine():
 def test_errors_on_the_joint_scipy_problem_match_the_engine():
     """One cluster, 'global' size with method=: the joint scipy problem's
     covariance equals the engine's for the same unknowns ('cluster')."""
-    rng = np.random.default_rng(67)
-    positions = np.array([[20.0, 18.0], [21.0, 22.5], [19.0, 27.0]])
-    image = synth.draw((40, 46), positions, 2.0, 100.0, background=5.0,
-                       noise=10, rng=rng)
-    guess = _guess(positions, rng, signal=90.0, size=2.2)
+    image, guess = _one_cluster_of_three(seed=67)
     joint = refinefit.refine_leastsq(guess, image, DIAMETER,
                                      param_mode={"size": "global"},
                                      method="L-BFGS-B", tol=1e-12,
