@@ -8,7 +8,9 @@ one line ``refinefit: error: ...`` on stderr with exit status 2, and nothing
 is written at OUT.
 """
 import argparse
+import gc
 import logging
+import os
 import sys
 import time
 import warnings
@@ -70,6 +72,27 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def run():
+    """The console script: :func:`main`, then a quick exit.
+
+    The objects of the imported libraries (Numba's type system above all)
+    are frozen out of the garbage collector's passes, and the process ends
+    without the interpreter's teardown, which only frees memory the system
+    takes back anyway (0.3 s measured after a 1200-frame run). Every file
+    is closed, and standard output and error are flushed first (an error
+    there gives status 120, as Python's own exit does).
+    """
+    gc.freeze()
+    status = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, as Python's own exit
+            status = status or 120
+    os._exit(status)
 
 
 def main(argv=None):
@@ -328,4 +351,4 @@ def _demo(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,8 +1,7 @@
 """Group features into clusters within each frame."""
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
+
+from .kernels.clustering import label_components
 
 
 def cluster_features(coords, frames, separation, valid):
@@ -25,23 +24,14 @@ def cluster_features(coords, frames, separation, valid):
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.argsort(frames, kind="stable")
-    idx = order[valid[order]]
-    pairs = np.zeros((0, 2), dtype=np.int64)
-    if len(idx) > 1:
-        scaled = np.empty((len(idx), coords.shape[1] + 1))
-        scaled[:, :-1] = coords[idx] / np.asarray(separation, dtype=float)
-        # frames 3 units apart never pair; ranks keep the numbers small
-        _, frame_rank = np.unique(frames[idx], return_inverse=True)
-        scaled[:, -1] = 3.0 * frame_rank
-        pairs = cKDTree(scaled).query_pairs(1.0, output_type="ndarray")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    ranked = rank[idx]
-    graph = coo_matrix((np.ones(len(pairs)), (ranked[pairs[:, 0]],
-                                              ranked[pairs[:, 1]])),
-                       shape=(n, n))
-    _, by_rank = connected_components(graph, directed=False)
-    # connected_components numbers by lowest member, i.e. in rank order
-    labels = by_rank[rank].astype(np.int64)
+    sorted_frames = frames[order]
+    frame_bounds = np.flatnonzero(np.r_[True, sorted_frames[1:] !=
+                                        sorted_frames[:-1], True])
+    scaled = coords[order] / np.asarray(separation, dtype=float)
+    by_rank = label_components(np.ascontiguousarray(scaled, dtype=float),
+                               np.ascontiguousarray(valid[order], dtype=bool),
+                               frame_bounds.astype(np.int64))
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = by_rank
     sizes = np.bincount(labels)[labels].astype(np.int64)
     return labels, sizes

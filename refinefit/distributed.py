@@ -22,7 +22,6 @@ with settings that make every chunk fault its memory in anew. A worker also
 keeps the engine's buffers (:mod:`refinefit.scratch`) between its tasks:
 those of its largest chunk so far: its frames and 3-4 kB a feature.
 """
-import asyncio
 import json
 import os
 import threading
@@ -65,6 +64,8 @@ def connect(address, timeout=10.0):
     OSError
         The scheduler cannot be reached within ``timeout`` seconds.
     """
+    import asyncio  # with Dask only: not on the command's start-up path
+
     distributed = import_distributed()
     try:
         client = distributed.Client(address, timeout=timeout,
@@ -90,6 +91,8 @@ class ClusterError(OSError):
 
 
 def _cluster_failures(distributed):
+    import asyncio
+
     from distributed.client import FutureCancelledError
 
     return (FutureCancelledError, distributed.KilledWorker,

@@ -11,6 +11,7 @@ import hashlib
 import numbers
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -324,12 +325,19 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
     bar = _progress_bar(show, sum(len(frames) for frames, _ in chunks),
                         sum(len(chunks[k][0]) for k in done))
     started = time.perf_counter()
-    # closing: a failed commit cancels the tasks still running at once
+    # chunk files are written and flushed to disk in a background thread
+    # while the next chunk is refined; closing: a failed commit cancels the
+    # tasks still running at once
+    committer = ThreadPoolExecutor(max_workers=1,
+                                   thread_name_prefix="refinefit-commit")
+    commits = deque()
     with closing(results(table, chunks, todo, fit_options)) as stream:
         try:
             for k, packed in stream:
                 if store is not None:
-                    store.commit(k, packed)
+                    commits.append(committer.submit(store.commit, k, packed))
+                while commits and commits[0].done():
+                    commits.popleft().result()  # raises a failed commit
                 packs[k] = packed
                 refined_now += len(chunks[k][1])
                 if bar is not None:
@@ -337,7 +345,10 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
                         f"{refined_now / (time.perf_counter() - started):,.0f}"
                         " features/s", refresh=False)
                     bar.update(len(chunks[k][0]))
+            while commits:
+                commits.popleft().result()
         finally:
+            committer.shutdown(wait=True)  # a refined chunk is committed
             if bar is not None:
                 bar.close()
     packs.update((k, store.load(k)) for k in done)  # resumed chunks

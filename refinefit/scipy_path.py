@@ -13,7 +13,6 @@ from . import custom_model
 from .constraints import wrap_constraint
 from .kernels import cost_and_gradient, evaluate_model
 from .params import vect_from_params, vect_to_params
-from .scipy_errors import group_errors
 
 # minimize methods that take bounds and use a gradient
 BOUNDED_GRADIENT_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr")
@@ -77,9 +76,11 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
         groups when ``settings.with_error`` (see ``scipy_errors.py``), else
         NaN.
     """
-    # here, not at the top: most runs never need scipy.optimize, and its
-    # import is part of every new process's start-up
+    # here, not at the top: most runs never need scipy, and its import is
+    # part of every new process's start-up
     from scipy.optimize import minimize
+
+    from .scipy_errors import group_errors
 
     n_clusters = len(batch.cluster_feat_off) - 1
     out = params.copy()

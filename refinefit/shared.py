@@ -22,9 +22,6 @@ import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
-from scipy.sparse.linalg import spsolve
 
 from .engine import flatten_masks, map_chunks, refine_chunk
 from .kernels.shared import STAGE_STD, STAGE_SYSTEM
@@ -113,7 +110,7 @@ class _Pass:
     status: np.ndarray
     sumsq: np.ndarray     # per cluster, in the final masks
     ok: np.ndarray        # per cluster: solved and reduced
-    system: sparse.csr_matrix
+    system: object        # scipy.sparse.csr_matrix
     grad: np.ndarray
     n_valid: np.ndarray
     n_local: np.ndarray
@@ -219,6 +216,9 @@ def _shared_step(system, grad, lam, theta, lo, hi, relative):
     """Damped Gauss-Newton step in the shared values, and the reduction of
     the sum of squares it predicts. Unknowns at a bound whose gradient
     points outwards, and unknowns no cluster constrains, stay fixed."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
     diag = system.diagonal()
     top = diag.max() if len(diag) else 0.0
     free = (diag > 1e-14 * top) & ~((theta <= lo) & (grad > 0)) \
@@ -250,6 +250,8 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
     """Refine all clusters at the shared values in ``params`` and reduce
     their normal equations (chunk by chunk, see :func:`_pass_chunk`); the
     chunks' systems are summed here, in chunk order."""
+    from scipy import sparse
+
     n_clusters = len(cluster_frames)
     out = params.copy()
     cost = np.full(n_clusters, np.nan)
@@ -422,6 +424,9 @@ class _SelectedInverse:
     one size together."""
 
     def __init__(self, matrix):
+        from scipy import sparse
+        from scipy.sparse import csgraph
+
         matrix = sparse.csr_matrix(matrix)
         n = matrix.shape[0]
         n_comp, label = csgraph.connected_components(matrix, directed=False)

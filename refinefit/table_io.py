@@ -98,7 +98,11 @@ def write_table(table, path, kind, final_name=None):
     """
     keep_index = not table.index.equals(pd.RangeIndex(len(table)))
     if kind == "parquet":
-        table.to_parquet(path, index=keep_index)
+        # floating-point values rarely repeat: a dictionary for them is work
+        # thrown away (measured: half the write time, and a larger file)
+        table.to_parquet(path, index=keep_index, use_dictionary=[
+            str(name) for name, dtype in table.dtypes.items()
+            if getattr(dtype, "kind", "O") != "f"])
     else:
         table.to_csv(path, index=keep_index,
                      compression=_compression(final_name or path))
