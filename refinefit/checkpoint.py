@@ -55,19 +55,20 @@ def pack_chunk(rows, refined):
     return packed
 
 
-def assemble(features, packs):
+def assemble(features, packs, first_cluster=0):
     """The refined table, rows in the order of ``features``, from the packed
     chunks in chunk (frame) order.
 
     Cluster labels are numbered per ``refine_leastsq`` call from 0; each
-    chunk's labels are offset by the clusters of the chunks before it, which
-    gives the labels of one call over the whole table (clusters never span
-    frames, and labels follow frame order).
+    chunk's labels are offset by the clusters of the chunks before it (and
+    by ``first_cluster``), which gives the labels of one call over the whole
+    table (clusters never span frames, and labels follow frame order).
     """
     columns = [str(c) for c in packs[0]["columns"]]
     by_name = {str(c): c for c in features.columns}
     rows = np.concatenate([p["rows"] for p in packs])
-    offsets = np.cumsum([0] + [int(p["n_clusters"]) for p in packs[:-1]])
+    offsets = first_cluster + np.cumsum(
+        [0] + [int(p["n_clusters"]) for p in packs[:-1]])
     out = features.copy()
     for i, name in enumerate(columns):
         key = f"column_{i}"
@@ -84,6 +85,14 @@ def assemble(features, packs):
         full[rows] = values
         out[by_name.get(name, name)] = full
     return out[[by_name.get(name, name) for name in columns]]
+
+
+def chunk_rows(features, packed, first_cluster):
+    """The refined rows of one chunk, in the order of ``features``, from
+    its packed arrays; its cluster labels start at ``first_cluster``."""
+    rows = packed["rows"]
+    local = dict(packed, rows=np.arange(len(rows)))
+    return assemble(features.iloc[rows], [local], first_cluster)
 
 
 class PartStore:

@@ -201,7 +201,8 @@ def _refine(args):
 
                 client = connect(args.scheduler, args.scheduler_timeout)
             refine_movie(args.movie, args.features, args.out,
-                         quiet=args.quiet, client=client, **run, **options)
+                         quiet=args.quiet, client=client, return_table=False,
+                         **run, **options)
         except _USER_ERRORS as exc:
             return _fail(exc)
         finally:

@@ -22,15 +22,17 @@ import numba
 import numpy as np
 import pandas as pd
 
-from .checkpoint import (PartStore, assemble, fingerprint, pack_chunk,
-                         table_identity)
+from .checkpoint import (PartStore, assemble, chunk_rows, fingerprint,
+                         pack_chunk, table_identity)
 from .distributed import (DaskMovie, MovieSpec, check_client,
                           refine_movie_chunks)
 from .movie_io import open_movie
 from .refine import refine_leastsq
 from .scratch import Scratch, reused_buffers
 from .table_io import (check_output_path, read_features,
-                       remove_stale_temporaries, write_table_atomically)
+                       TableStream, StreamUnsupported,
+                       remove_stale_temporaries, streamable,
+                       write_table_atomically)
 
 # default chunk limits: frame data (held twice while the next chunk is read
 # ahead), features (the engine's working memory is about 10 kB a feature)
@@ -87,7 +89,7 @@ class FrameWindow:
 
 def refine_movie(movie, features, out=None, *, diameter, separation=None,
                  chunk_frames=None, threads=None, progress=None, quiet=False,
-                 prefetch=True, client=None, **options):
+                 prefetch=True, client=None, return_table=True, **options):
     """Refine every feature of a movie, streaming it chunk by chunk.
 
     Gives the table ``refine_leastsq(features, movie, diameter, ...)``
@@ -134,6 +136,12 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         The result is the same as without a client (the same engine calls
         on the same chunks: bit for bit in the benchmarks; see the Notes on
         ``cost``), and runs resume from each other's chunk files.
+    return_table : bool
+        Return the refined table (default). False, with ``out``: return
+        None, and write ``out`` chunk by chunk as the chunks are refined
+        (in a background thread) instead of putting the whole table
+        together in memory; see the Notes. The ``refinefit`` command does
+        this.
     **options
         Every other :func:`refinefit.refine_leastsq` option (fit_function,
         param_mode, param_val, bounds, constraints, compute_error,
@@ -141,9 +149,10 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
 
     Returns
     -------
-    DataFrame
+    DataFrame or None
         The refined table: rows in the order of ``features``, its columns
-        plus the refined ones, as ``refine_leastsq`` returns them.
+        plus the refined ones, as ``refine_leastsq`` returns them. None
+        when ``return_table`` is False.
 
     Raises
     ------
@@ -163,7 +172,14 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
 
     Memory: the frames of two chunks (the one being refined and the one
     read ahead), the engine's work on one chunk (about 10 kB a feature),
-    the features table and, at the end, the refined table.
+    the features table and, at the end, the refined table. With
+    ``return_table=False`` and ``out``, no refined table: its rows go to
+    ``out`` chunk by chunk, so memory beyond the features table does not
+    grow with the movie. That needs the features in frame order (as
+    ``trackpy.batch`` writes them), Parquet or CSV output (uncompressed,
+    gzip, bz2 or xz) and no 'global' or 'particle' mode; otherwise the
+    table is put together in memory and written at the end, as with
+    ``return_table=True``.
 
     A run resumes from the chunk files when the movie (path, size,
     modification time, shape, dtype), the features (file path, size and
@@ -203,6 +219,12 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     """
     started = time.perf_counter()
     fit_options = dict(options, diameter=diameter, separation=separation)
+    if not isinstance(return_table, bool):
+        raise TypeError(f"return_table must be True or False, got "
+                        f"{return_table!r}")
+    if not return_table and out is None:
+        raise ValueError("return_table=False needs out: the refined table "
+                         "would go nowhere")
     if client is not None:
         _check_remote(client, movie)
     kind = check_output_path(out) if out is not None else None
@@ -250,9 +272,16 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                 else:
                     results = partial(refine_movie_chunks, client, spec,
                                       threads=threads)
+                stream = None
+                if store is not None and not return_table and \
+                        streamable(out, kind) and \
+                        np.all(np.diff(frame_numbers) >= 0):
+                    stream = TableStream(out, kind, keep_index=not (
+                        table.index.equals(pd.RangeIndex(len(table)))))
                 refined, counts = _refine_chunks(
-                    results, table, chunks, fit_options, store, show, quiet)
-        if out is not None:
+                    results, table, chunks, fit_options, store, show, quiet,
+                    stream)
+        if out is not None and refined is not None:
             write_table_atomically(refined, out, kind)
         if store is not None:
             store.remove()
@@ -262,15 +291,16 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         if frames_movie is not movie:
             frames_movie.close()
     if not quiet:
-        refined_now, n_chunks, resumed = counts
+        refined_now, n_chunks, resumed = counts[:3]
         summary = RunSummary(
-            features=len(refined),
-            failed=int(refined["cost"].isna().sum()),
+            features=len(table),
+            failed=(int(refined["cost"].isna().sum()) if refined is not None
+                    else counts[3]),
             frames=len(np.unique(frame_numbers)),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
         print(summary.line(), flush=True)
-    return refined
+    return refined if return_table else None
 
 
 def _plan_chunks(frame_numbers, max_frames, max_features):
@@ -303,13 +333,20 @@ def _plan_digest(chunks):
     return hashlib.blake2b(firsts.tobytes(), digest_size=16).hexdigest()
 
 
-def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
+def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
+                   stream=None):
     """Refine the chunks not yet in ``store`` (all of them without one);
     returns the table and (features refined now, chunks, chunks resumed).
 
     ``results(table, chunks, todo, fit_options)`` yields ``(k, packed)``
     for every chunk ``k`` in ``todo``, in any order: :func:`_refine_here`,
     or :func:`refinefit.distributed.refine_movie_chunks` on a cluster.
+
+    With a ``stream`` (a :class:`refinefit.table_io.TableStream` for the
+    output, which needs ``store``), the chunks' rows are written to it in
+    chunk order instead: the table returned is None and the counts end
+    with the number of failed fits. Should the stream refuse a chunk, the
+    table is put together from the chunk files, as without a stream.
     """
     done = set()
     if store is not None:
@@ -320,40 +357,118 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet):
                   "another movie, features or options; starting afresh",
                   flush=True)
     todo = [k for k in range(len(chunks)) if k not in done]
+    output = None if stream is None else _OrderedOutput(
+        stream, table, len(chunks), store, done)
     packs = {}
     refined_now = 0
     bar = _progress_bar(show, sum(len(frames) for frames, _ in chunks),
                         sum(len(chunks[k][0]) for k in done))
     started = time.perf_counter()
-    # chunk files are written and flushed to disk in a background thread
-    # while the next chunk is refined; closing: a failed commit cancels the
-    # tasks still running at once
-    committer = ThreadPoolExecutor(max_workers=1,
-                                   thread_name_prefix="refinefit-commit")
-    commits = deque()
-    with closing(results(table, chunks, todo, fit_options)) as stream:
-        try:
-            for k, packed in stream:
-                if store is not None:
-                    commits.append(committer.submit(store.commit, k, packed))
-                while commits and commits[0].done():
-                    commits.popleft().result()  # raises a failed commit
-                packs[k] = packed
+    # chunk files (and the output's rows) are written in a background
+    # thread while the next chunk is refined; closing: a failed commit
+    # cancels the tasks still running at once
+    writer = ThreadPoolExecutor(max_workers=1,
+                                thread_name_prefix="refinefit-commit")
+    writes = deque()
+    try:
+        with closing(results(table, chunks, todo, fit_options)) as done_now:
+            for k, packed in done_now:
+                writes.append(writer.submit(_keep, k, packed, store, output))
+                while writes and writes[0].done():
+                    writes.popleft().result()  # raises a failed commit
+                if output is None:
+                    packs[k] = packed
                 refined_now += len(chunks[k][1])
                 if bar is not None:
                     bar.set_postfix_str(
                         f"{refined_now / (time.perf_counter() - started):,.0f}"
                         " features/s", refresh=False)
                     bar.update(len(chunks[k][0]))
-            while commits:
-                commits.popleft().result()
-        finally:
-            committer.shutdown(wait=True)  # a refined chunk is committed
-            if bar is not None:
-                bar.close()
+        while writes:
+            writes.popleft().result()
+        if output is not None:
+            writer.submit(output.finish).result()
+    except BaseException:
+        if output is not None:
+            writer.submit(output.abort)
+        raise
+    finally:
+        writer.shutdown(wait=True)  # a refined chunk is committed
+        if bar is not None:
+            bar.close()
+    counts = (refined_now, len(chunks), len(done))
+    if output is not None and not output.failed_stream:
+        return None, counts + (output.failed_fits,)
+    if output is not None:  # the stream refused a chunk: all are on disk
+        packs = {k: store.load(k) for k in range(len(chunks))}
     packs.update((k, store.load(k)) for k in done)  # resumed chunks
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
-    return refined, (refined_now, len(chunks), len(done))
+    return refined, counts
+
+
+def _keep(k, packed, store, output):
+    """Commit chunk ``k`` and hand it to the output (background thread)."""
+    if store is not None:
+        store.commit(k, packed)
+    if output is not None:
+        output.add(k, packed)
+
+
+class _OrderedOutput:
+    """Writes refined chunks to a :class:`TableStream` in chunk order:
+    chunks that arrive early wait, and chunks resumed from an earlier run
+    are read from their files when their turn comes. If the stream refuses
+    a chunk (:class:`StreamUnsupported`), it is deleted and the rest is
+    ignored (``failed_stream``)."""
+
+    def __init__(self, stream, table, n_chunks, store, done):
+        self.stream = stream
+        self.table = table
+        self.n_chunks = n_chunks
+        self.store = store
+        self.done = done
+        self.waiting = {}
+        self.next = 0
+        self.clusters = 0
+        self.failed_fits = 0
+        self.failed_stream = False
+
+    def add(self, k, packed):
+        if not self.failed_stream:
+            self.waiting[k] = packed
+            self._drain()
+
+    def finish(self):
+        """Write the chunks resumed after the last refined one; rename the
+        stream to its final name."""
+        self._drain()
+        if not self.failed_stream:
+            self.stream.finish()
+
+    def abort(self):
+        self.failed_stream = True
+        self.waiting.clear()
+        self.stream.abort()
+
+    def _drain(self):
+        """Write the chunks whose turn has come."""
+        if self.failed_stream:
+            return
+        try:
+            while self.next < self.n_chunks:
+                if self.next in self.waiting:
+                    packed = self.waiting.pop(self.next)
+                elif self.next in self.done:
+                    packed = self.store.load(self.next)
+                else:
+                    break
+                rows = chunk_rows(self.table, packed, self.clusters)
+                self.stream.write(rows)
+                self.clusters += int(packed["n_clusters"])
+                self.failed_fits += int(rows["cost"].isna().sum())
+                self.next += 1
+        except StreamUnsupported:
+            self.abort()
 
 
 def _refine_here(movie, prefetch, table, chunks, todo, fit_options):

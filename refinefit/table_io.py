@@ -5,6 +5,9 @@ Formats are chosen by the file's extension. Parquet needs pyarrow
 (``pip install tables``). Both are optional and named in the error when
 missing.
 """
+import bz2
+import gzip
+import lzma
 import os
 import tempfile
 from pathlib import Path
@@ -98,14 +101,123 @@ def write_table(table, path, kind, final_name=None):
     """
     keep_index = not table.index.equals(pd.RangeIndex(len(table)))
     if kind == "parquet":
-        # floating-point values rarely repeat: a dictionary for them is work
-        # thrown away (measured: half the write time, and a larger file)
-        table.to_parquet(path, index=keep_index, use_dictionary=[
-            str(name) for name, dtype in table.dtypes.items()
-            if getattr(dtype, "kind", "O") != "f"])
+        table.to_parquet(path, index=keep_index,
+                         use_dictionary=_dictionary_columns(table))
     else:
         table.to_csv(path, index=keep_index,
                      compression=_compression(final_name or path))
+
+
+def _dictionary_columns(table):
+    """Columns worth a Parquet dictionary: not floating-point ones, whose
+    values rarely repeat (a dictionary for them is work thrown away,
+    measured: half the write time, and a larger file)."""
+    return [str(name) for name, dtype in table.dtypes.items()
+            if getattr(dtype, "kind", "O") != "f"]
+
+
+class TableStream:
+    """Write a table block by block under a temporary name beside ``path``;
+    :meth:`finish` flushes it to disk and renames it to ``path``.
+
+    The file equals what :func:`write_table_atomically` writes for the
+    blocks put together, when ``keep_index`` is what it decides for that
+    table. Parquet blocks are gathered into row groups of ``ROW_GROUP``
+    rows. Raises :class:`StreamUnsupported` when a block cannot join the
+    file (Parquet: its columns convert to other types than the first
+    block's, say an object column of strings, then of numbers).
+    """
+
+    ROW_GROUP = 2 ** 17
+
+    def __init__(self, path, kind, keep_index):
+        if not streamable(path, kind):
+            raise StreamUnsupported(f"cannot stream {str(path)!r}")
+        self.path = Path(path)
+        self.kind = kind
+        self.keep_index = keep_index
+        self.temporary = self.path.with_name(
+            f"{_temporary_prefix(self.path)}{os.getpid()}")
+        self._writer = None
+        self._schema = None
+        self._pending = []
+        self._pending_rows = 0
+
+    def write(self, block):
+        if self.kind == "csv":
+            if self._writer is None:
+                self._writer = _OPENERS[_compression(self.path)](
+                    self.temporary, "wt", newline="", encoding="utf-8")
+                block.to_csv(self._writer, index=self.keep_index)
+            else:
+                block.to_csv(self._writer, index=self.keep_index,
+                             header=False)
+            return
+        import pyarrow as pa
+
+        try:
+            table = pa.Table.from_pandas(block, preserve_index=self.keep_index)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise StreamUnsupported(str(exc)) from exc
+        if self._schema is None:
+            self._schema = table.schema
+        elif not table.schema.equals(self._schema, check_metadata=False):
+            raise StreamUnsupported("a block's columns convert to other "
+                                    "Parquet types than the first block's")
+        table = table.replace_schema_metadata(self._schema.metadata)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.ROW_GROUP:
+            self._flush()
+
+    def finish(self):
+        """Close the file, flush it to disk and rename it to ``path``."""
+        if self.kind == "parquet":
+            self._flush()
+        if self._writer is None:
+            raise ValueError("no rows were written")
+        self._writer.close()
+        with open(self.temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.temporary, self.path)
+
+    def abort(self):
+        """Close and delete the temporary file."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001 - the file is deleted anyway
+            pass
+        self.temporary.unlink(missing_ok=True)
+
+    def _flush(self):
+        if not self._pending:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self.temporary, table.schema, use_dictionary=[
+                    name for name, kind in zip(
+                        table.schema.names, table.schema.types)
+                    if not pa.types.is_floating(kind)])
+        self._writer.write_table(table)
+
+
+class StreamUnsupported(Exception):
+    """This output cannot be written block by block."""
+
+
+def streamable(path, kind):
+    """Whether :class:`TableStream` writes ``path``: Parquet, and CSV
+    uncompressed or with gzip, bz2 or xz."""
+    return kind == "parquet" or _compression(path) in _OPENERS
+
+
+_OPENERS = {None: open, "gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 
 
 def write_table_atomically(table, path, kind):

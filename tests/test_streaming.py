@@ -1,0 +1,271 @@
+"""Output written chunk by chunk (``refine_movie(..., return_table=False)``,
+what the command does): the same file as the table written at the end."""
+import bz2
+import gzip
+import lzma
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from pandas.testing import assert_frame_equal
+
+import refinefit
+from refinefit import checkpoint, movie as movie_module, table_io
+from refinefit.synthetic import make_movie
+from refinefit.table_io import StreamUnsupported, TableStream
+
+from same_refinement import assert_same_refinement
+
+DIAMETER = 11
+_OPEN = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+@pytest.fixture(scope="module")
+def small():
+    """6 frames of 128x128; the features in frame order (as trackpy.batch
+    writes them) with a string and an int column refine_leastsq keeps."""
+    frames, _, guess = make_movie(6, shape=(128, 128), n_single=10,
+                                  n_dimer=3, n_trimer=2, seed=21)
+    table = guess.sort_values("frame", kind="stable").reset_index(drop=True)
+    table["label"] = [f"p{i}" for i in range(len(table))]
+    table["mass"] = np.arange(len(table), dtype=np.int32)
+    return frames, table
+
+
+def _raw(path):
+    opener = _OPEN.get(path.suffix, open)
+    with opener(path, "rb") as handle:
+        return handle.read()
+
+
+def _table(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"frame": np.repeat(np.arange(n // 4 + 1), 4)[:n],
+                         "x": rng.normal(size=n), "cluster": rng.integers(
+                             0, 9, n), "label": [f"f{i}" for i in range(n)],
+                         "cost": np.where(rng.random(n) < 0.2, np.nan, 1.0)})
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.csv.bz2",
+                                  "t.csv.xz", "t.parquet"])
+@pytest.mark.parametrize("index", ["default", "other"])
+def test_stream_writes_the_file_write_table_writes(tmp_path, monkeypatch,
+                                                   name, index):
+    monkeypatch.setattr(TableStream, "ROW_GROUP", 10)
+    table = _table(47)
+    if index == "other":
+        table.index = np.arange(len(table)) * 2 + 5
+    kind = table_io.table_format(name, "output")
+    whole, streamed = tmp_path / "whole" / name, tmp_path / name
+    whole.parent.mkdir()
+    table_io.write_table_atomically(table, whole, kind)
+    stream = TableStream(streamed, kind, keep_index=index == "other")
+    for lo, hi in [(0, 3), (3, 20), (20, 21), (21, 47)]:
+        stream.write(table.iloc[lo:hi])
+    assert not streamed.exists()  # under a temporary name until finished
+    stream.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["whole", name])
+    if kind == "csv":
+        assert _raw(streamed) == _raw(whole)
+    else:
+        assert_frame_equal(pd.read_parquet(streamed), pd.read_parquet(whole))
+        # blocks gathered into groups of at least 10 rows: 3+17, 1+26
+        assert pq.ParquetFile(streamed).metadata.num_row_groups == 2
+
+
+def test_stream_refuses_a_block_of_other_types(tmp_path):
+    table = _table(8).astype({"label": object})
+    stream = TableStream(tmp_path / "t.parquet", "parquet", keep_index=False)
+    stream.write(table.iloc[:4])
+    with pytest.raises(StreamUnsupported, match="other Parquet types"):
+        stream.write(table.iloc[4:].assign(label=np.arange(4)))
+    stream.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_zstd_csv_is_not_streamed(tmp_path):
+    assert not table_io.streamable(tmp_path / "t.csv.zst", "csv")
+    assert table_io.streamable(tmp_path / "t.csv.xz", "csv")
+
+
+def _read(path):
+    return (pd.read_parquet if path.suffix == ".parquet" else pd.read_csv)(
+        path)
+
+
+def _as_read(expected, path):
+    """``expected`` as read back from ``path``: CSV has no int32."""
+    if path.suffix == ".parquet":
+        return expected
+    return expected.astype({"mass": np.int64})
+
+
+def _count_streamed_blocks(monkeypatch):
+    blocks = []
+    real = TableStream.write
+
+    def write(self, block):
+        blocks.append(len(block))
+        return real(self, block)
+
+    monkeypatch.setattr(TableStream, "write", write)
+    return blocks
+
+
+@pytest.mark.parametrize("name", ["out.parquet", "out.csv.gz"])
+def test_streamed_output_equals_refine_leastsq(small, tmp_path, monkeypatch,
+                                               name):
+    frames, table = small
+    np.save(tmp_path / "movie.npy", frames)
+    blocks = _count_streamed_blocks(monkeypatch)
+    out = tmp_path / name
+    got = refinefit.refine_movie(tmp_path / "movie.npy", table, out,
+                                 diameter=DIAMETER, chunk_frames=2,
+                                 quiet=True, return_table=False)
+    assert got is None
+    assert blocks == [int((table["frame"] // 2 == k).sum()) for k in range(3)]
+    assert_same_refinement(_read(out), _as_read(
+        refinefit.refine_leastsq(table, frames, DIAMETER), out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.npy", name]
+
+
+def test_rows_out_of_frame_order_are_written_at_the_end(small, tmp_path,
+                                                        monkeypatch):
+    frames, table = small
+    shuffled = table.sample(frac=1.0, random_state=3)
+    np.save(tmp_path / "movie.npy", frames)
+    blocks = _count_streamed_blocks(monkeypatch)
+    out = tmp_path / "out.parquet"
+    refinefit.refine_movie(tmp_path / "movie.npy", shuffled, out,
+                           diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert blocks == []
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        shuffled, frames, DIAMETER))
+
+
+def test_a_refused_block_falls_back_to_the_chunk_files(small, tmp_path,
+                                                       monkeypatch, capsys):
+    frames, table = small
+    table = table.copy()
+    table.loc[3, "x"] = np.nan  # a failed fit, counted in the summary
+    np.save(tmp_path / "movie.npy", frames)
+    real = TableStream.write
+    calls = []
+
+    def refuse_the_second(self, block):
+        calls.append(1)
+        if len(calls) == 2:
+            raise StreamUnsupported("test")
+        return real(self, block)
+
+    monkeypatch.setattr(TableStream, "write", refuse_the_second)
+    out = tmp_path / "out.csv"
+    refinefit.refine_movie(tmp_path / "movie.npy", table, out,
+                           diameter=DIAMETER, chunk_frames=1, quiet=False,
+                           return_table=False)
+    assert len(calls) == 2  # nothing more after the refusal
+    assert "1 failed fits" in capsys.readouterr().out
+    assert_same_refinement(_read(out), _as_read(refinefit.refine_leastsq(
+        table, frames, DIAMETER), out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.npy",
+                                                          "out.csv"]
+
+
+def test_failed_fits_are_counted_while_streaming(small, tmp_path, capsys):
+    frames, table = small
+    table = table.copy()
+    table.loc[[3, 40], "y"] = np.nan
+    np.save(tmp_path / "movie.npy", frames)
+    refinefit.refine_movie(tmp_path / "movie.npy", table,
+                           tmp_path / "out.parquet", diameter=DIAMETER,
+                           chunk_frames=2, quiet=False, return_table=False)
+    assert "2 failed fits" in capsys.readouterr().out
+
+
+def test_interrupted_then_resumed_stream(small, tmp_path, monkeypatch):
+    frames, table = small
+    np.save(tmp_path / "movie.npy", frames)
+    out = tmp_path / "out.parquet"
+    args = (tmp_path / "movie.npy", table, out)
+    options = dict(diameter=DIAMETER, chunk_frames=1, quiet=True,
+                   return_table=False)
+    real = movie_module.refine_leastsq
+    calls = []
+
+    def interrupt_the_fourth(chunk, *a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # the up-front check, then chunks 0, 1, 2, 3
+            raise KeyboardInterrupt
+        return real(chunk, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(movie_module, "refine_leastsq", interrupt_the_fourth)
+        with pytest.raises(KeyboardInterrupt):
+            refinefit.refine_movie(*args, **options)
+    parts = checkpoint.parts_folder(out)
+    assert sorted(p.name for p in parts.glob("chunk-*")) == [
+        f"chunk-00000{k}.npz" for k in range(3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "movie.npy", parts.name]  # no output, not even a temporary one
+    loaded = []
+    real_load = checkpoint.PartStore.load
+    monkeypatch.setattr(checkpoint.PartStore, "load",
+                        lambda self, k: loaded.append(k) or real_load(self, k))
+    blocks = _count_streamed_blocks(monkeypatch)
+    refinefit.refine_movie(*args, **options)
+    assert loaded == [0, 1, 2]  # streamed from the chunk files
+    assert len(blocks) == 6
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        table, frames, DIAMETER))
+    assert not parts.exists()
+
+
+def test_return_table_is_checked(small, tmp_path):
+    frames, table = small
+    with pytest.raises(TypeError, match="return_table"):
+        refinefit.refine_movie(frames, table, tmp_path / "o.csv",
+                               diameter=DIAMETER, return_table="no")
+    with pytest.raises(ValueError, match="return_table=False needs out"):
+        refinefit.refine_movie(frames, table, diameter=DIAMETER,
+                               return_table=False)
+
+
+def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
+    _, table = small
+    table = table.iloc[:9]
+    packs = {}
+    for k in range(3):
+        rows = np.arange(3 * k, 3 * k + 3)
+        refined = table.iloc[rows].assign(cluster=[0, 1, 1],
+                                          cost=[0.5, np.nan, 0.5])
+        packs[k] = checkpoint.pack_chunk(rows, refined)
+
+    class Recorder:
+        blocks, finished = [], False
+
+        def write(self, block):
+            self.blocks.append(block)
+
+        def finish(self):
+            self.finished = True
+
+    class Store:  # chunk 1 was committed by an earlier run
+        def load(self, k):
+            return packs[k]
+
+    recorder = Recorder()
+    output = movie_module._OrderedOutput(recorder, table, 3, Store(), {1})
+    output.add(2, packs[2])
+    assert recorder.blocks == []  # chunk 0 not there yet
+    output.add(0, packs[0])
+    output.finish()
+    assert recorder.finished
+    written = pd.concat(recorder.blocks)
+    assert_frame_equal(written.drop(columns=["cluster", "cost"]),
+                       table.drop(columns=["cluster", "cost"],
+                                  errors="ignore"))
+    assert written["cluster"].tolist() == [0, 1, 1, 2, 3, 3, 4, 5, 5]
+    assert output.failed_fits == 3
