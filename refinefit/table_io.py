@@ -156,7 +156,8 @@ class TableStream:
         import pyarrow as pa
 
         try:
-            table = pa.Table.from_pandas(block, preserve_index=self.keep_index)
+            table = pa.Table.from_pandas(block, preserve_index=self.keep_index,
+                                         nthreads=1)  # no pool per block
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise StreamUnsupported(str(exc)) from exc
         if self._schema is None:
