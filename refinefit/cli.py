@@ -151,7 +151,8 @@ def _build_parser():
                         help="Numba threads (default: all cores)")
     refine.add_argument("--chunk-frames", metavar="N", type=int,
                         help="frames per chunk (default: as many as fit in "
-                        "16 MiB and hold at most 10,000 features, at most 64)")
+                        "16 MiB and hold at most 10,000 features, at most 64, "
+                        "per two threads)")
     refine.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary line")
     refine.add_argument("--scheduler", metavar="ADDRESS",

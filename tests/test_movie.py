@@ -3,6 +3,7 @@ import json
 import mmap
 import sys
 
+import numba
 import numpy as np
 import pandas as pd
 import pims
@@ -65,6 +66,37 @@ def test_default_chunks_respect_the_feature_limit(small, shuffled,
     assert max(calls) <= 2 * per_frame
     assert_same_refinement(got, refinefit.refine_leastsq(shuffled, frames,
                                                          DIAMETER))
+
+
+class _FakeMovie:
+    def __init__(self, frame_shape, dtype):
+        self.frame_shape, self.dtype = frame_shape, np.dtype(dtype)
+
+
+@pytest.mark.parametrize("threads, small_frames, large_frames, features", [
+    (1, 64, 2, 10_000), (2, 64, 2, 10_000), (3, 64, 2, 10_000),
+    (4, 128, 4, 20_000), (16, 512, 16, 80_000)])
+def test_default_chunks_grow_with_threads(threads, small_frames, large_frames,
+                                          features):
+    limits = movie_module._chunk_limits
+    # 16 kB frames: 64 frames (per two threads) come first; 8 MiB frames:
+    # 16 MiB (per two threads) comes first
+    assert limits(None, _FakeMovie((128, 128), np.uint8), threads) == (
+        small_frames, features)
+    assert limits(None, _FakeMovie((2048, 2048), np.uint16), threads) == (
+        large_frames, features)
+    assert limits(5, _FakeMovie((128, 128), np.uint8), threads) == (5, np.inf)
+
+
+def test_chunks_follow_the_run_threads(small, shuffled, monkeypatch):
+    frames, _, _ = small
+    seen = []
+    real = movie_module._chunk_limits
+    monkeypatch.setattr(movie_module, "_chunk_limits",
+                        lambda c, m, t: seen.append(t) or real(c, m, t))
+    run(frames, shuffled, diameter=DIAMETER, threads=1)
+    run(frames, shuffled, diameter=DIAMETER)
+    assert seen == [1, numba.get_num_threads()]
 
 
 def test_equal_with_options_and_errors(small, shuffled):
