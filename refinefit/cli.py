@@ -82,15 +82,19 @@ def run():
     without the interpreter's teardown, which only frees memory the system
     takes back anyway (0.3 s measured after a 1200-frame run). Every file
     is closed, and standard output and error are flushed first (an error
-    there gives status 120, as Python's own exit does).
+    there other than a reader that went away gives status 120, as Python's
+    own exit does).
     """
     gc.freeze()
     status = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe, as Python's own exit
+            if stream is not None:  # None: started with the stream closed
+                stream.flush()
+        except BrokenPipeError:  # the reader went away (| head): not an error
+            pass
+        except (OSError, ValueError):  # as Python's own exit does
             status = status or 120
     os._exit(status)
 

@@ -304,7 +304,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             frames=len(np.unique(frame_numbers)),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
-        print(summary.line(), flush=True)
+        _report(summary.line())
     return refined if return_table else None
 
 
@@ -358,9 +358,8 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
         done = store.open()
         remove_stale_temporaries(store.out)
         if not quiet and store.discarded:
-            print(f"refinefit: {store.folder.name} held chunks of a run with "
-                  "another movie, features or options; starting afresh",
-                  flush=True)
+            _report(f"refinefit: {store.folder.name} held chunks of a run "
+                    "with another movie, features or options; starting afresh")
     todo = [k for k in range(len(chunks)) if k not in done]
     output = None if stream is None else _OrderedOutput(
         stream, table, len(chunks), store, done)
@@ -515,6 +514,15 @@ def _frames_of(movie, frame_lists, labels, prefetch):
             pending = (reader.submit(movie.read, frame_lists[i + 1])
                        if i + 1 < len(labels) else None)
             yield label, frames
+
+
+def _report(line):
+    """Print a line of news to stdout; a reader that went away (``| head``)
+    does not stop the run."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        pass
 
 
 def _progress_bar(show, total, initial):

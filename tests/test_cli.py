@@ -127,6 +127,29 @@ def test_npy_movie_to_csv(movie_files, tmp_path):
     assert rms_error(refined, truth, 1) < RMS_LIMIT
 
 
+@pytest.mark.parametrize("stdout", ["closed pipe", "closed"])
+def test_a_reader_that_goes_away_is_not_an_error(movie_files, tmp_path,
+                                                 stdout):
+    # `refinefit refine ... | head -c 0`, and stdout closed (`>&-`)
+    folder, _, _, guess = movie_files
+    out = tmp_path / "refined.csv"
+    command = [sys.executable, "-m", "refinefit", "refine",
+               str(folder / "movie.npy"), str(folder / "features.csv"), "-o",
+               str(out), "--diameter", str(DIAMETER)]
+    if stdout == "closed pipe":
+        reader, writer = os.pipe()
+        os.close(reader)
+        result = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE,
+                                text=True, timeout=300)
+        os.close(writer)
+    else:
+        result = subprocess.run(command, stderr=subprocess.PIPE, text=True,
+                                timeout=300, preexec_fn=lambda: os.close(1))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert len(pd.read_csv(out)) == len(guess)
+
+
 def test_config_file_and_flag_override(movie_files, tmp_path):
     folder, frames, _, guess = movie_files
     config = tmp_path / "refine.toml"
