@@ -21,6 +21,9 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH,
               error_model="numpy")
 PARALLEL = dict(SERIAL, parallel=True)
+# without fastmath: for decisions at a threshold that must not depend on
+# how the compiler fuses or orders the arithmetic (contract makes FMAs)
+EXACT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 def kernel(func):
@@ -31,6 +34,16 @@ def kernel(func):
 def parallel_kernel(func):
     """Kernel whose ``prange`` loops run on Numba's thread pool."""
     return numba.njit(**PARALLEL)(func)
+
+
+def exact_kernel(func):
+    """Serial kernel without fastmath (see EXACT)."""
+    return numba.njit(**EXACT)(func)
+
+
+def exact_parallel_kernel(func):
+    """Parallel kernel without fastmath (see EXACT)."""
+    return numba.njit(parallel=True, **EXACT)(func)
 
 
 def inline_kernel(func):

@@ -2,18 +2,23 @@
 
 Positions arrive scaled by the separation (one factor per dimension) and
 sorted by frame, so two features join when their scaled distance is at most
-1. Within a frame the features are swept along the first axis: a pair more
-than 1 apart along it is never compared. Components are merged with a
-union-find whose root is the component's first member, which numbers
-clusters by first member, as a breadth-first labelling in row order does.
+1. Within a frame the features are swept along the axis on which they
+spread widest: a pair more than 1 apart along it is never compared.
+Components are merged with a union-find whose root is the component's first
+member, which numbers clusters by first member, as a breadth-first labelling
+in row order does.
+
+Compiled without fastmath: the squared distance is summed axis by axis in
+plain float64, as NumPy sums it, so that pairs at exactly the separation
+join or not as a plain computation says.
 """
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import exact_kernel, exact_parallel_kernel
 
 
-@kernel
+@exact_kernel
 def _root(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]  # path halving
@@ -21,22 +26,28 @@ def _root(parent, i):
     return i
 
 
-@kernel
+@exact_kernel
 def _join_frame(scaled, valid, lo, hi, parent):
     """Union every valid pair of rows ``lo..hi-1`` within distance 1."""
     rows = np.arange(lo, hi)
     rows = rows[valid[lo:hi]]
-    rows = rows[np.argsort(scaled[rows, 0], kind="mergesort")]
+    if len(rows) < 2:
+        return
     n_dim = scaled.shape[1]
+    axis, widest = 0, -1.0
+    for d in range(n_dim):
+        spread = scaled[rows, d].max() - scaled[rows, d].min()
+        if spread > widest:
+            axis, widest = d, spread
+    rows = rows[np.argsort(scaled[rows, axis], kind="mergesort")]
     for a in range(len(rows)):
         i = rows[a]
         for b in range(a + 1, len(rows)):
             j = rows[b]
-            gap = scaled[j, 0] - scaled[i, 0]
-            if gap > 1.0:
+            if scaled[j, axis] - scaled[i, axis] > 1.0:
                 break
-            dist2 = gap * gap
-            for d in range(1, n_dim):
+            dist2 = 0.0
+            for d in range(n_dim):
                 step = scaled[j, d] - scaled[i, d]
                 dist2 += step * step
             if dist2 <= 1.0:
@@ -48,7 +59,7 @@ def _join_frame(scaled, valid, lo, hi, parent):
                     parent[ri] = rj
 
 
-@parallel_kernel
+@exact_parallel_kernel
 def label_components(scaled, valid, frame_bounds):
     """Cluster labels of features within distance 1 of each other.
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .table_io import StreamUnsupported, flush_and_rename
+
 FORMAT = 1
 _MANIFEST = "manifest.json"
 _LOCK = "lock"
@@ -64,36 +66,20 @@ def assemble(features, packs):
     gives the labels of one call over the whole table (clusters never span
     frames, and labels follow frame order).
     """
-    columns = [str(c) for c in packs[0]["columns"]]
-    by_name = {str(c): c for c in features.columns}
-    rows = np.concatenate([p["rows"] for p in packs])
-    offsets = np.cumsum([0] + [int(p["n_clusters"]) for p in packs[:-1]])
-    out = features.copy()
-    for i, name in enumerate(columns):
-        key = f"column_{i}"
-        if key not in packs[0]:
-            if name not in by_name:
-                raise ValueError(f"chunk files lack the values of column "
-                                 f"{name!r}")
-            continue  # an input column refine_leastsq does not change
-        chunks = [p[key] for p in packs]
-        if name == "cluster":
-            chunks = [c + off for c, off in zip(chunks, offsets)]
-        values = np.concatenate(chunks)
-        full = np.empty(len(features), dtype=values.dtype)
-        full[rows] = values
-        out[by_name.get(name, name)] = full
-    return out[[by_name.get(name, name) for name in columns]]
+    blocks, first_cluster = [], 0
+    for packed in packs:
+        blocks.append(chunk_rows(features, packed, first_cluster))
+        first_cluster += int(packed["n_clusters"])
+    rows = np.concatenate([packed["rows"] for packed in packs])
+    table = pd.concat(blocks) if len(blocks) > 1 else blocks[0]
+    return table.iloc[np.argsort(rows, kind="stable")]
 
 
 def chunk_rows(features, packed, first_cluster):
     """The refined rows of one chunk, in the order of ``features``, from
     its packed arrays; its cluster labels start at ``first_cluster``.
-
-    The table :func:`assemble` gives for these rows alone, built in one
-    step (a chunk at a time, setting columns one by one cost three times
-    as much).
-    """
+    Columns the chunk file lacks (not NumPy dtypes) are input columns that
+    ``refine_leastsq`` does not change: they come from ``features``."""
     rows = packed["rows"]
     names = [str(c) for c in packed["columns"]]
     by_name = {str(c): c for c in features.columns}
@@ -116,6 +102,63 @@ def chunk_rows(features, packed, first_cluster):
     return pd.DataFrame(data, index=features.index[rows])
 
 
+class OrderedOutput:
+    """Writes refined chunks to a :class:`refinefit.table_io.TableStream`
+    in chunk order: chunks that arrive early wait, and chunks resumed from
+    an earlier run are read from ``store`` when their turn comes. If the
+    stream refuses a chunk (``StreamUnsupported``), it is deleted and the
+    rest is ignored (``failed_stream``)."""
+
+    def __init__(self, stream, table, n_chunks, store, done):
+        self.stream = stream
+        self.table = table
+        self.n_chunks = n_chunks
+        self.store = store
+        self.done = done
+        self.waiting = {}
+        self.next = 0
+        self.clusters = 0
+        self.failed_fits = 0
+        self.failed_stream = False
+
+    def add(self, k, packed):
+        if not self.failed_stream:
+            self.waiting[k] = packed
+            self._drain()
+
+    def finish(self):
+        """Write the chunks resumed after the last refined one; rename the
+        stream to its final name."""
+        self._drain()
+        if not self.failed_stream:
+            self.stream.finish()
+
+    def abort(self):
+        self.failed_stream = True
+        self.waiting.clear()
+        self.stream.abort()
+
+    def _drain(self):
+        """Write the chunks whose turn has come."""
+        if self.failed_stream:
+            return
+        try:
+            while self.next < self.n_chunks:
+                if self.next in self.waiting:
+                    packed = self.waiting.pop(self.next)
+                elif self.next in self.done:
+                    packed = self.store.load(self.next)
+                else:
+                    break
+                rows = chunk_rows(self.table, packed, self.clusters)
+                self.stream.write(rows)
+                self.clusters += int(packed["n_clusters"])
+                self.failed_fits += int(rows["cost"].isna().sum())
+                self.next += 1
+        except StreamUnsupported:
+            self.abort()
+
+
 class PartStore:
     """The chunk files of one output.
 
@@ -128,14 +171,19 @@ class PartStore:
         (an unnamed reader), so nothing is resumed.
     n_chunks : int
         Number of chunks in the plan.
+    limits : (int, int), optional
+        The default chunk limits (frames, features) the plan used, kept in
+        the manifest so that a run with another thread count can resume
+        with the same plan.
     """
 
-    def __init__(self, out, fingerprint, n_chunks):
+    def __init__(self, out, fingerprint, n_chunks, limits=None):
         self.out = Path(out)
         self.folder = parts_folder(out)
         self.n_chunks = int(n_chunks)
-        self.manifest = json.loads(json.dumps(dict(
-            format=FORMAT, fingerprint=fingerprint, n_chunks=self.n_chunks)))
+        self.manifest = as_stored(dict(
+            format=FORMAT, fingerprint=fingerprint, n_chunks=self.n_chunks,
+            limits=None if limits is None else [int(n) for n in limits]))
         self.discarded = 0
         self._lock_handle = None
 
@@ -170,7 +218,7 @@ class PartStore:
         temporary = self.folder / f".chunk-{chunk:06d}.tmp"
         with open(temporary, "wb") as handle:
             np.savez(handle, **packed)
-        _fsync_and_rename(temporary, self._path(chunk))
+        flush_and_rename(temporary, self._path(chunk))
 
     def load(self, chunk):
         """Packed arrays of a committed chunk."""
@@ -206,6 +254,19 @@ class PartStore:
         if self._lock_handle is not None:
             self._lock_handle.close()  # closing releases the flock
             self._lock_handle = None
+
+
+def read_manifest(out):
+    """The manifest of the chunk files beside ``out``, or None."""
+    try:
+        return json.loads((parts_folder(out) / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def as_stored(value):
+    """``value`` as the manifest stores it (through JSON)."""
+    return json.loads(json.dumps(value))
 
 
 def fingerprint(movie_identity, features_identity, options):
@@ -266,13 +327,7 @@ def _write_atomically(path, data):
     temporary = path.with_name("." + path.name + ".tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
-    _fsync_and_rename(temporary, path)
-
-
-def _fsync_and_rename(temporary, path):
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    flush_and_rename(temporary, path)
 
 
 def _remove(entry):

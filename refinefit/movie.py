@@ -22,16 +22,17 @@ import numba
 import numpy as np
 import pandas as pd
 
-from .checkpoint import (PartStore, assemble, chunk_rows, fingerprint,
-                         pack_chunk, table_identity)
+from .checkpoint import (OrderedOutput, PartStore, as_stored, assemble,
+                         fingerprint, pack_chunk, read_manifest,
+                         table_identity)
 from .distributed import (DaskMovie, MovieSpec, check_client,
                           refine_movie_chunks)
 from .movie_io import open_movie
+from .params import MODE_NUMBERS
 from .refine import refine_leastsq
 from .scratch import Scratch, reused_buffers
-from .table_io import (check_output_path, read_features,
-                       TableStream, StreamUnsupported,
-                       remove_stale_temporaries, streamable,
+from .table_io import (TableStream, check_output_path, read_features,
+                       remove_stale_temporaries, streamable, writes_index,
                        write_table_atomically)
 
 # default chunk limits for 2 Numba threads, times threads // 2 above that
@@ -249,9 +250,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie)
-        max_frames, max_features = _chunk_limits(
-            chunk_frames, frames_movie,
-            numba.get_num_threads() if threads is None else threads)
+        limits = _chunk_limits(chunk_frames, frames_movie, _chunk_scale(
+            threads, client, options.get("param_mode")))
         show = (not quiet and (sys.stderr.isatty() if progress is None
                                else bool(progress)))
         with numba_threads(threads):
@@ -263,15 +263,19 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                 refined = refine_leastsq(table, window, **fit_options)
                 counts = (len(table), 1, 0)
             else:
-                chunks = _plan_chunks(frame_numbers, max_frames,
-                                      max_features)
-                if out is not None:
-                    identity = fingerprint(
+                def identity(chunks):
+                    return fingerprint(
                         frames_movie.identity(),
                         table_id or table_identity(table),
                         dict(fit_options, refinefit=_version(),
                              chunks=_plan_digest(chunks)))
-                    store = PartStore(out, identity, len(chunks))
+
+                chunks, limits = _plan(frame_numbers, limits, out,
+                                       chunk_frames is None, identity)
+                if out is not None:
+                    store = PartStore(out, identity(chunks), len(chunks),
+                                      limits=limits if chunk_frames is None
+                                      else None)
                 if client is None:
                     results = partial(_refine_here, frames_movie, prefetch)
                 else:
@@ -281,8 +285,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                 if store is not None and not return_table and \
                         streamable(out, kind) and \
                         np.all(np.diff(frame_numbers) >= 0):
-                    stream = TableStream(out, kind, keep_index=not (
-                        table.index.equals(pd.RangeIndex(len(table)))))
+                    stream = TableStream(out, kind, writes_index(table))
                 refined, counts = _refine_chunks(
                     results, table, chunks, fit_options, store, show, quiet,
                     stream)
@@ -331,6 +334,22 @@ def _plan_chunks(frame_numbers, max_frames, max_features):
     return chunks
 
 
+def _plan(frame_numbers, limits, out, default_limits, identity):
+    """Chunks of :func:`_plan_chunks` and the limits they used. With the
+    default limits, which grow with the threads, an unfinished run's chunks
+    beside ``out`` are planned with that run's limits when all else is the
+    same, so that it resumes with another thread count too."""
+    chunks = _plan_chunks(frame_numbers, *limits)
+    earlier = read_manifest(out) if out is not None and default_limits \
+        else None
+    before = earlier.get("limits") if isinstance(earlier, dict) else None
+    if before and list(before) != list(limits):
+        their_chunks = _plan_chunks(frame_numbers, *before)
+        if as_stored(identity(their_chunks)) == earlier.get("fingerprint"):
+            return their_chunks, tuple(before)
+    return chunks, limits
+
+
 def _plan_digest(chunks):
     """Hash of the chunk boundaries: chunk files of another plan are not
     reused."""
@@ -361,7 +380,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
             _report(f"refinefit: {store.folder.name} held chunks of a run "
                     "with another movie, features or options; starting afresh")
     todo = [k for k in range(len(chunks)) if k not in done]
-    output = None if stream is None else _OrderedOutput(
+    output = None if stream is None else OrderedOutput(
         stream, table, len(chunks), store, done)
     packs = {}
     refined_now = 0
@@ -378,8 +397,10 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
         with closing(results(table, chunks, todo, fit_options)) as done_now:
             for k, packed in done_now:
                 writes.append(writer.submit(_keep, k, packed, store, output))
-                while writes and writes[0].done():
-                    writes.popleft().result()  # raises a failed commit
+                # a failed commit raises here; a writer that falls behind
+                # (a slow disk, xz) holds at most two chunks
+                while writes and (writes[0].done() or len(writes) > 2):
+                    writes.popleft().result()
                 if output is None:
                     packs[k] = packed
                 refined_now += len(chunks[k][1])
@@ -405,7 +426,8 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
         return None, counts + (output.failed_fits,)
     if output is not None:  # the stream refused a chunk: all are on disk
         packs = {k: store.load(k) for k in range(len(chunks))}
-    packs.update((k, store.load(k)) for k in done)  # resumed chunks
+    else:
+        packs.update((k, store.load(k)) for k in done)  # resumed chunks
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
     return refined, counts
 
@@ -416,63 +438,6 @@ def _keep(k, packed, store, output):
         store.commit(k, packed)
     if output is not None:
         output.add(k, packed)
-
-
-class _OrderedOutput:
-    """Writes refined chunks to a :class:`TableStream` in chunk order:
-    chunks that arrive early wait, and chunks resumed from an earlier run
-    are read from their files when their turn comes. If the stream refuses
-    a chunk (:class:`StreamUnsupported`), it is deleted and the rest is
-    ignored (``failed_stream``)."""
-
-    def __init__(self, stream, table, n_chunks, store, done):
-        self.stream = stream
-        self.table = table
-        self.n_chunks = n_chunks
-        self.store = store
-        self.done = done
-        self.waiting = {}
-        self.next = 0
-        self.clusters = 0
-        self.failed_fits = 0
-        self.failed_stream = False
-
-    def add(self, k, packed):
-        if not self.failed_stream:
-            self.waiting[k] = packed
-            self._drain()
-
-    def finish(self):
-        """Write the chunks resumed after the last refined one; rename the
-        stream to its final name."""
-        self._drain()
-        if not self.failed_stream:
-            self.stream.finish()
-
-    def abort(self):
-        self.failed_stream = True
-        self.waiting.clear()
-        self.stream.abort()
-
-    def _drain(self):
-        """Write the chunks whose turn has come."""
-        if self.failed_stream:
-            return
-        try:
-            while self.next < self.n_chunks:
-                if self.next in self.waiting:
-                    packed = self.waiting.pop(self.next)
-                elif self.next in self.done:
-                    packed = self.store.load(self.next)
-                else:
-                    break
-                rows = chunk_rows(self.table, packed, self.clusters)
-                self.stream.write(rows)
-                self.clusters += int(packed["n_clusters"])
-                self.failed_fits += int(rows["cost"].isna().sum())
-                self.next += 1
-        except StreamUnsupported:
-            self.abort()
 
 
 def _refine_here(movie, prefetch, table, chunks, todo, fit_options):
@@ -562,12 +527,26 @@ def _frame_numbers(table, t_column, n_frames, movie):
     return frames
 
 
-def _chunk_limits(chunk_frames, movie, threads):
+def _chunk_scale(threads, client, param_mode):
+    """How many times the default chunk limits a run uses: its Numba
+    threads // 2 (the defaults suit 2 threads). 1 with a Dask client and no
+    ``threads`` (the workers' cores are not known here), and 1 in the
+    'frame' mode, whose results depend on the chunks: they stay the same
+    whatever the threads."""
+    modes = param_mode.values() if isinstance(param_mode, dict) else ()
+    if (client is not None and threads is None) or any(
+            mode in ("frame", MODE_NUMBERS["frame"]) for mode in modes
+            if isinstance(mode, (str, numbers.Integral))):
+        return 1
+    return max(1, (numba.get_num_threads() if threads is None
+                   else int(threads)) // 2)
+
+
+def _chunk_limits(chunk_frames, movie, scale):
     """Frames and features per chunk: ``chunk_frames`` frames if given,
-    else the defaults (CHUNK_BYTES, CHUNK_FEATURES, MAX_CHUNK_FRAMES), which
-    hold for 2 threads and grow in proportion above that."""
+    else ``scale`` times the defaults (CHUNK_BYTES, CHUNK_FEATURES,
+    MAX_CHUNK_FRAMES)."""
     if chunk_frames is None:
-        scale = max(1, threads // 2)
         frame_bytes = max(int(np.prod(movie.frame_shape)) *
                           np.dtype(movie.dtype).itemsize, 1)
         max_frames = max(1, min(MAX_CHUNK_FRAMES * scale,

@@ -99,13 +99,19 @@ def write_table(table, path, kind, final_name=None):
     table read from a file round-trips with its columns only. CSV
     compression follows the extension of ``final_name`` (default ``path``).
     """
-    keep_index = not table.index.equals(pd.RangeIndex(len(table)))
+    keep_index = writes_index(table)
     if kind == "parquet":
         table.to_parquet(path, index=keep_index,
                          use_dictionary=_dictionary_columns(table))
     else:
         table.to_csv(path, index=keep_index,
                      compression=_compression(final_name or path))
+
+
+def writes_index(table):
+    """Whether a written table carries its index: only when it is not the
+    default 0..n-1 range."""
+    return not table.index.equals(pd.RangeIndex(len(table)))
 
 
 def _dictionary_columns(table):
@@ -120,10 +126,11 @@ class TableStream:
     """Write a table block by block under a temporary name beside ``path``;
     :meth:`finish` flushes it to disk and renames it to ``path``.
 
-    The file equals what :func:`write_table_atomically` writes for the
-    blocks put together, when ``keep_index`` is what it decides for that
-    table. Parquet blocks are gathered into row groups of ``ROW_GROUP``
-    rows. Raises :class:`StreamUnsupported` when a block cannot join the
+    For the blocks put together, and ``keep_index`` as
+    :func:`writes_index` decides for that table, a CSV file equals what
+    :func:`write_table_atomically` writes, byte for byte; a Parquet file
+    holds the same rows, columns and types (in row groups of at least
+    ``ROW_GROUP`` rows, gathered from the blocks). Raises :class:`StreamUnsupported` when a block cannot join the
     file (Parquet: its columns convert to other types than the first
     block's, say an object column of strings, then of numbers).
     """
@@ -140,6 +147,7 @@ class TableStream:
             f"{_temporary_prefix(self.path)}{os.getpid()}")
         self._writer = None
         self._schema = None
+        self._dictionary = None
         self._pending = []
         self._pending_rows = 0
 
@@ -162,6 +170,7 @@ class TableStream:
             raise StreamUnsupported(str(exc)) from exc
         if self._schema is None:
             self._schema = table.schema
+            self._dictionary = _dictionary_columns(block)
         elif not table.schema.equals(self._schema, check_metadata=False):
             raise StreamUnsupported("a block's columns convert to other "
                                     "Parquet types than the first block's")
@@ -178,9 +187,7 @@ class TableStream:
         if self._writer is None:
             raise ValueError("no rows were written")
         self._writer.close()
-        with open(self.temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.temporary, self.path)
+        flush_and_rename(self.temporary, self.path)
 
     def abort(self):
         """Close and delete the temporary file."""
@@ -200,11 +207,8 @@ class TableStream:
         table = pa.concat_tables(self._pending)
         self._pending, self._pending_rows = [], 0
         if self._writer is None:
-            self._writer = pq.ParquetWriter(
-                self.temporary, table.schema, use_dictionary=[
-                    name for name, kind in zip(
-                        table.schema.names, table.schema.types)
-                    if not pa.types.is_floating(kind)])
+            self._writer = pq.ParquetWriter(self.temporary, table.schema,
+                                            use_dictionary=self._dictionary)
         self._writer.write_table(table)
 
 
@@ -228,12 +232,17 @@ def write_table_atomically(table, path, kind):
     temporary = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
     try:
         write_table(table, temporary, kind, final_name=path)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        flush_and_rename(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def flush_and_rename(temporary, path):
+    """Flush ``temporary`` to disk, then rename it to ``path``."""
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def remove_stale_temporaries(path):

@@ -76,3 +76,41 @@ def test_no_features():
     labels, sizes = cluster_features(np.zeros((0, 2)), np.zeros(0), 5.0,
                                      np.zeros(0, bool))
     assert labels.shape == sizes.shape == (0,)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_pairs_at_the_separation_follow_plain_arithmetic(ndim):
+    # pairs one separation apart in random directions, one pair a frame:
+    # their scaled squared distance lands on either side of 1 by rounding
+    # alone, and they must join as plain float64 arithmetic (NumPy's) says,
+    # not as fused multiply-adds would
+    rng = np.random.default_rng(3)
+    n = 5000
+    direction = rng.normal(size=(n, ndim))
+    direction /= np.linalg.norm(direction, axis=1)[:, None]
+    separation = rng.uniform(3.0, 15.0, ndim)
+    start = rng.uniform(0, 100, (n, ndim))
+    coords = np.empty((2 * n, ndim))
+    coords[0::2] = start
+    coords[1::2] = start + direction * separation
+    frames = np.repeat(np.arange(n), 2)
+    labels, _ = cluster_features(coords, frames, separation,
+                                 np.ones(2 * n, bool))
+    scaled = coords / separation
+    dist2 = ((scaled[1::2] - scaled[0::2]) ** 2).sum(axis=1)
+    np.testing.assert_array_equal(labels[0::2] == labels[1::2], dist2 <= 1.0)
+    assert 0 < np.sum(dist2 <= 1.0) < n  # both outcomes occur
+
+
+def test_sweeps_along_the_widest_axis():
+    # 3D features in a thin slab (z within one separation), spread in x:
+    # the same clusters as the brute-force reference
+    rng = np.random.default_rng(7)
+    coords = np.c_[rng.uniform(0, 2, 600), rng.uniform(0, 30, 600),
+                   rng.uniform(0, 400, 600)]
+    frames = np.zeros(600)
+    valid = np.ones(600, bool)
+    labels, sizes = cluster_features(coords, frames, 3.0, valid)
+    expected, expected_sizes = reference_clusters(coords, frames, 3.0, valid)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(sizes, expected_sizes)

@@ -73,30 +73,51 @@ class _FakeMovie:
         self.frame_shape, self.dtype = frame_shape, np.dtype(dtype)
 
 
-@pytest.mark.parametrize("threads, small_frames, large_frames, features", [
-    (1, 64, 2, 10_000), (2, 64, 2, 10_000), (3, 64, 2, 10_000),
-    (4, 128, 4, 20_000), (16, 512, 16, 80_000)])
-def test_default_chunks_grow_with_threads(threads, small_frames, large_frames,
-                                          features):
+@pytest.mark.parametrize("scale, small_frames, large_frames, features", [
+    (1, 64, 2, 10_000), (2, 128, 4, 20_000), (8, 512, 16, 80_000)])
+def test_default_chunks_grow_with_the_scale(scale, small_frames,
+                                            large_frames, features):
     limits = movie_module._chunk_limits
-    # 16 kB frames: 64 frames (per two threads) come first; 8 MiB frames:
-    # 16 MiB (per two threads) comes first
-    assert limits(None, _FakeMovie((128, 128), np.uint8), threads) == (
+    # 16 kB frames: 64 frames (per unit of scale) come first; 8 MiB frames:
+    # 16 MiB (per unit of scale) comes first
+    assert limits(None, _FakeMovie((128, 128), np.uint8), scale) == (
         small_frames, features)
-    assert limits(None, _FakeMovie((2048, 2048), np.uint16), threads) == (
+    assert limits(None, _FakeMovie((2048, 2048), np.uint16), scale) == (
         large_frames, features)
-    assert limits(5, _FakeMovie((128, 128), np.uint8), threads) == (5, np.inf)
+    assert limits(5, _FakeMovie((128, 128), np.uint8), scale) == (5, np.inf)
 
 
-def test_chunks_follow_the_run_threads(small, shuffled, monkeypatch):
+def test_chunk_scale_follows_the_threads_except_where_it_must_not():
+    scale = movie_module._chunk_scale
+    assert scale(None, None, None) == max(1, numba.get_num_threads() // 2)
+    assert scale(1, None, None) == 1
+    assert scale(3, None, None) == 1
+    assert scale(16, None, {"size": "var"}) == 8
+    # 'frame' mode results depend on the chunks; a client's workers have
+    # cores of their own
+    assert scale(16, None, {"size": "frame"}) == 1
+    assert scale(16, None, {"size": 5}) == 1
+    assert scale(None, object(), None) == 1
+    assert scale(16, object(), None) == 8
+
+
+def test_resume_with_another_thread_count(small, shuffled, tmp_path,
+                                          monkeypatch, capsys):
     frames, _, _ = small
-    seen = []
-    real = movie_module._chunk_limits
-    monkeypatch.setattr(movie_module, "_chunk_limits",
-                        lambda c, m, t: seen.append(t) or real(c, m, t))
-    run(frames, shuffled, diameter=DIAMETER, threads=1)
-    run(frames, shuffled, diameter=DIAMETER)
-    assert seen == [1, numba.get_num_threads()]
+    np.save(tmp_path / "movie.npy", frames)
+    out = tmp_path / "out.csv"
+    args = (tmp_path / "movie.npy", shuffled, out)
+    monkeypatch.setattr(movie_module, "MAX_CHUNK_FRAMES", 1)
+    with monkeypatch.context() as patch:  # 2 frames a chunk, as 4 threads
+        patch.setattr(movie_module, "_chunk_scale", lambda *a: 2)
+        _interrupt_after(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run(*args, diameter=DIAMETER)
+    # 1 frame a chunk would be 6 chunks: the earlier plan of 3 is kept
+    got = run(*args, diameter=DIAMETER, quiet=False)
+    assert "2 of 3 chunks resumed" in capsys.readouterr().out
+    assert_same_refinement(got, refinefit.refine_leastsq(shuffled, frames,
+                                                         DIAMETER))
 
 
 def test_equal_with_options_and_errors(small, shuffled):

@@ -257,7 +257,7 @@ def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
             return packs[k]
 
     recorder = Recorder()
-    output = movie_module._OrderedOutput(recorder, table, 3, Store(), {1})
+    output = checkpoint.OrderedOutput(recorder, table, 3, Store(), {1})
     output.add(2, packs[2])
     assert recorder.blocks == []  # chunk 0 not there yet
     output.add(0, packs[0])
@@ -269,3 +269,49 @@ def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
                                   errors="ignore"))
     assert written["cluster"].tolist() == [0, 1, 1, 2, 3, 3, 4, 5, 5]
     assert output.failed_fits == 3
+
+
+def test_index_and_categories_survive_streaming(small, tmp_path):
+    frames, table = small
+    table = table.assign(kind=pd.Categorical(
+        np.where(np.arange(len(table)) % 3, "bead", "cell")))
+    table.index = np.arange(len(table)) * 3 + 7
+    np.save(tmp_path / "movie.npy", frames)
+    out = tmp_path / "out.parquet"
+    refinefit.refine_movie(tmp_path / "movie.npy", table, out,
+                           diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        table, frames, DIAMETER))
+
+
+def test_a_failed_commit_stops_the_run(small, tmp_path, monkeypatch):
+    frames, table = small
+    np.save(tmp_path / "movie.npy", frames)
+    out = tmp_path / "out.parquet"
+    real = checkpoint.PartStore.commit
+
+    def disk_full_on_the_second(self, k, packed):
+        if k == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, k, packed)
+
+    monkeypatch.setattr(checkpoint.PartStore, "commit",
+                        disk_full_on_the_second)
+    with pytest.raises(OSError, match="No space left"):
+        refinefit.refine_movie(tmp_path / "movie.npy", table, out,
+                               diameter=DIAMETER, chunk_frames=1, quiet=True,
+                               return_table=False)
+    parts = checkpoint.parts_folder(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "movie.npy", parts.name]  # no output, not even a temporary one
+    committed = sorted(p.name for p in parts.glob("chunk-*"))
+    # chunks refined while the failure was on its way may be committed too
+    assert committed[0] == "chunk-000000.npz"
+    assert "chunk-000001.npz" not in committed
+    monkeypatch.setattr(checkpoint.PartStore, "commit", real)
+    refinefit.refine_movie(tmp_path / "movie.npy", table, out,
+                           diameter=DIAMETER, chunk_frames=1, quiet=True,
+                           return_table=False)
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        table, frames, DIAMETER))
