@@ -110,6 +110,17 @@ def measure(command, folder):
     return seconds, rss_kb / 1024, cpu, result.stdout
 
 
+def report_rates(results, key, rate):
+    """The command's end-to-end and the in-process rates, and their
+    ratio."""
+    results[f"{key} refinefit refine features/s (end to end)"] = round(
+        rate["command"])
+    results[f"{key} in-process refine_leastsq features/s (warm)"] = round(
+        rate["in-process"])
+    results[f"{key} command / in-process warm (end to end)"] = round(
+        rate["command"] / rate["in-process"], 3)
+
+
 def cpu_seconds():
     """CPU time of this process, all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -176,16 +187,11 @@ def test_command_throughput_and_memory(benchmark, w1_movie, results):
     key = "CLI W1"
     results[f"{key} movie (frames, MB, features)"] = (
         f"{N_FRAMES}, {movie_mb:.0f}, {n}")
-    results[f"{key} refinefit refine features/s (end to end)"] = round(
-        rate["command"])
+    report_rates(results, key, rate)
     results[f"{key} refinefit refine features/s (its summary line)"] = round(
         summary_rate)
     results[f"{key} script in a fresh process features/s"] = round(
         rate["script"])
-    results[f"{key} in-process refine_leastsq features/s (warm)"] = round(
-        rate["in-process"])
-    results[f"{key} command / in-process warm (end to end)"] = round(
-        rate["command"] / rate["in-process"], 3)
     results[f"{key} command / in-process warm (summary line)"] = round(
         summary_rate / rate["in-process"], 3)
     results[f"{key} refine_movie file to file, warm, features/s"] = round(
@@ -272,12 +278,7 @@ def test_command_on_a_long_movie(long_movie, results):
     n = len(features)
     key = f"CLI W1 long ({len(features['frame'].unique())} frames)"
     rate = {name: n / min(values) for name, values in times.items()}
-    results[f"{key} refinefit refine features/s (end to end)"] = round(
-        rate["command"])
-    results[f"{key} in-process refine_leastsq features/s (warm)"] = round(
-        rate["in-process"])
-    results[f"{key} command / in-process warm (end to end)"] = round(
-        rate["command"] / rate["in-process"], 3)
+    report_rates(results, key, rate)
     # without the fixed costs of a new process (as measured on one frame)
     results[f"{key} command / in-process warm (less its one-frame time)"] = \
         round(min(times["in-process"]) / (min(times["command"])
