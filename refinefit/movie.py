@@ -256,12 +256,13 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                else bool(progress)))
         with numba_threads(threads):
             if len(table) == 0:
-                refined, counts = empty, (0, 0, 0)
+                refined, counts = empty, (0, 0, 0, 0)
             elif _couples_frames(options.get("param_mode")):
                 if client is not None:
                     window = DaskMovie(window, client, spec, threads)
                 refined = refine_leastsq(table, window, **fit_options)
-                counts = (len(table), 1, 0)
+                counts = (len(table), 1, 0,
+                          int(refined["cost"].isna().sum()))
             else:
                 def identity(chunks):
                     return fingerprint(
@@ -299,11 +300,9 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         if frames_movie is not movie:
             frames_movie.close()
     if not quiet:
-        refined_now, n_chunks, resumed = counts[:3]
+        refined_now, n_chunks, resumed, failed = counts
         summary = RunSummary(
-            features=len(table),
-            failed=(int(refined["cost"].isna().sum()) if refined is not None
-                    else counts[3]),
+            features=len(table), failed=failed,
             frames=len(np.unique(frame_numbers)),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
@@ -360,7 +359,8 @@ def _plan_digest(chunks):
 def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
                    stream=None):
     """Refine the chunks not yet in ``store`` (all of them without one);
-    returns the table and (features refined now, chunks, chunks resumed).
+    returns the table and (features refined now, chunks, chunks resumed,
+    failed fits).
 
     ``results(table, chunks, todo, fit_options)`` yields ``(k, packed)``
     for every chunk ``k`` in ``todo``, in any order: :func:`_refine_here`,
@@ -368,9 +368,9 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
 
     With a ``stream`` (a :class:`refinefit.table_io.TableStream` for the
     output, which needs ``store``), the chunks' rows are written to it in
-    chunk order instead: the table returned is None and the counts end
-    with the number of failed fits. Should the stream refuse a chunk, the
-    table is put together from the chunk files, as without a stream.
+    chunk order instead, and the table returned is None. Should the stream
+    refuse a chunk, the table is put together from the chunk files, as
+    without a stream.
     """
     done = set()
     if store is not None:
@@ -429,7 +429,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
     else:
         packs.update((k, store.load(k)) for k in done)  # resumed chunks
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
-    return refined, counts
+    return refined, counts + (int(refined["cost"].isna().sum()),)
 
 
 def _keep(k, packed, store, output):

@@ -130,9 +130,10 @@ class TableStream:
     :func:`writes_index` decides for that table, a CSV file equals what
     :func:`write_table_atomically` writes, byte for byte; a Parquet file
     holds the same rows, columns and types (in row groups of at least
-    ``ROW_GROUP`` rows, gathered from the blocks). Raises :class:`StreamUnsupported` when a block cannot join the
-    file (Parquet: its columns convert to other types than the first
-    block's, say an object column of strings, then of numbers).
+    ``ROW_GROUP`` rows, gathered from the blocks). Raises
+    :class:`StreamUnsupported` when a block cannot join the file (Parquet:
+    its columns convert to other types than the first block's, say an
+    object column of strings, then of numbers).
     """
 
     ROW_GROUP = 2 ** 17
@@ -143,8 +144,7 @@ class TableStream:
         self.path = Path(path)
         self.kind = kind
         self.keep_index = keep_index
-        self.temporary = self.path.with_name(
-            f"{_temporary_prefix(self.path)}{os.getpid()}")
+        self.temporary = _temporary_name(self.path)
         self._writer = None
         self._schema = None
         self._dictionary = None
@@ -229,7 +229,7 @@ def write_table_atomically(table, path, kind):
     """Write to a temporary name in the destination directory, flush it to
     disk and rename it to ``path``: ``path`` is either absent or complete."""
     path = Path(path)
-    temporary = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
+    temporary = _temporary_name(path)
     try:
         write_table(table, temporary, kind, final_name=path)
         flush_and_rename(temporary, path)
@@ -252,6 +252,11 @@ def remove_stale_temporaries(path):
     path = Path(path)
     for stale in path.parent.glob(_temporary_prefix(path) + "*"):
         stale.unlink(missing_ok=True)
+
+
+def _temporary_name(path):
+    """This process's temporary name for ``path``, in its directory."""
+    return path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
 
 
 def _temporary_prefix(path):
