@@ -31,9 +31,9 @@ from .movie_io import open_movie
 from .params import MODE_NUMBERS
 from .refine import refine_leastsq
 from .scratch import Scratch, reused_buffers
-from .table_io import (TableStream, check_output_path, read_features,
-                       remove_stale_temporaries, streamable, writes_index,
-                       write_table_atomically)
+from .table_io import (ParquetFeatures, TableStream, check_output_path,
+                       read_features, remove_stale_temporaries, streamable,
+                       writes_index, write_table_atomically)
 
 # default chunk limits for 2 Numba threads, times threads // 2 above that
 # (on 16 cores, chunks of 10,000 features ran at 0.53 of one call, chunks
@@ -183,7 +183,12 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     ``trackpy.batch`` writes them), Parquet or CSV output (uncompressed,
     gzip, bz2 or xz) and no 'global' or 'particle' mode; otherwise the
     table is put together in memory and written at the end, as with
-    ``return_table=True``.
+    ``return_table=True``. Then a Parquet features file is not read whole
+    either but a chunk's rows at a time, when its ranges of rows read as
+    the whole file would: the default index, columns of NumPy numeric or
+    bool types, integers without nulls (see
+    :class:`refinefit.table_io.ParquetFeatures`). What remains per
+    feature is its frame number and row (16 bytes) for the plan.
 
     A run resumes from the chunk files when the movie (path, size,
     modification time, shape, dtype), the features (file path, size and
@@ -233,21 +238,33 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         _check_remote(client, movie)
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
+    t_column = options.get("t_column", "frame")
+    features_in = None  # features read chunk by chunk
     if isinstance(features, pd.DataFrame):
         table, table_id = features, None
     else:
-        table = read_features(features)
+        if not return_table and client is None and streamable(out, kind) \
+                and not _couples_frames(options.get("param_mode")):
+            features_in = ParquetFeatures.open(features)
+        table = read_features(features) if features_in is None \
+            else features_in.head
         table_id = table_identity(table, path=features)
     pos_columns = options.get("pos_columns") or (
         ["z", "y", "x"] if "z" in table else ["y", "x"])
-    frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
+    frames_movie = None
     store = None
     try:
-        frame_numbers = _frame_numbers(table, options.get("t_column", "frame"),
-                                       len(frames_movie), movie)
+        frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
+        frame_numbers = _frame_numbers(
+            table if features_in is None else features_in.column(t_column),
+            t_column, len(frames_movie), movie)
+        if features_in is not None and np.any(np.diff(frame_numbers) < 0):
+            features_in.close()  # not in frame order: read them whole
+            features_in, table = None, read_features(features)
         window = FrameWindow(frames_movie)
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
+        n_features = len(frame_numbers)
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie)
         limits = _chunk_limits(chunk_frames, frames_movie, _chunk_scale(
@@ -255,7 +272,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         show = (not quiet and (sys.stderr.isatty() if progress is None
                                else bool(progress)))
         with numba_threads(threads):
-            if len(table) == 0:
+            if n_features == 0:
                 refined, counts = empty, (0, 0, 0, 0)
             elif _couples_frames(options.get("param_mode")):
                 if client is not None:
@@ -278,7 +295,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                       limits=limits if chunk_frames is None
                                       else None)
                 if client is None:
-                    results = partial(_refine_here, frames_movie, prefetch)
+                    results = partial(_refine_here, frames_movie, prefetch,
+                                      features_in=features_in)
                 else:
                     results = partial(refine_movie_chunks, client, spec,
                                       threads=threads)
@@ -287,6 +305,10 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                         streamable(out, kind) and \
                         np.all(np.diff(frame_numbers) >= 0):
                     stream = TableStream(out, kind, writes_index(table))
+                if features_in is not None:
+                    # every column is in the chunk results (NumPy types):
+                    # the output needs only the index, 0..n-1
+                    table = pd.DataFrame(index=pd.RangeIndex(n_features))
                 refined, counts = _refine_chunks(
                     results, table, chunks, fit_options, store, show, quiet,
                     stream)
@@ -297,12 +319,14 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     finally:
         if store is not None:
             store.close()  # keeps the chunk files of an unfinished run
-        if frames_movie is not movie:
+        if frames_movie is not None and frames_movie is not movie:
             frames_movie.close()
+        if features_in is not None:
+            features_in.close()
     if not quiet:
         refined_now, n_chunks, resumed, failed = counts
         summary = RunSummary(
-            features=len(table), failed=failed,
+            features=len(frame_numbers), failed=failed,
             frames=len(np.unique(frame_numbers)),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
@@ -440,15 +464,24 @@ def _keep(k, packed, store, output):
         output.add(k, packed)
 
 
-def _refine_here(movie, prefetch, table, chunks, todo, fit_options):
+def _refine_here(movie, prefetch, table, chunks, todo, fit_options,
+                 features_in=None):
     """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, in
-    order; yields ``(k, packed)``."""
+    order; yields ``(k, packed)``. The features of each chunk are rows of
+    ``table``, or with ``features_in`` (a
+    :class:`refinefit.table_io.ParquetFeatures`; rows in frame order), read
+    from it."""
+    def read(k):  # in the read-ahead thread
+        frame_ids, rows = chunks[k]
+        chunk_table = table.iloc[rows] if features_in is None else \
+            features_in.rows(rows[0], rows[-1] + 1)  # consecutive rows
+        return movie.read(frame_ids), chunk_table
+
     scratch = Scratch()  # kept from chunk to chunk
-    for k, frames in _frames_of(movie, [chunks[k][0] for k in todo], todo,
-                                prefetch):
+    for k, (frames, chunk_table) in _read_ahead(read, todo, prefetch):
         frame_ids, rows = chunks[k]
         yield k, refine_read_chunk(movie, frame_ids, frames, rows,
-                                   table.iloc[rows], fit_options, scratch)
+                                   chunk_table, fit_options, scratch)
 
 
 def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
@@ -464,21 +497,21 @@ def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
                                                **fit_options))
 
 
-def _frames_of(movie, frame_lists, labels, prefetch):
-    """Yield ``(label, frames)`` per list of frame numbers, reading the next
-    list in a background thread while the caller works on this one."""
+def _read_ahead(read, labels, prefetch):
+    """Yield ``(label, read(label))`` per label, in order, reading the next
+    in a background thread while the caller works on this one."""
     if not prefetch:
-        for label, frame_list in zip(labels, frame_lists):
-            yield label, movie.read(frame_list)
+        for label in labels:
+            yield label, read(label)
         return
     with ThreadPoolExecutor(max_workers=1,
                             thread_name_prefix="refinefit-read") as reader:
-        pending = reader.submit(movie.read, frame_lists[0]) if labels else None
+        pending = reader.submit(read, labels[0]) if labels else None
         for i, label in enumerate(labels):
-            frames = pending.result()
-            pending = (reader.submit(movie.read, frame_lists[i + 1])
+            value = pending.result()
+            pending = (reader.submit(read, labels[i + 1])
                        if i + 1 < len(labels) else None)
-            yield label, frames
+            yield label, value
 
 
 def _report(line):

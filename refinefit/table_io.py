@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst")
@@ -79,6 +80,119 @@ def read_features(path):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot read features file {str(path)!r}: "
                          f"{first}") from exc
+
+
+class ParquetFeatures:
+    """A Parquet features file read a range of rows at a time, in order, so
+    that only a batch of it is in memory (``refine_movie`` streaming).
+
+    Open with :meth:`open`, which accepts only files whose every range
+    reads as the same rows, types and index as the whole file would:
+    columns of NumPy integer, unsigned, bool or float types (integers and
+    bools without nulls, by the row groups' statistics; a null would make
+    the whole column float) and the default index 0..n-1.
+
+    Attributes
+    ----------
+    head : DataFrame
+        No rows; the file's columns and their types.
+    n_rows : int
+    """
+
+    BATCH = 2 ** 16  # rows decoded at a time
+
+    def __init__(self, file, head):
+        self._file = file
+        self.head = head
+        self.n_rows = int(file.metadata.num_rows)
+        self._batches = None
+        self._buffer = []  # record batches from row self._start on
+        self._start = 0
+
+    @classmethod
+    def open(cls, path):
+        """The file as a :class:`ParquetFeatures`, or None when it is not
+        a Parquet file whose ranges read as the whole does (then read it
+        whole: :func:`read_features` also names any problem)."""
+        path = Path(path)
+        if not path.is_file() or not path.name.lower().endswith(_PARQUET):
+            return None
+        try:
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(path)
+            head = file.schema_arrow.empty_table().to_pandas()
+            if _ranges_read_as_whole(file, head):
+                return cls(file, head)
+        except Exception:  # noqa: BLE001 - read_features reports it
+            pass
+        return None
+
+    def column(self, name):
+        """A table of column ``name`` alone, every row (the head, with
+        every column and no row, when there is no such column)."""
+        if name not in self.head:
+            return self.head
+        position = list(self.head.columns).index(name)
+        values = self._file.read(columns=[self._file.schema_arrow.names[
+            position]], use_threads=False, use_pandas_metadata=False)
+        return pd.DataFrame({name: values.column(0).to_numpy()})
+
+    def rows(self, lo, hi):
+        """Rows ``lo`` to ``hi - 1`` with their index; ranges are read in
+        increasing order (``lo`` at or after the last call's ``hi``)."""
+        import pyarrow as pa
+
+        if lo < self._start or hi > self.n_rows or hi < lo:
+            raise ValueError(f"rows {lo}:{hi} are not ahead of row "
+                             f"{self._start} in a file of {self.n_rows}")
+        if self._batches is None:
+            self._batches = self._file.iter_batches(
+                batch_size=self.BATCH, use_threads=False)
+        buffered = sum(batch.num_rows for batch in self._buffer)
+        while self._start + buffered < hi:
+            batch = next(self._batches)
+            self._buffer.append(batch)
+            buffered += batch.num_rows
+        block = pa.Table.from_batches(self._buffer, self._file.schema_arrow)
+        table = block.slice(lo - self._start, hi - lo).to_pandas()
+        table.index = pd.RangeIndex(lo, hi)
+        while self._buffer and self._start + self._buffer[0].num_rows <= hi:
+            self._start += self._buffer.pop(0).num_rows  # read past
+        return table
+
+    def close(self):
+        self._buffer = []
+        self._batches = None
+        self._file.close()
+
+
+def _ranges_read_as_whole(file, head):
+    """Whether any range of rows of Parquet ``file`` reads as those rows of
+    the whole file would: see :class:`ParquetFeatures`."""
+    metadata = file.schema_arrow.pandas_metadata or {}
+    index = metadata.get("index_columns", [])
+    default_index = index == [] or (
+        len(index) == 1 and isinstance(index[0], dict)
+        and index[0].get("kind") == "range" and index[0].get("start") == 0
+        and index[0].get("step") == 1)
+    kinds = [getattr(dtype, "kind", "O") for dtype in head.dtypes]
+    if not default_index or not head.columns.is_unique or \
+            not all(isinstance(dtype, np.dtype) for dtype in head.dtypes) or \
+            any(kind not in "biuf" for kind in kinds):
+        return False
+    # flat columns, no stored index: Parquet column j is head's column j
+    if not len(file.schema_arrow.names) == file.metadata.num_columns \
+            == len(kinds):
+        return False
+    for j, kind in enumerate(kinds):
+        if kind == "f":
+            continue
+        for group in range(file.metadata.num_row_groups):
+            stats = file.metadata.row_group(group).column(j).statistics
+            if stats is None or not stats.has_null_count or stats.null_count:
+                return False
+    return True
 
 
 def _read_hdf(path):

@@ -315,3 +315,149 @@ def test_a_failed_commit_stops_the_run(small, tmp_path, monkeypatch):
                            return_table=False)
     assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
         table, frames, DIAMETER))
+
+
+# features read from Parquet a range of rows at a time (what the command
+# does with a Parquet features file in frame order)
+
+def _numeric(table):
+    """The features without the string column: what ParquetFeatures reads
+    in ranges."""
+    return table.drop(columns="label")
+
+
+def test_parquet_features_read_ranges_as_the_whole_file(small, tmp_path,
+                                                        monkeypatch):
+    _, table = small
+    table = _numeric(table)
+    path = tmp_path / "f.parquet"
+    table.to_parquet(path, row_group_size=10)  # ranges cross row groups
+    monkeypatch.setattr(table_io.ParquetFeatures, "BATCH", 7)
+    whole = pd.read_parquet(path)
+    features = table_io.ParquetFeatures.open(path)
+    assert features.n_rows == len(table)
+    assert_frame_equal(features.head, whole.iloc[:0])
+    assert_frame_equal(features.column("frame"), whole[["frame"]])
+    assert_frame_equal(features.column("nope"), whole.iloc[:0])
+    for lo, hi in [(0, 3), (3, 20), (20, 20), (25, 40), (47, 48),
+                   (60, len(table))]:
+        assert_frame_equal(features.rows(lo, hi), whole.iloc[lo:hi])
+    with pytest.raises(ValueError, match="not ahead"):
+        features.rows(0, 5)  # behind: ranges are read in order
+    features.close()
+
+
+@pytest.mark.parametrize("change", ["index", "string", "category",
+                                    "nullable int", "int with a null"])
+def test_parquet_features_not_read_in_ranges(small, tmp_path, change):
+    """Files whose ranges could read otherwise than the whole file: a
+    stored index, non-numeric columns, integers with nulls."""
+    import pyarrow as pa
+
+    _, table = small
+    table = _numeric(table)
+    path = tmp_path / "f.parquet"
+    assert table_io.ParquetFeatures.open(path) is None  # no file
+    table.to_parquet(path)
+    assert table_io.ParquetFeatures.open(path) is not None
+    if change == "index":
+        table.index = table.index + 1
+    elif change == "string":
+        table["label"] = "p"
+    elif change == "category":
+        table["kind"] = pd.Categorical(["bead"] * len(table))
+    elif change == "nullable int":
+        table["mass"] = pd.array([1] * (len(table) - 1) + [None],
+                                 dtype="Int64")
+    if change == "int with a null":  # a file written without pandas
+        pq.write_table(pa.table({"frame": pa.array(
+            [0] * (len(table) - 1) + [None], pa.int64())}), path)
+    else:
+        table.to_parquet(path)
+    assert table_io.ParquetFeatures.open(path) is None
+    table.to_csv(tmp_path / "f.csv")
+    assert table_io.ParquetFeatures.open(tmp_path / "f.csv") is None
+
+
+def _spy_reads(monkeypatch):
+    """Records the features files read whole and the ranges read."""
+    whole, ranges = [], []
+    real_read, real_rows = movie_module.read_features, \
+        table_io.ParquetFeatures.rows
+    monkeypatch.setattr(movie_module, "read_features",
+                        lambda path: whole.append(path) or real_read(path))
+    monkeypatch.setattr(table_io.ParquetFeatures, "rows",
+                        lambda self, lo, hi: ranges.append((int(lo), int(hi)))
+                        or real_rows(self, lo, hi))
+    return whole, ranges
+
+
+@pytest.mark.parametrize("name", ["out.parquet", "out.csv"])
+def test_parquet_features_in_frame_order_are_read_chunk_by_chunk(
+        small, tmp_path, monkeypatch, name):
+    frames, table = small
+    table = _numeric(table)
+    table.to_parquet(tmp_path / "f.parquet", row_group_size=16)
+    np.save(tmp_path / "movie.npy", frames)
+    monkeypatch.setattr(table_io.ParquetFeatures, "BATCH", 7)
+    whole, ranges = _spy_reads(monkeypatch)
+    out = tmp_path / name
+    refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.parquet",
+                           out, diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert whole == []
+    ends = [int((table["frame"] < 2 * (k + 1)).sum()) for k in range(3)]
+    assert ranges == list(zip([0] + ends[:2], ends))
+    assert_same_refinement(_read(out), _as_read(refinefit.refine_leastsq(
+        table, frames, DIAMETER), out))
+    # with the table returned, or features out of frame order: read whole
+    got = refinefit.refine_movie(tmp_path / "movie.npy",
+                                 tmp_path / "f.parquet", diameter=DIAMETER,
+                                 chunk_frames=2, quiet=True)
+    assert len(whole) == 1 and len(ranges) == 3
+    assert_same_refinement(got, refinefit.refine_leastsq(
+        table, frames, DIAMETER))
+    shuffled = table.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    shuffled.to_parquet(tmp_path / "f.parquet")
+    out.unlink()
+    refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.parquet",
+                           out, diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert len(whole) == 2 and len(ranges) == 3
+    assert_same_refinement(_read(out), _as_read(refinefit.refine_leastsq(
+        shuffled, frames, DIAMETER), out))
+
+
+def test_parquet_features_resume_chunk_by_chunk(small, tmp_path,
+                                                monkeypatch, capsys):
+    frames, table = small
+    table = _numeric(table)
+    table.loc[5, "x"] = np.nan  # a failed fit, counted in the summary
+    table.to_parquet(tmp_path / "f.parquet")
+    np.save(tmp_path / "movie.npy", frames)
+    out = tmp_path / "out.parquet"
+    args = (tmp_path / "movie.npy", tmp_path / "f.parquet", out)
+    options = dict(diameter=DIAMETER, chunk_frames=1, return_table=False)
+    real = movie_module.refine_leastsq
+    calls = []
+
+    def interrupt_the_third(chunk, *a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # the up-front check, then chunks 0, 1, 2
+            raise KeyboardInterrupt
+        return real(chunk, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(movie_module, "refine_leastsq", interrupt_the_third)
+        with pytest.raises(KeyboardInterrupt):
+            refinefit.refine_movie(*args, quiet=True, **options)
+    whole, ranges = _spy_reads(monkeypatch)
+    capsys.readouterr()
+    refinefit.refine_movie(*args, **options)
+    assert whole == []
+    per_frame = np.cumsum([0] + [int((table["frame"] == k).sum())
+                                 for k in range(6)])
+    assert ranges == list(zip(per_frame[2:-1], per_frame[3:]))  # 2 to 5
+    assert "1 failed fits" in capsys.readouterr().out
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        table, frames, DIAMETER))
