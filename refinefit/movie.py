@@ -239,21 +239,22 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
     t_column = options.get("t_column", "frame")
-    features_in = None  # features read chunk by chunk
-    if isinstance(features, pd.DataFrame):
-        table, table_id = features, None
-    else:
-        if not return_table and client is None and streamable(out, kind) \
-                and not _couples_frames(options.get("param_mode")):
-            features_in = ParquetFeatures.open(features)
-        table = read_features(features) if features_in is None \
-            else features_in.head
-        table_id = table_identity(table, path=features)
-    pos_columns = options.get("pos_columns") or (
-        ["z", "y", "x"] if "z" in table else ["y", "x"])
+    features_in = None  # a features file read chunk by chunk
     frames_movie = None
     store = None
     try:
+        if isinstance(features, pd.DataFrame):
+            table, table_id = features, None
+        else:
+            if not return_table and client is None and \
+                    streamable(out, kind) and \
+                    not _couples_frames(options.get("param_mode")):
+                features_in = ParquetFeatures.open(features)
+            table = read_features(features) if features_in is None \
+                else features_in.head
+            table_id = table_identity(table, path=features)
+        pos_columns = options.get("pos_columns") or (
+            ["z", "y", "x"] if "z" in table else ["y", "x"])
         frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
         frame_numbers = _frame_numbers(
             table if features_in is None else features_in.column(t_column),
