@@ -187,8 +187,9 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     either but a chunk's rows at a time, when its ranges of rows read as
     the whole file would: the default index, columns of NumPy numeric or
     bool types, integers without nulls (see
-    :class:`refinefit.table_io.ParquetFeatures`). What remains per
-    feature is its frame number and row (16 bytes) for the plan.
+    :class:`refinefit.table_io.ParquetFeatures`). Its frame numbers are
+    then read a batch at a time too: the plan holds a count per frame of
+    the movie, and a range of rows per chunk.
 
     A run resumes from the chunk files when the movie (path, size,
     modification time, shape, dtype), the features (file path, size and
@@ -256,16 +257,20 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         pos_columns = options.get("pos_columns") or (
             ["z", "y", "x"] if "z" in table else ["y", "x"])
         frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
-        frame_numbers = _frame_numbers(
-            table if features_in is None else features_in.column(t_column),
-            t_column, len(frames_movie), movie)
-        if features_in is not None and np.any(np.diff(frame_numbers) < 0):
-            features_in.close()  # not in frame order: read them whole
-            features_in, table = None, read_features(features)
+        index = None
+        if features_in is not None:
+            index = _streamed_frame_index(features_in, t_column,
+                                          len(frames_movie), movie)
+            if index is None:  # not in frame order: read them whole
+                features_in.close()
+                features_in, table = None, read_features(features)
+        if index is None:
+            index = FrameIndex.of(_frame_numbers(
+                table, t_column, len(frames_movie), movie))
         window = FrameWindow(frames_movie)
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
-        n_features = len(frame_numbers)
+        n_features = index.n_features
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie)
         limits = _chunk_limits(chunk_frames, frames_movie, _chunk_scale(
@@ -289,7 +294,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                         dict(fit_options, refinefit=_version(),
                              chunks=_plan_digest(chunks)))
 
-                chunks, limits = _plan(frame_numbers, limits, out,
+                chunks, limits = _plan(index, limits, out,
                                        chunk_frames is None, identity)
                 if out is not None:
                     store = PartStore(out, identity(chunks), len(chunks),
@@ -303,8 +308,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                       threads=threads)
                 stream = None
                 if store is not None and not return_table and \
-                        streamable(out, kind) and \
-                        np.all(np.diff(frame_numbers) >= 0):
+                        streamable(out, kind) and index.order is None:
                     stream = TableStream(out, kind, writes_index(table))
                 if features_in is not None:
                     # every column is in the chunk results (NumPy types):
@@ -327,23 +331,46 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     if not quiet:
         refined_now, n_chunks, resumed, failed = counts
         summary = RunSummary(
-            features=len(frame_numbers), failed=failed,
-            frames=len(np.unique(frame_numbers)),
+            features=n_features, failed=failed, frames=len(index.present),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
         _report(summary.line())
     return refined if return_table else None
 
 
-def _plan_chunks(frame_numbers, max_frames, max_features):
-    """Consecutive frames that hold features, grouped into chunks of at
-    most ``max_frames`` frames and ``max_features`` features (at least one
-    frame each): per chunk its frame numbers and the rows of its features,
-    in input order."""
-    order = np.argsort(frame_numbers, kind="stable")
-    present, first_row = np.unique(frame_numbers[order], return_index=True)
-    first_row = np.append(first_row, len(order))
-    per_frame = np.diff(first_row)
+@dataclass(frozen=True)
+class FrameIndex:
+    """Which frames hold features (ascending), how many each, and the rows
+    in frame order (stable), or None when the rows are in frame order."""
+
+    present: np.ndarray
+    counts: np.ndarray
+    order: np.ndarray = None
+
+    @classmethod
+    def of(cls, frame_numbers):
+        """The index of the features' frame numbers."""
+        order = None
+        if np.any(frame_numbers[1:] < frame_numbers[:-1]):
+            order = np.argsort(frame_numbers, kind="stable")
+            frame_numbers = frame_numbers[order]
+        present, counts = np.unique(frame_numbers, return_counts=True)
+        return cls(present, counts, order)
+
+    @property
+    def n_features(self):
+        return int(self.counts.sum())
+
+
+def _plan_chunks(index, max_frames, max_features):
+    """Consecutive frames that hold features (a :class:`FrameIndex`),
+    grouped into chunks of at most ``max_frames`` frames and
+    ``max_features`` features (at least one frame each): per chunk its
+    frame numbers and the rows of its features, in input order (a range
+    when the rows are in frame order)."""
+    present, per_frame = index.present, index.counts
+    first_row = np.zeros(len(per_frame) + 1, dtype=np.int64)
+    np.cumsum(per_frame, out=first_row[1:])
     chunks = []
     lo = 0
     while lo < len(present):
@@ -352,23 +379,25 @@ def _plan_chunks(frame_numbers, max_frames, max_features):
                and n_features + per_frame[hi] <= max_features):
             n_features += per_frame[hi]
             hi += 1
-        rows = np.sort(order[first_row[lo]:first_row[hi]])
+        start, stop = int(first_row[lo]), int(first_row[hi])
+        rows = range(start, stop) if index.order is None else \
+            np.sort(index.order[start:stop])
         chunks.append((present[lo:hi], rows))
         lo = hi
     return chunks
 
 
-def _plan(frame_numbers, limits, out, default_limits, identity):
+def _plan(index, limits, out, default_limits, identity):
     """Chunks of :func:`_plan_chunks` and the limits they used. With the
     default limits, which grow with the threads, an unfinished run's chunks
     beside ``out`` are planned with that run's limits when all else is the
     same, so that it resumes with another thread count too."""
-    chunks = _plan_chunks(frame_numbers, *limits)
+    chunks = _plan_chunks(index, *limits)
     earlier = read_manifest(out) if out is not None and default_limits \
         else None
     before = earlier.get("limits") if isinstance(earlier, dict) else None
     if before and list(before) != list(limits):
-        their_chunks = _plan_chunks(frame_numbers, *before)
+        their_chunks = _plan_chunks(index, *before)
         if as_stored(identity(their_chunks)) == earlier.get("fingerprint"):
             return their_chunks, tuple(before)
     return chunks, limits
@@ -535,6 +564,38 @@ def _progress_bar(show, total, initial):
 
 def _frame_numbers(table, t_column, n_frames, movie):
     """Whole frame numbers of every feature, all within the movie."""
+    _check_frame_column(table, t_column)
+    frames = _whole_frames(table[t_column].to_numpy(
+        dtype=np.float64, na_value=np.nan), t_column)
+    _check_within(_outside(frames, n_frames), n_frames, movie)
+    return frames
+
+
+def _streamed_frame_index(features_in, t_column, n_frames, movie):
+    """:class:`FrameIndex` of the features of a
+    :class:`refinefit.table_io.ParquetFeatures`, their frame numbers read
+    a batch at a time (checked as :func:`_frame_numbers` does); None when
+    the rows are not in frame order."""
+    _check_frame_column(features_in.head, t_column)
+    counts = np.zeros(n_frames, dtype=np.int64)
+    outside, in_order, last = [], True, -1
+    for values in features_in.column_batches(t_column):
+        frames = _whole_frames(values.astype(np.float64), t_column)
+        outside.append(_outside(frames, n_frames))
+        if len(frames) and in_order and not outside[-1].size:
+            in_order = frames[0] >= last and not np.any(
+                frames[1:] < frames[:-1])
+            last = frames[-1]
+            counts += np.bincount(frames, minlength=n_frames)
+    _check_within(np.unique(np.concatenate(outside or [[]])).astype(
+        np.int64), n_frames, movie)
+    if not in_order:
+        return None
+    present = np.flatnonzero(counts)
+    return FrameIndex(present, counts[present])
+
+
+def _check_frame_column(table, t_column):
     if t_column not in table:
         raise KeyError(f"features have no frame column {t_column!r} "
                        f"(columns: {[str(c) for c in table.columns]}); set "
@@ -544,12 +605,22 @@ def _frame_numbers(table, t_column, n_frames, movie):
             pd.api.types.is_bool_dtype(column):
         raise ValueError(f"features: column {t_column!r} must hold frame "
                          f"numbers, got dtype {column.dtype}")
-    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _whole_frames(values, t_column):
+    """``values`` (float64) as int64 frame numbers, if whole and finite."""
     if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
         raise ValueError(f"features: column {t_column!r} must hold whole, "
                          "finite frame numbers")
-    frames = values.astype(np.int64)
-    outside = np.unique(frames[(frames < 0) | (frames >= n_frames)])
+    return values.astype(np.int64)
+
+
+def _outside(frames, n_frames):
+    return np.unique(frames[(frames < 0) | (frames >= n_frames)])
+
+
+def _check_within(outside, n_frames, movie):
+    """Raise for frame numbers ``outside`` the movie (ascending)."""
     if len(outside):
         name = (f"{str(movie)!r}" if isinstance(movie, (str, Path))
                 else "the movie")
@@ -558,7 +629,6 @@ def _frame_numbers(table, t_column, n_frames, movie):
         raise ValueError(f"features reference frame(s) {listed} beyond the "
                          f"movie's end: {name} has {n_frames} frames "
                          f"(0 to {n_frames - 1})")
-    return frames
 
 
 def _chunk_scale(threads, client, param_mode):

@@ -128,15 +128,14 @@ class ParquetFeatures:
             pass
         return None
 
-    def column(self, name):
-        """A table of column ``name`` alone, every row (the head, with
-        every column and no row, when there is no such column)."""
-        if name not in self.head:
-            return self.head
+    def column_batches(self, name, batch_size=2 ** 20):
+        """The values of column ``name`` (in ``head``), as NumPy arrays of
+        ``batch_size`` rows at a time."""
         position = list(self.head.columns).index(name)
-        values = self._file.read(columns=[self._file.schema_arrow.names[
-            position]], use_threads=False, use_pandas_metadata=False)
-        return pd.DataFrame({name: values.column(0).to_numpy()})
+        for batch in self._file.iter_batches(
+                batch_size=batch_size, use_threads=False,
+                columns=[self._file.schema_arrow.names[position]]):
+            yield batch.column(0).to_numpy(zero_copy_only=False)
 
     def rows(self, lo, hi):
         """Rows ``lo`` to ``hi - 1`` with their index; ranges are read in

@@ -337,8 +337,10 @@ def test_parquet_features_read_ranges_as_the_whole_file(small, tmp_path,
     features = table_io.ParquetFeatures.open(path)
     assert features.n_rows == len(table)
     assert_frame_equal(features.head, whole.iloc[:0])
-    assert_frame_equal(features.column("frame"), whole[["frame"]])
-    assert_frame_equal(features.column("nope"), whole.iloc[:0])
+    batches = list(features.column_batches("x", batch_size=20))
+    assert [len(b) for b in batches] == [20] * (len(table) // 20) + [
+        len(table) % 20]
+    np.testing.assert_array_equal(np.concatenate(batches), whole["x"])
     for lo, hi in [(0, 3), (3, 20), (20, 20), (25, 40), (47, 48),
                    (60, len(table))]:
         assert_frame_equal(features.rows(lo, hi), whole.iloc[lo:hi])
@@ -461,3 +463,95 @@ def test_parquet_features_resume_chunk_by_chunk(small, tmp_path,
     assert "1 failed fits" in capsys.readouterr().out
     assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
         table, frames, DIAMETER))
+
+
+def _bad_frames(table, case):
+    table = table.copy()
+    if case == "no frame column":
+        return table.drop(columns="frame")
+    if case == "no x column":
+        return table.drop(columns="x")
+    if case == "frames beyond the end":
+        table.loc[[4, 30, 31, 90], "frame"] = [9, 6, 9, 12]
+    elif case == "fractional frames":
+        table["frame"] = table["frame"] + 0.5
+    elif case == "missing frame":
+        table["frame"] = table["frame"].astype(float)
+        table.loc[70, "frame"] = np.nan
+    elif case == "bool frames":
+        table["frame"] = table["frame"] > 2
+    return table
+
+
+@pytest.mark.parametrize("case", ["no frame column", "no x column",
+                                  "frames beyond the end",
+                                  "fractional frames", "missing frame",
+                                  "bool frames"])
+def test_parquet_features_read_in_batches_get_the_same_errors(
+        small, tmp_path, monkeypatch, case):
+    """Frame numbers read a batch at a time (of 7 rows here) are checked as
+    a table's are, with the same message; nothing is written."""
+    frames, table = small
+    bad = _bad_frames(_numeric(table), case)
+    bad.to_parquet(tmp_path / "f.parquet")
+    np.save(tmp_path / "movie.npy", frames)
+    real = table_io.ParquetFeatures.column_batches
+    monkeypatch.setattr(table_io.ParquetFeatures, "column_batches",
+                        lambda self, name: real(self, name, batch_size=7))
+    whole, _ = _spy_reads(monkeypatch)
+    options = dict(diameter=DIAMETER, chunk_frames=2, quiet=True)
+    with pytest.raises((KeyError, ValueError)) as from_table:
+        refinefit.refine_movie(tmp_path / "movie.npy", bad,
+                               tmp_path / "a.parquet", **options)
+    with pytest.raises(from_table.type) as from_file:
+        refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.parquet",
+                               tmp_path / "b.parquet", return_table=False,
+                               **options)
+    assert whole == []  # the file was not read whole
+    assert str(from_file.value) == str(from_table.value)
+    if case == "frames beyond the end":
+        assert "frame(s) 6, 9, 12 beyond the movie's end" in str(
+            from_file.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet",
+                                                          "movie.npy"]
+
+
+def test_rows_out_of_frame_order_across_batches_are_read_whole(
+        small, tmp_path, monkeypatch):
+    """Each batch of frame numbers in order, but not the batches."""
+    frames, table = small
+    table = _numeric(table)
+    late = table["frame"] >= 3
+    swapped = pd.concat([table[late], table[~late]], ignore_index=True)
+    swapped.to_parquet(tmp_path / "f.parquet")
+    np.save(tmp_path / "movie.npy", frames)
+    real = table_io.ParquetFeatures.column_batches
+    monkeypatch.setattr(table_io.ParquetFeatures, "column_batches",
+                        lambda self, name: real(self, name,
+                                                batch_size=int(late.sum())))
+    whole, ranges = _spy_reads(monkeypatch)
+    out = tmp_path / "out.parquet"
+    refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.parquet",
+                           out, diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert len(whole) == 1 and ranges == []
+    assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
+        swapped, frames, DIAMETER))
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_chunk_plan_rows(in_order):
+    rng = np.random.default_rng(4)
+    frame_numbers = np.sort(rng.integers(0, 40, 500)) if in_order else \
+        rng.integers(0, 40, 500)
+    index = movie_module.FrameIndex.of(frame_numbers)
+    chunks = movie_module._plan_chunks(index, 6, 70)
+    covered = np.concatenate([np.asarray(rows) for _, rows in chunks])
+    np.testing.assert_array_equal(np.sort(covered), np.arange(500))
+    for frames, rows in chunks:
+        assert isinstance(rows, range) == in_order
+        assert len(frames) <= 6 and (len(rows) <= 70 or len(frames) == 1)
+        np.testing.assert_array_equal(np.unique(frame_numbers[rows]), frames)
+        assert list(rows) == sorted(rows)
+    firsts = [frames[0] for frames, _ in chunks]
+    assert firsts == sorted(firsts)
