@@ -31,7 +31,7 @@ from .movie_io import open_movie
 from .params import MODE_NUMBERS
 from .refine import refine_leastsq
 from .scratch import Scratch, reused_buffers
-from .table_io import (ParquetFeatures, TableStream, check_output_path,
+from .table_io import (TableStream, check_output_path, open_streamed_features,
                        read_features, remove_stale_temporaries, streamable,
                        writes_index, write_table_atomically)
 
@@ -183,13 +183,14 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     ``trackpy.batch`` writes them), Parquet or CSV output (uncompressed,
     gzip, bz2 or xz) and no 'global' or 'particle' mode; otherwise the
     table is put together in memory and written at the end, as with
-    ``return_table=True``. Then a Parquet features file is not read whole
-    either but a chunk's rows at a time, when its ranges of rows read as
-    the whole file would: the default index, columns of NumPy numeric or
-    bool types, integers without nulls (see
-    :class:`refinefit.table_io.ParquetFeatures`). Its frame numbers are
-    then read a batch at a time too: the plan holds a count per frame of
-    the movie, and a range of rows per chunk.
+    ``return_table=True``. Then a Parquet features file, or a CSV one of
+    64 MiB or more, is not read whole either but a chunk's rows at a time,
+    when its ranges of rows read as the whole file would: the default
+    index, numeric or bool columns, no nulls in integer columns (see
+    :class:`refinefit.table_io.ParquetFeatures` and
+    :class:`refinefit.table_io.CsvFeatures`). Its frame numbers are then
+    read a batch at a time too: the plan holds a count per frame of the
+    movie, and a range of rows per chunk.
 
     A run resumes from the chunk files when the movie (path, size,
     modification time, shape, dtype), the features (file path, size and
@@ -250,7 +251,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             if not return_table and client is None and \
                     streamable(out, kind) and \
                     not _couples_frames(options.get("param_mode")):
-                features_in = ParquetFeatures.open(features)
+                features_in = open_streamed_features(features)
             table = read_features(features) if features_in is None \
                 else features_in.head
             table_id = table_identity(table, path=features)
@@ -499,7 +500,7 @@ def _refine_here(movie, prefetch, table, chunks, todo, fit_options,
     """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, in
     order; yields ``(k, packed)``. The features of each chunk are rows of
     ``table``, or with ``features_in`` (a
-    :class:`refinefit.table_io.ParquetFeatures`; rows in frame order), read
+    :class:`refinefit.table_io.StreamedFeatures`; rows in frame order), read
     from it."""
     def read(k):  # in the read-ahead thread
         frame_ids, rows = chunks[k]
@@ -573,7 +574,7 @@ def _frame_numbers(table, t_column, n_frames, movie):
 
 def _streamed_frame_index(features_in, t_column, n_frames, movie):
     """:class:`FrameIndex` of the features of a
-    :class:`refinefit.table_io.ParquetFeatures`, their frame numbers read
+    :class:`refinefit.table_io.StreamedFeatures`, their frame numbers read
     a batch at a time (checked as :func:`_frame_numbers` does); None when
     the rows are not in frame order."""
     _check_frame_column(features_in.head, t_column)

@@ -67,10 +67,7 @@ def read_features(path):
     kind = table_format(path, "features")
     try:
         if kind == "csv":
-            header = pd.read_csv(path, nrows=0)
-            index_col = 0 if len(header.columns) and \
-                str(header.columns[0]).startswith("Unnamed: 0") else None
-            return pd.read_csv(path, index_col=index_col)
+            return pd.read_csv(path, index_col=_csv_index_col(path))
         if kind == "parquet":
             return pd.read_parquet(path)
         return _read_hdf(path)
@@ -82,15 +79,18 @@ def read_features(path):
                          f"{first}") from exc
 
 
-class ParquetFeatures:
-    """A Parquet features file read a range of rows at a time, in order, so
-    that only a batch of it is in memory (``refine_movie`` streaming).
+def open_streamed_features(path):
+    """A features file to read a range of rows at a time
+    (:class:`ParquetFeatures` or :class:`CsvFeatures`), or None when it
+    is to be read whole (:func:`read_features`, which also names any
+    problem with the file)."""
+    return ParquetFeatures.open(path) or CsvFeatures.open(path)
 
-    Open with :meth:`open`, which accepts only files whose every range
-    reads as the same rows, types and index as the whole file would:
-    columns of NumPy integer, unsigned, bool or float types (integers and
-    bools without nulls, by the row groups' statistics; a null would make
-    the whole column float) and the default index 0..n-1.
+
+class StreamedFeatures:
+    """A features file read a range of rows at a time, in order, so that
+    only a block of it is in memory (``refine_movie`` streaming). Every
+    range reads as the same rows, types and index as the whole file would.
 
     Attributes
     ----------
@@ -101,19 +101,67 @@ class ParquetFeatures:
 
     BATCH = 2 ** 16  # rows decoded at a time
 
-    def __init__(self, file, head):
-        self._file = file
+    def __init__(self, head, n_rows):
         self.head = head
-        self.n_rows = int(file.metadata.num_rows)
-        self._batches = None
-        self._buffer = []  # record batches from row self._start on
+        self.n_rows = int(n_rows)
+        self._blocks = None  # iterator of the file's blocks of rows
+        self._buffer = []  # blocks from row self._start on
         self._start = 0
+
+    def column_batches(self, name, batch_size=2 ** 20):
+        """The values of column ``name`` (in ``head``), as NumPy arrays of
+        ``batch_size`` rows at a time."""
+        raise NotImplementedError
+
+    def rows(self, lo, hi):
+        """Rows ``lo`` to ``hi - 1`` with their index; ranges are read in
+        increasing order (``lo`` at or after the last call's ``hi``)."""
+        if lo < self._start or hi > self.n_rows or hi < lo:
+            raise ValueError(f"rows {lo}:{hi} are not ahead of row "
+                             f"{self._start} in a file of {self.n_rows}")
+        if self._blocks is None:
+            self._blocks = self._read_blocks()
+        buffered = sum(len(block) for block in self._buffer)
+        while self._start + buffered < hi:
+            block = next(self._blocks)
+            self._buffer.append(block)
+            buffered += len(block)
+        table = self._take(self._buffer, lo - self._start, hi - lo)
+        table.index = pd.RangeIndex(lo, hi)
+        while self._buffer and self._start + len(self._buffer[0]) <= hi:
+            self._start += len(self._buffer.pop(0))  # read past
+        return table
+
+    def close(self):
+        self._buffer = []
+        self._blocks = None
+
+    def _read_blocks(self):
+        """Iterator of the file's rows, a block of about BATCH at a time."""
+        raise NotImplementedError
+
+    def _take(self, blocks, offset, n):
+        """Rows ``offset`` to ``offset + n - 1`` of ``blocks``, as a
+        DataFrame."""
+        raise NotImplementedError
+
+
+class ParquetFeatures(StreamedFeatures):
+    """A Parquet file as :class:`StreamedFeatures`.
+
+    :meth:`open` accepts only files with columns of NumPy integer,
+    unsigned, bool or float types (integers and bools without nulls, by
+    the row groups' statistics: a null would make the whole column float)
+    and the default index 0..n-1.
+    """
+
+    def __init__(self, file, head):
+        super().__init__(head, file.metadata.num_rows)
+        self._file = file
 
     @classmethod
     def open(cls, path):
-        """The file as a :class:`ParquetFeatures`, or None when it is not
-        a Parquet file whose ranges read as the whole does (then read it
-        whole: :func:`read_features` also names any problem)."""
+        """The file as a :class:`ParquetFeatures`, or None."""
         path = Path(path)
         if not path.is_file() or not path.name.lower().endswith(_PARQUET):
             return None
@@ -129,41 +177,106 @@ class ParquetFeatures:
         return None
 
     def column_batches(self, name, batch_size=2 ** 20):
-        """The values of column ``name`` (in ``head``), as NumPy arrays of
-        ``batch_size`` rows at a time."""
         position = list(self.head.columns).index(name)
         for batch in self._file.iter_batches(
                 batch_size=batch_size, use_threads=False,
                 columns=[self._file.schema_arrow.names[position]]):
             yield batch.column(0).to_numpy(zero_copy_only=False)
 
-    def rows(self, lo, hi):
-        """Rows ``lo`` to ``hi - 1`` with their index; ranges are read in
-        increasing order (``lo`` at or after the last call's ``hi``)."""
+    def close(self):
+        super().close()
+        self._file.close()
+
+    def _read_blocks(self):
+        return iter(self._file.iter_batches(batch_size=self.BATCH,
+                                            use_threads=False))
+
+    def _take(self, blocks, offset, n):
         import pyarrow as pa
 
-        if lo < self._start or hi > self.n_rows or hi < lo:
-            raise ValueError(f"rows {lo}:{hi} are not ahead of row "
-                             f"{self._start} in a file of {self.n_rows}")
-        if self._batches is None:
-            self._batches = self._file.iter_batches(
-                batch_size=self.BATCH, use_threads=False)
-        buffered = sum(batch.num_rows for batch in self._buffer)
-        while self._start + buffered < hi:
-            batch = next(self._batches)
-            self._buffer.append(batch)
-            buffered += batch.num_rows
-        block = pa.Table.from_batches(self._buffer, self._file.schema_arrow)
-        table = block.slice(lo - self._start, hi - lo).to_pandas()
-        table.index = pd.RangeIndex(lo, hi)
-        while self._buffer and self._start + self._buffer[0].num_rows <= hi:
-            self._start += self._buffer.pop(0).num_rows  # read past
-        return table
+        return pa.Table.from_batches(blocks, self._file.schema_arrow).slice(
+            offset, n).to_pandas()
 
-    def close(self):
-        self._buffer = []
-        self._batches = None
-        self._file.close()
+
+class CsvFeatures(StreamedFeatures):
+    """A CSV file (plain or compressed as :func:`read_features` reads it)
+    of at least STREAM_BYTES as :class:`StreamedFeatures`; smaller files
+    are read whole, which is faster (this reads the file three times: to
+    learn its types, its frame column, and its rows).
+
+    :meth:`open` accepts only files whose every column reads, block by
+    block, as int64, float64 (a column of both reads as float64, as in the
+    whole file) or bool, and whose index, when written, is 0..n-1. Each
+    block is then read with the types of the whole file.
+    """
+
+    STREAM_BYTES = 64 * 2 ** 20
+
+    def __init__(self, path, index_col, dtypes, head, n_rows):
+        super().__init__(head, n_rows)
+        self._path = path
+        self._index_col = index_col
+        self._dtypes = dtypes
+
+    @classmethod
+    def open(cls, path):
+        """The file as a :class:`CsvFeatures`, or None."""
+        path = Path(path)
+        name = path.name.lower()
+        if not path.is_file() or not name.endswith(_CSV) or \
+                name.endswith(".csv.zst") or \
+                path.stat().st_size < cls.STREAM_BYTES:
+            return None
+        try:
+            return cls._learn(path)
+        except Exception:  # noqa: BLE001 - read_features reports it
+            return None
+
+    @classmethod
+    def _learn(cls, path):
+        """Read the file once, a block at a time, for the types of its
+        columns; None unless it qualifies."""
+        index_col = _csv_index_col(path)
+        seen, n_rows, head = {}, 0, None
+        for block in pd.read_csv(path, index_col=index_col,
+                                 chunksize=cls.BATCH * 4):
+            if index_col is not None and not np.array_equal(
+                    block.index, np.arange(n_rows, n_rows + len(block))):
+                return None  # an index other than 0..n-1
+            for column, dtype in block.dtypes.items():
+                seen.setdefault(column, set()).add(dtype)
+            head = block.iloc[:0] if head is None else head
+            n_rows += len(block)
+        if head is None or not head.columns.is_unique:
+            return None
+        dtypes = {}
+        for column, kinds in seen.items():
+            kinds = {np.dtype(kind).str if isinstance(kind, np.dtype)
+                     else str(kind) for kind in kinds}
+            if kinds <= {"|b1"}:
+                dtypes[column] = np.dtype(bool)
+            elif kinds <= {"<i8"}:
+                dtypes[column] = np.dtype(np.int64)
+            elif kinds <= {"<i8", "<f8"}:
+                dtypes[column] = np.dtype(np.float64)
+            else:
+                return None
+        head = head.astype(dtypes).reset_index(drop=True)
+        return cls(path, index_col, dtypes, head, n_rows)
+
+    def column_batches(self, name, batch_size=2 ** 20):
+        for block in pd.read_csv(self._path, usecols=[name],
+                                 dtype={name: self._dtypes[name]},
+                                 chunksize=batch_size):
+            yield block[name].to_numpy()
+
+    def _read_blocks(self):
+        return iter(pd.read_csv(self._path, index_col=self._index_col,
+                                dtype=self._dtypes, chunksize=self.BATCH))
+
+    def _take(self, blocks, offset, n):
+        table = pd.concat(blocks) if len(blocks) > 1 else blocks[0]
+        return table.iloc[offset:offset + n].copy()
 
 
 def _ranges_read_as_whole(file, head):
@@ -192,6 +305,14 @@ def _ranges_read_as_whole(file, head):
             if stats is None or not stats.has_null_count or stats.null_count:
                 return False
     return True
+
+
+def _csv_index_col(path):
+    """0 when the first header cell is empty (``DataFrame.to_csv`` wrote
+    the index there), else None."""
+    header = pd.read_csv(path, nrows=0)
+    return 0 if len(header.columns) and \
+        str(header.columns[0]).startswith("Unnamed: 0") else None
 
 
 def _read_hdf(path):

@@ -385,10 +385,10 @@ def _spy_reads(monkeypatch):
     """Records the features files read whole and the ranges read."""
     whole, ranges = [], []
     real_read, real_rows = movie_module.read_features, \
-        table_io.ParquetFeatures.rows
+        table_io.StreamedFeatures.rows
     monkeypatch.setattr(movie_module, "read_features",
                         lambda path: whole.append(path) or real_read(path))
-    monkeypatch.setattr(table_io.ParquetFeatures, "rows",
+    monkeypatch.setattr(table_io.StreamedFeatures, "rows",
                         lambda self, lo, hi: ranges.append((int(lo), int(hi)))
                         or real_rows(self, lo, hi))
     return whole, ranges
@@ -555,3 +555,76 @@ def test_chunk_plan_rows(in_order):
         assert list(rows) == sorted(rows)
     firsts = [frames[0] for frames, _ in chunks]
     assert firsts == sorted(firsts)
+
+
+@pytest.mark.parametrize("name", ["f.csv", "f.csv.gz"])
+@pytest.mark.parametrize("with_index", [False, True])
+def test_csv_features_read_ranges_as_the_whole_file(small, tmp_path,
+                                                    monkeypatch, name,
+                                                    with_index):
+    _, table = small
+    table = _numeric(table)
+    table["flag"] = table["frame"] > 2
+    table["mass"] = table["mass"].astype("Int64")
+    table.loc[100, "mass"] = pd.NA  # int64 blocks first, then float64
+    path = tmp_path / name
+    table.to_csv(path, index=with_index)
+    monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
+    monkeypatch.setattr(table_io.CsvFeatures, "BATCH", 7)
+    whole = table_io.read_features(path)
+    assert whole["mass"].dtype == np.float64
+    features = table_io.open_streamed_features(path)
+    assert isinstance(features, table_io.CsvFeatures)
+    assert features.n_rows == len(table)
+    assert_frame_equal(features.head, whole.iloc[:0], check_index_type=False)
+    batches = list(features.column_batches("mass", batch_size=50))
+    np.testing.assert_array_equal(np.concatenate(batches), whole["mass"])
+    for lo, hi in [(0, 3), (3, 20), (20, 20), (25, 40), (47, 48),
+                   (99, 101), (110, len(table))]:
+        assert_frame_equal(features.rows(lo, hi), whole.iloc[lo:hi],
+                           check_index_type=False)
+    with pytest.raises(ValueError, match="not ahead"):
+        features.rows(0, 5)
+    features.close()
+
+
+@pytest.mark.parametrize("change", ["small file", "string", "index",
+                                    "bool with a gap", "zstd"])
+def test_csv_features_not_read_in_ranges(small, tmp_path, monkeypatch,
+                                         change):
+    _, table = small
+    table = _numeric(table)
+    path = tmp_path / ("f.csv.zst" if change == "zstd" else "f.csv")
+    if change != "small file":
+        monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
+    if change == "string":
+        table["label"] = "p"
+    elif change == "index":
+        table.index = table.index + 1
+    elif change == "bool with a gap":
+        table["flag"] = (table["frame"] > 2).astype(object)
+        table.loc[5, "flag"] = None
+    if change == "zstd":
+        path.write_bytes(b"not read")
+    else:
+        table.to_csv(path, index=change == "index")
+    assert table_io.open_streamed_features(path) is None
+
+
+def test_csv_features_in_frame_order_are_read_chunk_by_chunk(
+        small, tmp_path, monkeypatch):
+    frames, table = small
+    table = _numeric(table)
+    table.to_csv(tmp_path / "f.csv")
+    np.save(tmp_path / "movie.npy", frames)
+    monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
+    monkeypatch.setattr(table_io.CsvFeatures, "BATCH", 7)
+    whole, ranges = _spy_reads(monkeypatch)
+    out = tmp_path / "out.parquet"
+    refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.csv", out,
+                           diameter=DIAMETER, chunk_frames=2, quiet=True,
+                           return_table=False)
+    assert whole == [] and len(ranges) == 3
+    expected = refinefit.refine_leastsq(table, frames, DIAMETER)
+    assert_same_refinement(pd.read_parquet(out), expected.astype(
+        {"mass": np.int64}))
