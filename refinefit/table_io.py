@@ -133,11 +133,14 @@ class StreamedFeatures:
         return table
 
     def close(self):
+        if self._blocks is not None:
+            self._blocks.close()  # the generator closes its reader
         self._buffer = []
         self._blocks = None
 
     def _read_blocks(self):
-        """Iterator of the file's rows, a block of about BATCH at a time."""
+        """Generator of the file's rows, a block of about BATCH at a
+        time."""
         raise NotImplementedError
 
     def _take(self, blocks, offset, n):
@@ -188,8 +191,8 @@ class ParquetFeatures(StreamedFeatures):
         self._file.close()
 
     def _read_blocks(self):
-        return iter(self._file.iter_batches(batch_size=self.BATCH,
-                                            use_threads=False))
+        yield from self._file.iter_batches(batch_size=self.BATCH,
+                                           use_threads=False)
 
     def _take(self, blocks, offset, n):
         import pyarrow as pa
@@ -238,15 +241,16 @@ class CsvFeatures(StreamedFeatures):
         columns; None unless it qualifies."""
         index_col = _csv_index_col(path)
         seen, n_rows, head = {}, 0, None
-        for block in pd.read_csv(path, index_col=index_col,
-                                 chunksize=cls.BATCH * 4):
-            if index_col is not None and not np.array_equal(
-                    block.index, np.arange(n_rows, n_rows + len(block))):
-                return None  # an index other than 0..n-1
-            for column, dtype in block.dtypes.items():
-                seen.setdefault(column, set()).add(dtype)
-            head = block.iloc[:0] if head is None else head
-            n_rows += len(block)
+        with pd.read_csv(path, index_col=index_col,
+                         chunksize=cls.BATCH * 4) as reader:
+            for block in reader:
+                if index_col is not None and not np.array_equal(
+                        block.index, np.arange(n_rows, n_rows + len(block))):
+                    return None  # an index other than 0..n-1
+                for column, dtype in block.dtypes.items():
+                    seen.setdefault(column, set()).add(dtype)
+                head = block.iloc[:0] if head is None else head
+                n_rows += len(block)
         if head is None or not head.columns.is_unique:
             return None
         dtypes = {}
@@ -265,14 +269,16 @@ class CsvFeatures(StreamedFeatures):
         return cls(path, index_col, dtypes, head, n_rows)
 
     def column_batches(self, name, batch_size=2 ** 20):
-        for block in pd.read_csv(self._path, usecols=[name],
-                                 dtype={name: self._dtypes[name]},
-                                 chunksize=batch_size):
-            yield block[name].to_numpy()
+        with pd.read_csv(self._path, usecols=[name],
+                         dtype={name: self._dtypes[name]},
+                         chunksize=batch_size) as reader:
+            for block in reader:
+                yield block[name].to_numpy()
 
     def _read_blocks(self):
-        return iter(pd.read_csv(self._path, index_col=self._index_col,
-                                dtype=self._dtypes, chunksize=self.BATCH))
+        with pd.read_csv(self._path, index_col=self._index_col,
+                         dtype=self._dtypes, chunksize=self.BATCH) as reader:
+            yield from reader
 
     def _take(self, blocks, offset, n):
         table = pd.concat(blocks) if len(blocks) > 1 else blocks[0]
