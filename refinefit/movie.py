@@ -241,6 +241,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
     t_column = options.get("t_column", "frame")
+    # rows written to out chunk by chunk, and a features file read so
+    streams = not return_table and streamable(out, kind)
     features_in = None  # a features file read chunk by chunk
     frames_movie = None
     store = None
@@ -248,8 +250,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         if isinstance(features, pd.DataFrame):
             table, table_id = features, None
         else:
-            if not return_table and client is None and \
-                    streamable(out, kind) and \
+            if streams and client is None and \
                     not _couples_frames(options.get("param_mode")):
                 features_in = open_streamed_features(features)
             table = read_features(features) if features_in is None \
@@ -308,8 +309,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                     results = partial(refine_movie_chunks, client, spec,
                                       threads=threads)
                 stream = None
-                if store is not None and not return_table and \
-                        streamable(out, kind) and index.order is None:
+                if store is not None and streams and index.order is None:
                     stream = TableStream(out, kind, writes_index(table))
                 if features_in is not None:
                     # every column is in the chunk results (NumPy types):

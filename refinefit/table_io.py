@@ -74,9 +74,13 @@ def read_features(path):
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as exc:  # a parser error: say which file and why
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"cannot read features file {str(path)!r}: "
-                         f"{first}") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path, exc):
+    """The error for a features file the parser failed on."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ValueError(f"cannot read features file {str(path)!r}: {first}")
 
 
 def open_streamed_features(path):
@@ -90,7 +94,8 @@ def open_streamed_features(path):
 class StreamedFeatures:
     """A features file read a range of rows at a time, in order, so that
     only a block of it is in memory (``refine_movie`` streaming). Every
-    range reads as the same rows, types and index as the whole file would.
+    range reads as the same rows, types and index as the whole file would,
+    and a parser error is the ValueError :func:`read_features` raises.
 
     Attributes
     ----------
@@ -101,7 +106,8 @@ class StreamedFeatures:
 
     BATCH = 2 ** 16  # rows decoded at a time
 
-    def __init__(self, head, n_rows):
+    def __init__(self, path, head, n_rows):
+        self.path = Path(path)
         self.head = head
         self.n_rows = int(n_rows)
         self._blocks = None  # iterator of the file's blocks of rows
@@ -111,7 +117,15 @@ class StreamedFeatures:
     def column_batches(self, name, batch_size=2 ** 20):
         """The values of column ``name`` (in ``head``), as NumPy arrays of
         ``batch_size`` rows at a time."""
-        raise NotImplementedError
+        batches = self._column_batches(name, batch_size)
+        while True:
+            try:
+                values = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - as read_features
+                raise _unreadable(self.path, exc) from exc
+            yield values
 
     def rows(self, lo, hi):
         """Rows ``lo`` to ``hi - 1`` with their index; ranges are read in
@@ -122,11 +136,14 @@ class StreamedFeatures:
         if self._blocks is None:
             self._blocks = self._read_blocks()
         buffered = sum(len(block) for block in self._buffer)
-        while self._start + buffered < hi:
-            block = next(self._blocks)
-            self._buffer.append(block)
-            buffered += len(block)
-        table = self._take(self._buffer, lo - self._start, hi - lo)
+        try:
+            while self._start + buffered < hi:
+                block = next(self._blocks)
+                self._buffer.append(block)
+                buffered += len(block)
+            table = self._take(self._buffer, lo - self._start, hi - lo)
+        except Exception as exc:  # noqa: BLE001 - as read_features
+            raise _unreadable(self.path, exc) from exc
         table.index = pd.RangeIndex(lo, hi)
         while self._buffer and self._start + len(self._buffer[0]) <= hi:
             self._start += len(self._buffer.pop(0))  # read past
@@ -137,6 +154,9 @@ class StreamedFeatures:
             self._blocks.close()  # the generator closes its reader
         self._buffer = []
         self._blocks = None
+
+    def _column_batches(self, name, batch_size):
+        raise NotImplementedError
 
     def _read_blocks(self):
         """Generator of the file's rows, a block of about BATCH at a
@@ -158,8 +178,8 @@ class ParquetFeatures(StreamedFeatures):
     and the default index 0..n-1.
     """
 
-    def __init__(self, file, head):
-        super().__init__(head, file.metadata.num_rows)
+    def __init__(self, path, file, head):
+        super().__init__(path, head, file.metadata.num_rows)
         self._file = file
 
     @classmethod
@@ -172,14 +192,18 @@ class ParquetFeatures(StreamedFeatures):
             import pyarrow.parquet as pq
 
             file = pq.ParquetFile(path)
+        except Exception:  # noqa: BLE001 - read_features reports it
+            return None
+        try:
             head = file.schema_arrow.empty_table().to_pandas()
             if _ranges_read_as_whole(file, head):
-                return cls(file, head)
+                return cls(path, file, head)
         except Exception:  # noqa: BLE001 - read_features reports it
             pass
+        file.close()
         return None
 
-    def column_batches(self, name, batch_size=2 ** 20):
+    def _column_batches(self, name, batch_size):
         position = list(self.head.columns).index(name)
         for batch in self._file.iter_batches(
                 batch_size=batch_size, use_threads=False,
@@ -202,10 +226,10 @@ class ParquetFeatures(StreamedFeatures):
 
 
 class CsvFeatures(StreamedFeatures):
-    """A CSV file (plain or compressed as :func:`read_features` reads it)
-    of at least STREAM_BYTES as :class:`StreamedFeatures`; smaller files
-    are read whole, which is faster (this reads the file three times: to
-    learn its types, its frame column, and its rows).
+    """A CSV file (plain, gzip, bz2 or xz) of at least STREAM_BYTES as
+    :class:`StreamedFeatures`; smaller files are read whole, which is
+    faster (this reads the file three times: to learn its types, its frame
+    column, and its rows).
 
     :meth:`open` accepts only files whose every column reads, block by
     block, as int64, float64 (a column of both reads as float64, as in the
@@ -216,8 +240,7 @@ class CsvFeatures(StreamedFeatures):
     STREAM_BYTES = 64 * 2 ** 20
 
     def __init__(self, path, index_col, dtypes, head, n_rows):
-        super().__init__(head, n_rows)
-        self._path = path
+        super().__init__(path, head, n_rows)
         self._index_col = index_col
         self._dtypes = dtypes
 
@@ -244,9 +267,11 @@ class CsvFeatures(StreamedFeatures):
         with pd.read_csv(path, index_col=index_col,
                          chunksize=cls.BATCH * 4) as reader:
             for block in reader:
-                if index_col is not None and not np.array_equal(
-                        block.index, np.arange(n_rows, n_rows + len(block))):
-                    return None  # an index other than 0..n-1
+                # an index other than 0..n-1: written, or the first field
+                # of rows one field longer than the header
+                if not np.array_equal(block.index, np.arange(
+                        n_rows, n_rows + len(block))):
+                    return None
                 for column, dtype in block.dtypes.items():
                     seen.setdefault(column, set()).add(dtype)
                 head = block.iloc[:0] if head is None else head
@@ -254,29 +279,29 @@ class CsvFeatures(StreamedFeatures):
         if head is None or not head.columns.is_unique:
             return None
         dtypes = {}
+        boolean, integer, real = (np.dtype(bool), np.dtype(np.int64),
+                                  np.dtype(np.float64))
         for column, kinds in seen.items():
-            kinds = {np.dtype(kind).str if isinstance(kind, np.dtype)
-                     else str(kind) for kind in kinds}
-            if kinds <= {"|b1"}:
-                dtypes[column] = np.dtype(bool)
-            elif kinds <= {"<i8"}:
-                dtypes[column] = np.dtype(np.int64)
-            elif kinds <= {"<i8", "<f8"}:
-                dtypes[column] = np.dtype(np.float64)
+            if kinds <= {boolean}:
+                dtypes[column] = boolean
+            elif kinds <= {integer}:
+                dtypes[column] = integer
+            elif kinds <= {integer, real}:
+                dtypes[column] = real
             else:
                 return None
         head = head.astype(dtypes).reset_index(drop=True)
         return cls(path, index_col, dtypes, head, n_rows)
 
-    def column_batches(self, name, batch_size=2 ** 20):
-        with pd.read_csv(self._path, usecols=[name],
+    def _column_batches(self, name, batch_size):
+        with pd.read_csv(self.path, usecols=[name],
                          dtype={name: self._dtypes[name]},
                          chunksize=batch_size) as reader:
             for block in reader:
                 yield block[name].to_numpy()
 
     def _read_blocks(self):
-        with pd.read_csv(self._path, index_col=self._index_col,
+        with pd.read_csv(self.path, index_col=self._index_col,
                          dtype=self._dtypes, chunksize=self.BATCH) as reader:
             yield from reader
 
@@ -294,10 +319,12 @@ def _ranges_read_as_whole(file, head):
         len(index) == 1 and isinstance(index[0], dict)
         and index[0].get("kind") == "range" and index[0].get("start") == 0
         and index[0].get("step") == 1)
-    kinds = [getattr(dtype, "kind", "O") for dtype in head.dtypes]
-    if not default_index or not head.columns.is_unique or \
-            not all(isinstance(dtype, np.dtype) for dtype in head.dtypes) or \
-            any(kind not in "biuf" for kind in kinds):
+    if not default_index or isinstance(head.columns, pd.MultiIndex) or \
+            not head.columns.is_unique or \
+            not all(isinstance(dtype, np.dtype) for dtype in head.dtypes):
+        return False
+    kinds = [dtype.kind for dtype in head.dtypes]
+    if any(kind not in "biuf" for kind in kinds):
         return False
     # flat columns, no stored index: Parquet column j is head's column j
     if not len(file.schema_arrow.names) == file.metadata.num_columns \

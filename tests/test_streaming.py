@@ -350,7 +350,8 @@ def test_parquet_features_read_ranges_as_the_whole_file(small, tmp_path,
 
 
 @pytest.mark.parametrize("change", ["index", "string", "category",
-                                    "nullable int", "int with a null"])
+                                    "nullable int", "int with a null",
+                                    "column levels"])
 def test_parquet_features_not_read_in_ranges(small, tmp_path, change):
     """Files whose ranges could read otherwise than the whole file: a
     stored index, non-numeric columns, integers with nulls."""
@@ -371,6 +372,9 @@ def test_parquet_features_not_read_in_ranges(small, tmp_path, change):
     elif change == "nullable int":
         table["mass"] = pd.array([1] * (len(table) - 1) + [None],
                                  dtype="Int64")
+    elif change == "column levels":
+        table.columns = pd.MultiIndex.from_tuples([(c, "")
+                                                   for c in table.columns])
     if change == "int with a null":  # a file written without pandas
         pq.write_table(pa.table({"frame": pa.array(
             [0] * (len(table) - 1) + [None], pa.int64())}), path)
@@ -589,7 +593,8 @@ def test_csv_features_read_ranges_as_the_whole_file(small, tmp_path,
 
 
 @pytest.mark.parametrize("change", ["small file", "string", "index",
-                                    "bool with a gap", "zstd"])
+                                    "unnamed index", "bool with a gap",
+                                    "zstd"])
 def test_csv_features_not_read_in_ranges(small, tmp_path, monkeypatch,
                                          change):
     _, table = small
@@ -606,6 +611,10 @@ def test_csv_features_not_read_in_ranges(small, tmp_path, monkeypatch,
         table.loc[5, "flag"] = None
     if change == "zstd":
         path.write_bytes(b"not read")
+    elif change == "unnamed index":  # rows one field longer than the header
+        table.index = table.index + 100
+        table.to_csv(path, index_label=False)
+        assert table_io.read_features(path).index[0] == 100
     else:
         table.to_csv(path, index=change == "index")
     assert table_io.open_streamed_features(path) is None
@@ -628,3 +637,34 @@ def test_csv_features_in_frame_order_are_read_chunk_by_chunk(
     expected = refinefit.refine_leastsq(table, frames, DIAMETER)
     assert_same_refinement(pd.read_parquet(out), expected.astype(
         {"mass": np.int64}))
+
+
+@pytest.mark.parametrize("column", ["frame", "x"])
+def test_a_damaged_parquet_file_is_a_features_error(small, tmp_path,
+                                                    column):
+    """A page that does not decode, found while streaming (in the frame
+    column, or in a chunk's rows after other chunks were refined), gives
+    the error read_features gives for the file."""
+    frames, table = small
+    table = pd.concat([_numeric(table)] * 4).sort_values(
+        "frame", kind="stable").reset_index(drop=True)
+    path = tmp_path / "f.parquet"
+    table.to_parquet(path, compression=None, row_group_size=100)
+    file = pq.ParquetFile(path)
+    position = file.schema_arrow.names.index(column)
+    offset = file.metadata.row_group(3).column(position).data_page_offset
+    file.close()
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    np.save(tmp_path / "movie.npy", frames)
+    with pytest.raises(ValueError) as whole:
+        table_io.read_features(path)
+    assert table_io.open_streamed_features(path) is not None
+    with pytest.raises(ValueError, match="cannot read features file") as got:
+        refinefit.refine_movie(tmp_path / "movie.npy", path,
+                               tmp_path / "out.parquet", diameter=DIAMETER,
+                               chunk_frames=1, quiet=True,
+                               return_table=False)
+    assert str(got.value) == str(whole.value)
+    assert not (tmp_path / "out.parquet").exists()
