@@ -247,28 +247,16 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     frames_movie = None
     store = None
     try:
-        if isinstance(features, pd.DataFrame):
-            table, table_id = features, None
-        else:
-            if streams and client is None and \
-                    not _couples_frames(options.get("param_mode")):
-                features_in = open_streamed_features(features)
-            table = read_features(features) if features_in is None \
-                else features_in.head
-            table_id = table_identity(table, path=features)
+        table, features_in = _open_features(
+            features, streams and client is None
+            and not _couples_frames(options.get("param_mode")))
+        table_id = None if isinstance(features, pd.DataFrame) else \
+            table_identity(table, path=features)
         pos_columns = options.get("pos_columns") or (
             ["z", "y", "x"] if "z" in table else ["y", "x"])
         frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
-        index = None
-        if features_in is not None:
-            index = _streamed_frame_index(features_in, t_column,
-                                          len(frames_movie), movie)
-            if index is None:  # not in frame order: read them whole
-                features_in.close()
-                features_in, table = None, read_features(features)
-        if index is None:
-            index = FrameIndex.of(_frame_numbers(
-                table, t_column, len(frames_movie), movie))
+        table, features_in, index = _index_features(
+            table, features_in, features, t_column, frames_movie, movie)
         window = FrameWindow(frames_movie)
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
@@ -337,6 +325,35 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             chunks=n_chunks, resumed_chunks=resumed)
         _report(summary.line())
     return refined if return_table else None
+
+
+def _open_features(features, may_stream):
+    """The features table and, when ``may_stream`` and the file allows, a
+    :class:`refinefit.table_io.StreamedFeatures` to read it from (the
+    table then has no rows)."""
+    if isinstance(features, pd.DataFrame):
+        return features, None
+    features_in = open_streamed_features(features) if may_stream else None
+    if features_in is None:
+        return read_features(features), None
+    return features_in.head, features_in
+
+
+def _index_features(table, features_in, features, t_column, frames_movie,
+                    movie):
+    """``(table, features_in, index)``: the :class:`FrameIndex` of the
+    features, checked against the movie; features read from
+    ``features_in`` out of frame order are read whole instead (the table
+    then replaces it)."""
+    n_frames = len(frames_movie)
+    if features_in is not None:
+        index = _streamed_frame_index(features_in, t_column, n_frames, movie)
+        if index is not None:
+            return table, features_in, index
+        features_in.close()  # not in frame order: read them whole
+        table = read_features(features)
+    return table, None, FrameIndex.of(_frame_numbers(
+        table, t_column, n_frames, movie))
 
 
 @dataclass(frozen=True)

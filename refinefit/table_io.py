@@ -212,7 +212,7 @@ class ParquetFeatures(StreamedFeatures):
 
     def close(self):
         super().close()
-        self._file.close()
+        self._file.close()  # closing again does nothing
 
     def _read_blocks(self):
         yield from self._file.iter_batches(batch_size=self.BATCH,
