@@ -34,7 +34,7 @@ FIT_KEYS = ("diameter", "separation", "fit_function", "param_mode",
             "param_val", "bounds", "compute_error", "pos_columns", "t_column",
             "max_iter", "max_shift", "max_rms_dev", "residual_factor", "tol",
             "options", "method")
-RUN_KEYS = ("threads", "chunk_frames")
+RUN_KEYS = ("threads", "chunk_frames", "lanes")
 # what refine_movie raises for input the user can fix; any other exception
 # is a bug and keeps its traceback
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError,
@@ -51,6 +51,7 @@ example config file (TOML; flags override it):
   tol = 1e-6
   chunk_frames = 64
   threads = 2
+  lanes = 2                     # chunks refined at once (default 2)
   [param_mode]
   size = "var"
   [param_val]

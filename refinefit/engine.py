@@ -86,12 +86,42 @@ def concat_frames(images, scratch=None):
         values = images[0].ravel()
     elif not images:
         values = np.empty(0)
+    elif _back_to_back(images):  # consecutive frames of one array
+        first = images[0]
+        values = np.lib.stride_tricks.as_strided(
+            first.reshape(-1), shape=(int(offsets[-1]),),
+            strides=(first.itemsize,), writeable=first.flags.writeable)
     else:
         dtype = np.result_type(*images)
         values = np.concatenate([image.ravel() for image in images],
                                 out=_empty(scratch, "frames", offsets[-1],
                                            dtype))
     return Frames(values, offsets, shapes3)
+
+
+def _back_to_back(images):
+    """Whether ``images`` lie back to back in the memory of one array (a
+    movie's consecutive frames, a mapped file's included), so that one view
+    spans them all: same dtype and writeability, C-contiguous, each
+    starting where the one before ends, all views of the same buffer."""
+    first = images[0]
+    address = first.__array_interface__["data"][0]
+    owner = _owner(first)
+    for image in images:
+        if (image.dtype != first.dtype or not image.flags.c_contiguous
+                or image.flags.writeable != first.flags.writeable
+                or image.__array_interface__["data"][0] != address
+                or _owner(image) is not owner):
+            return False
+        address += image.nbytes
+    return True
+
+
+def _owner(array):
+    """The object whose memory ``array`` views (itself if it owns it)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
 
 
 def _empty(scratch, name, shape, dtype=np.float64):

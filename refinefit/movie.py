@@ -3,9 +3,10 @@
 A thin streaming driver over :func:`refinefit.refine_leastsq`. Frames are
 read a chunk of whole frames at a time (the next chunk in a background
 thread while the Numba engine, which releases the GIL, works on this one),
-each chunk's features are refined by one ``refine_leastsq`` call, and, when
-an output file is given, each chunk's result is committed beside it (see
-:mod:`refinefit.checkpoint`) before the output is written atomically.
+each chunk's features are refined by one ``refine_leastsq`` call, two
+chunks at once where the run allows it (see :mod:`refinefit.lanes`), and,
+when an output file is given, each chunk's result is committed beside it
+(see :mod:`refinefit.checkpoint`) before the output is written atomically.
 """
 import hashlib
 import numbers
@@ -30,7 +31,8 @@ from .distributed import (DaskMovie, MovieSpec, check_client,
 from .movie_io import open_movie
 from .params import MODE_NUMBERS
 from .refine import refine_leastsq
-from .scratch import Scratch, reused_buffers
+from .lanes import lane_count, refine_in_lanes
+from .scratch import reused_buffers
 from .table_io import (TableStream, check_output_path, open_streamed_features,
                        read_features, remove_stale_temporaries, streamable,
                        writes_index, write_table_atomically)
@@ -92,7 +94,8 @@ class FrameWindow:
 
 def refine_movie(movie, features, out=None, *, diameter, separation=None,
                  chunk_frames=None, threads=None, progress=None, quiet=False,
-                 prefetch=True, client=None, return_table=True, **options):
+                 prefetch=True, lanes=None, client=None, return_table=True,
+                 **options):
     """Refine every feature of a movie, streaming it chunk by chunk.
 
     Gives the table ``refine_leastsq(features, movie, diameter, ...)``
@@ -133,6 +136,12 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         No progress bar and no summary line.
     prefetch : bool
         Read the next chunk's frames in a background thread. Default True.
+    lanes : int, optional
+        Chunks refined at once in this process, each on its share of the
+        run's Numba threads (see :mod:`refinefit.lanes`); results do not
+        depend on it. Default: 2 where the run has two threads or more and
+        uses a built-in fit function without constraints or ``method``,
+        else 1. Not used with a ``client``.
     client : dask.distributed.Client, optional
         Run the chunks as tasks on this Dask cluster (needs
         ``pip install 'refinefit[dask]'``). ``movie`` must then be a file
@@ -240,6 +249,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         _check_remote(client, movie)
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
+    n_lanes = lane_count(lanes, threads, fit_options)
     t_column = options.get("t_column", "frame")
     # rows written to out chunk by chunk, and a features file read so
     streams = not return_table and streamable(out, kind)
@@ -292,6 +302,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                       else None)
                 if client is None:
                     results = partial(_refine_here, frames_movie, prefetch,
+                                      n_lanes,
                                       features_in=features_in)
                 else:
                     results = partial(refine_movie_chunks, client, spec,
@@ -512,24 +523,27 @@ def _keep(k, packed, store, output):
         output.add(k, packed)
 
 
-def _refine_here(movie, prefetch, table, chunks, todo, fit_options,
+def _refine_here(movie, prefetch, lanes, table, chunks, todo, fit_options,
                  features_in=None):
-    """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, in
-    order; yields ``(k, packed)``. The features of each chunk are rows of
-    ``table``, or with ``features_in`` (a
-    :class:`refinefit.table_io.StreamedFeatures`; rows in frame order), read
-    from it."""
-    def read(k):  # in the read-ahead thread
+    """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, up to
+    ``lanes`` at once (see :mod:`refinefit.lanes`); yields ``(k, packed)``
+    in order. The features of each chunk are rows of ``table``, or with
+    ``features_in`` (a :class:`refinefit.table_io.StreamedFeatures`; rows
+    in frame order), read from it."""
+    def read(k):  # in the read-ahead thread, in order
         frame_ids, rows = chunks[k]
         chunk_table = table.iloc[rows] if features_in is None else \
             features_in.rows(rows[0], rows[-1] + 1)  # consecutive rows
         return movie.read(frame_ids), chunk_table
 
-    scratch = Scratch()  # kept from chunk to chunk
-    for k, (frames, chunk_table) in _read_ahead(read, todo, prefetch):
+    def refine(k, item, scratch):
+        frames, chunk_table = item
         frame_ids, rows = chunks[k]
-        yield k, refine_read_chunk(movie, frame_ids, frames, rows,
-                                   chunk_table, fit_options, scratch)
+        return refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
+                                 fit_options, scratch)
+
+    yield from refine_in_lanes(refine, _read_ahead(read, todo, prefetch),
+                               lanes)
 
 
 def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,

@@ -256,6 +256,10 @@ ERRORS = {
     "bad threads": (lambda f: ("refine", f / "movie.tif", f / "features.csv",
                                "--threads", "0"),
                     "threads must be an integer from 1"),
+    "bad lanes": (lambda f: ("refine", f / "movie.tif", f / "features.csv",
+                             "--config", f / "lanes.toml", "--threads", "1"),
+                  r"lanes must be an integer from 1 to the run's Numba "
+                  r"threads \(1\), got 2"),
     "unknown fit function": (lambda f: ("refine", f / "movie.tif",
                                         f / "features.csv", "--fit-function",
                                         "lorentz"), "lorentz"),
@@ -271,6 +275,7 @@ def error_inputs(movie_files):
     late.loc[late.index[:3], "frame"] = [6, 9, 9]
     late.to_csv(folder / "late.csv", index=False)
     (folder / "bad.toml").write_text("diameter = 11\nmax_shfit = 2\n")
+    (folder / "lanes.toml").write_text("diameter = 11\nlanes = 2\n")
     return folder
 
 
