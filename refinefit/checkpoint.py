@@ -102,6 +102,18 @@ def chunk_rows(features, packed, first_cluster):
     return pd.DataFrame(data, index=features.index[rows])
 
 
+def packed_columns(packed, first_cluster):
+    """The refined columns of one chunk (name to values, in the output's
+    order) when its file holds them all, else None; its cluster labels
+    start at ``first_cluster``."""
+    names = [str(c) for c in packed["columns"]]
+    if any(f"column_{i}" not in packed for i in range(len(names))):
+        return None
+    return {name: packed[f"column_{i}"] + first_cluster
+            if name == "cluster" else packed[f"column_{i}"]
+            for i, name in enumerate(names)}
+
+
 class OrderedOutput:
     """Writes refined chunks to a :class:`refinefit.table_io.TableStream`
     in chunk order: chunks that arrive early wait, and chunks resumed from
@@ -150,10 +162,17 @@ class OrderedOutput:
                     packed = self.store.load(self.next)
                 else:
                     break
-                rows = chunk_rows(self.table, packed, self.clusters)
-                self.stream.write(rows)
+                columns = packed_columns(packed, self.clusters) \
+                    if self.stream.takes_arrays else None
+                if columns is not None:
+                    self.stream.write_arrays(columns)
+                    cost = columns["cost"]
+                else:
+                    rows = chunk_rows(self.table, packed, self.clusters)
+                    self.stream.write(rows)
+                    cost = rows["cost"].to_numpy()
                 self.clusters += int(packed["n_clusters"])
-                self.failed_fits += int(rows["cost"].isna().sum())
+                self.failed_fits += int(np.isnan(cost).sum())
                 self.next += 1
         except StreamUnsupported:
             self.abort()

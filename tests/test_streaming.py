@@ -85,6 +85,55 @@ def test_stream_refuses_a_block_of_other_types(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _numeric_table(n, seed=0):
+    """Columns of every NumPy kind the engine writes, NaN in ``cost``."""
+    table = _table(n, seed).drop(columns="label")
+    return table.assign(mass=np.arange(n, dtype=np.int32),
+                        inside=np.arange(n) % 3 == 0)
+
+
+def test_stream_of_arrays_writes_what_a_stream_of_tables_writes(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(TableStream, "ROW_GROUP", 10)
+    table = _numeric_table(47)
+    files = {}
+    for way in ("tables", "arrays"):
+        files[way] = tmp_path / f"{way}.parquet"
+        stream = TableStream(files[way], "parquet", keep_index=False)
+        assert stream.takes_arrays
+        for lo, hi in [(0, 3), (3, 20), (20, 21), (21, 47)]:
+            block = table.iloc[lo:hi]
+            if way == "tables":
+                stream.write(block)
+            else:
+                stream.write_arrays({name: block[name].to_numpy()
+                                     for name in block.columns})
+        stream.finish()
+    tables, arrays = (pq.read_table(files[way]) for way in files)
+    assert arrays.equals(tables, check_metadata=True)
+    assert arrays.column("cost").null_count == table["cost"].isna().sum() > 0
+    assert_frame_equal(pd.read_parquet(files["arrays"]), table)
+
+
+def test_stream_of_arrays_refuses_a_block_of_other_types(tmp_path):
+    table = _numeric_table(8)
+    stream = TableStream(tmp_path / "t.parquet", "parquet", keep_index=False)
+    stream.write_arrays({name: table[name].to_numpy()[:4]
+                         for name in table.columns})
+    with pytest.raises(StreamUnsupported, match="other Parquet types"):
+        stream.write_arrays({name: table[name].to_numpy()[4:].astype(float)
+                             for name in table.columns})
+    stream.abort()
+    for kind, name, keep_index in [("csv", "t.csv", False),
+                                   ("parquet", "t.parquet", True)]:
+        stream = TableStream(tmp_path / name, kind, keep_index=keep_index)
+        assert not stream.takes_arrays
+        with pytest.raises(ValueError, match="write_arrays needs Parquet"):
+            stream.write_arrays({"x": np.zeros(2)})
+        stream.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_zstd_csv_is_not_streamed(tmp_path):
     assert not table_io.streamable(tmp_path / "t.csv.zst", "csv")
     assert table_io.streamable(tmp_path / "t.csv.xz", "csv")
@@ -243,8 +292,8 @@ def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
                                           cost=[0.5, np.nan, 0.5])
         packs[k] = checkpoint.pack_chunk(rows, refined)
 
-    class Recorder:
-        blocks, finished = [], False
+    class Recorder:  # a CSV stream, say: takes DataFrames
+        blocks, finished, takes_arrays = [], False, False
 
         def write(self, block):
             self.blocks.append(block)
@@ -407,6 +456,11 @@ def test_parquet_features_in_frame_order_are_read_chunk_by_chunk(
     np.save(tmp_path / "movie.npy", frames)
     monkeypatch.setattr(table_io.ParquetFeatures, "BATCH", 7)
     whole, ranges = _spy_reads(monkeypatch)
+    arrays = []  # blocks written as NumPy columns, not DataFrames
+    real_write_arrays = TableStream.write_arrays
+    monkeypatch.setattr(TableStream, "write_arrays", lambda self, columns:
+                        arrays.append(len(columns["x"]))
+                        or real_write_arrays(self, columns))
     out = tmp_path / name
     refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.parquet",
                            out, diameter=DIAMETER, chunk_frames=2, quiet=True,
@@ -414,6 +468,8 @@ def test_parquet_features_in_frame_order_are_read_chunk_by_chunk(
     assert whole == []
     ends = [int((table["frame"] < 2 * (k + 1)).sum()) for k in range(3)]
     assert ranges == list(zip([0] + ends[:2], ends))
+    assert arrays == (list(np.diff([0] + ends)) if name == "out.parquet"
+                      else [])
     assert_same_refinement(_read(out), _as_read(refinefit.refine_leastsq(
         table, frames, DIAMETER), out))
     # with the table returned, or features out of frame order: read whole
