@@ -10,9 +10,10 @@ loaded: what the command should lose less than 10% against), and the same
 job as a script in a fresh process (read, one ``refine_leastsq`` call,
 write), and ``refine_movie`` file to file in this process (the command's
 pipeline without the fixed costs of a new process: interpreter, imports,
-loading the kernels). The command also runs on the first half of the
-movie: the time the second half adds is another view of its rate without
-those fixed costs.
+loading the kernels), also with one lane (one chunk at a time on all the
+Numba threads; see ``refinefit.lanes``). The command also runs on the first
+half of the movie: the time the second half adds is another view of its
+rate without those fixed costs.
 
 A second test runs the command and ``refine_leastsq`` on a long movie, the
 W1 movie repeated five times (6000 frames, 3 GB, 1.65 million features),
@@ -142,7 +143,7 @@ def test_command_throughput_and_memory(benchmark, w1_movie, results):
     refinefit.refine_leastsq(guess[guess["frame"] == 0], frames, 11)  # warm
 
     times = {"command": [], "half": [], "script": [], "in-process": [],
-             "pipeline": []}
+             "pipeline": [], "one lane": []}
     cpu = {"command": [], "half": [], "in-process": []}
     peak_mb = {"command": [], "script": []}
     summary_rates = []
@@ -156,6 +157,12 @@ def test_command_throughput_and_memory(benchmark, w1_movie, results):
                                folder / "features.parquet", out, diameter=11,
                                quiet=True)
         times["pipeline"].append(time.perf_counter() - start)
+        out.unlink()
+        start = time.perf_counter()  # the same, one chunk at a time
+        refinefit.refine_movie(folder / "movie.tif",
+                               folder / "features.parquet", out, diameter=11,
+                               quiet=True, lanes=1)
+        times["one lane"].append(time.perf_counter() - start)
         out.unlink()
         if i == 0:
             seconds, rss, used, summary = benchmark.pedantic(
@@ -198,6 +205,8 @@ def test_command_throughput_and_memory(benchmark, w1_movie, results):
         rate["pipeline"])
     results[f"{key} refine_movie file to file / in-process warm"] = round(
         rate["pipeline"] / rate["in-process"], 3)
+    results[f"{key} refine_movie file to file, one lane / in-process warm"] = \
+        round(rate["one lane"] / rate["in-process"], 3)
     if FULL:
         # what the second half of the movie adds to the command's time: its
         # rate without the fixed costs (interpreter, imports, kernel loading)

@@ -58,6 +58,15 @@ def _allows_lanes(fit_options):
             and fit_options.get("method") is None)
 
 
+def _layer_allows_lanes():
+    """Whether Numba's threading layer, once started, takes parallel
+    calls from several threads at once."""
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # not started: no parallel kernel has run
+        return False
+
+
 def refine_in_lanes(refine, reads, lanes):
     """Yield ``(k, refine(k, item, scratch))`` for every ``(k, item)`` of
     ``reads``, in that order, refining up to ``lanes`` items at once.
@@ -73,7 +82,7 @@ def refine_in_lanes(refine, reads, lanes):
     for k, item in reads:
         yield k, refine(k, item, scratch)
         break
-    if lanes < 2 or numba.threading_layer() == "workqueue":
+    if lanes < 2 or not _layer_allows_lanes():
         for k, item in reads:
             yield k, refine(k, item, scratch)
         return

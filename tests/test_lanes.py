@@ -141,9 +141,13 @@ def test_refine_in_lanes_keeps_order_and_stops_on_error():
     assert max(started) < next_unread
 
 
-def test_a_layer_without_concurrent_calls_gets_one_lane(monkeypatch):
-    monkeypatch.setattr(lanes_module.numba, "threading_layer",
-                        lambda: "workqueue")
+def _not_started():
+    raise ValueError("Threading layer is not initialized.")
+
+
+@pytest.mark.parametrize("layer", [lambda: "workqueue", _not_started])
+def test_a_layer_without_concurrent_calls_gets_one_lane(monkeypatch, layer):
+    monkeypatch.setattr(lanes_module.numba, "threading_layer", layer)
     threads = []
 
     def refine(k, item, scratch):
