@@ -132,6 +132,10 @@ class OrderedOutput:
         self.clusters = 0
         self.failed_fits = 0
         self.failed_stream = False
+        # chunks whose files hold every column go as NumPy columns, named
+        # as in the file: only where the input's names are those strings
+        self.as_arrays = stream.takes_arrays and all(
+            isinstance(name, str) for name in table.columns)
 
     def add(self, k, packed):
         if not self.failed_stream:
@@ -163,7 +167,7 @@ class OrderedOutput:
                 else:
                     break
                 columns = packed_columns(packed, self.clusters) \
-                    if self.stream.takes_arrays else None
+                    if self.as_arrays else None
                 if columns is not None:
                     self.stream.write_arrays(columns)
                     cost = columns["cost"]
