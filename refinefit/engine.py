@@ -102,9 +102,11 @@ def concat_frames(images, scratch=None):
 def _back_to_back(images):
     """Whether ``images`` lie back to back in the memory of one array (a
     movie's consecutive frames, a mapped file's included), so that one view
-    spans them all: same dtype and writeability, C-contiguous, each
+    spans them all: same native dtype and writeability, C-contiguous, each
     starting where the one before ends, all views of the same buffer."""
     first = images[0]
+    if not first.dtype.isnative:
+        return False
     address = first.__array_interface__["data"][0]
     owner = _owner(first)
     for image in images:

@@ -99,11 +99,21 @@ def refine_in_lanes(refine, reads, lanes):
     def work(k, item):
         return refine(k, item, local.scratch)
 
+    scratch = None  # the lanes have their own
     pool = ThreadPoolExecutor(max_workers=lanes, initializer=start_lane,
                               thread_name_prefix="refinefit-lane")
     pending = deque()  # one more than the lanes: a lane that ends goes on
     try:
-        for k, item in reads:
+        while True:
+            try:
+                k, item = next(reads)
+            except StopIteration:
+                break
+            except BaseException as exc:  # a read failed: the chunks
+                while pending:            # before it are still handed on
+                    k, result = pending.popleft()
+                    yield k, result.result()
+                raise exc
             pending.append((k, pool.submit(work, k, item)))
             if len(pending) > lanes:
                 k, result = pending.popleft()

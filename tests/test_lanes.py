@@ -114,6 +114,33 @@ def test_lanes_resume_after_interrupt(small, tmp_path, monkeypatch):
                                                          DIAMETER))
 
 
+@two_threads
+def test_chunks_refined_before_a_failed_read_are_committed(small, tmp_path):
+    frames, guess = small
+
+    class FailingReader:  # frame 6 cannot be read
+        frame_shape = frames.shape[1:]
+
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            if i == 6:
+                raise OSError("disk error at frame 6")
+            return frames[i]
+
+    out = tmp_path / "out.parquet"
+    for n_lanes in (1, 2):
+        with pytest.raises(OSError, match="disk error at frame 6"):
+            refinefit.refine_movie(FailingReader(), guess, out,
+                                   diameter=DIAMETER, chunk_frames=1,
+                                   threads=2, lanes=n_lanes, quiet=True,
+                                   return_table=False)
+        parts = sorted(p.name for p in (tmp_path / "out.parquet.parts").glob(
+            "chunk-*"))
+        assert parts == [f"chunk-00000{k}.npz" for k in range(6)], n_lanes
+
+
 def test_refine_in_lanes_keeps_order_and_stops_on_error():
     def refine(k, item, scratch):
         if item == "bad":
@@ -169,12 +196,13 @@ def test_consecutive_frames_are_viewed_not_copied(tmp_path):
              "reversed": ([movie[2], movie[1]], False),
              "two arrays": ([movie[0], movie.copy()[1]], False),
              "strided": ([movie[0, :, ::2], movie[1, :, ::2]], False),
-             "dtypes": ([movie[0], movie[1].view(np.int16)], False)}
+             "dtypes": ([movie[0], movie[1].view(np.int16)], False),
+             "big-endian": (list(movie.astype(">u2")[:2]), False)}
     for name, (images, shared) in cases.items():
         frames = concat_frames(images)
         expected = np.concatenate([image.ravel() for image in images])
         np.testing.assert_array_equal(frames.values, expected, err_msg=name)
-        assert frames.values.dtype == expected.dtype, name
+        assert frames.values.dtype == expected.dtype.newbyteorder("="), name
         assert np.shares_memory(frames.values, images[0]) == shared, name
         assert frames.values.flags.writeable == images[0].flags.writeable
         np.testing.assert_array_equal(frames.offsets, np.cumsum(
