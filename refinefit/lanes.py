@@ -103,17 +103,16 @@ def refine_in_lanes(refine, reads, lanes):
     pool = ThreadPoolExecutor(max_workers=lanes, initializer=start_lane,
                               thread_name_prefix="refinefit-lane")
     pending = deque()  # one more than the lanes: a lane that ends goes on
+    failed_read = None
     try:
         while True:
             try:
                 k, item = next(reads)
             except StopIteration:
                 break
-            except BaseException as exc:  # a read failed: the chunks
-                while pending:            # before it are still handed on
-                    k, result = pending.popleft()
-                    yield k, result.result()
-                raise exc
+            except BaseException as exc:  # the chunks before a failed read
+                failed_read = exc         # are still handed on
+                break
             pending.append((k, pool.submit(work, k, item)))
             if len(pending) > lanes:
                 k, result = pending.popleft()
@@ -121,6 +120,8 @@ def refine_in_lanes(refine, reads, lanes):
         while pending:
             k, result = pending.popleft()
             yield k, result.result()
+        if failed_read is not None:
+            raise failed_read
     finally:  # closed early or failed: no new chunk starts
         for _, result in pending:
             result.cancel()
