@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/refinefit demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 # Full-size benchmarks with timings (W1 against trackpy, compile times, large cluster)

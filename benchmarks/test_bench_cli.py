@@ -11,7 +11,7 @@ job as a script in a fresh process (read, one ``refine_leastsq`` call,
 write), and ``refine_movie`` file to file in this process (the command's
 pipeline without the fixed costs of a new process: interpreter, imports,
 loading the kernels), also with one lane (one chunk at a time on all the
-Numba threads; see ``refinefit.lanes``). The command also runs on the first
+Numba threads; see ``refinefit.pipeline.lanes``). The command also runs on the first
 half of the movie: the time the second half adds is another view of its
 rate without those fixed costs.
 
@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import FULL
 
 import refinefit
 from refinefit.synthetic import make_movie
-
-from conftest import FULL
 
 N_FRAMES = 1200 if FULL else 4
 SHAPE = (512, 512) if FULL else (128, 128)

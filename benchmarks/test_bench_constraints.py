@@ -8,11 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import FULL
 
 import refinefit
 from refinefit.synthetic import make_movie
-
-from conftest import FULL
 
 FRAMES = 5 if FULL else 1
 TRACKPY_DIMERS = 40 if FULL else 5

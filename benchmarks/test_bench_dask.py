@@ -4,10 +4,11 @@ Full mode: a 600-frame 512x512 uint8 TIFF of workload W1 (165,000
 features). Interleaved in each round, best of 3: ``refine_movie`` in this
 process (kernels loaded), then on a ``LocalCluster`` of 1 worker process
 using every core, then of 2 worker processes sharing the cores (Numba
-threads = cores / workers); each worker has 2 Dask threads. Worker processes are started and warmed (a
-small job loads their kernels) before the timing; their start-up is
-reported separately (every worker refines one frame). Also: the 'global' size mode on the first 200 frames,
-in this process and on 2 workers. Quick mode: a few small frames.
+threads = cores / workers); each worker has 2 Dask threads. Worker
+processes are started and warmed (a small job loads their kernels) before
+the timing; their start-up is reported separately (every worker refines one
+frame). Also: the 'global' size mode on the first 200 frames, in this
+process and on 2 workers. Quick mode: a few small frames.
 """
 import os
 import time
@@ -17,12 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import FULL
 from distributed import Client, LocalCluster
 
 import refinefit
 from refinefit.synthetic import make_movie
-
-from conftest import FULL
 
 
 def _same(got, expected):

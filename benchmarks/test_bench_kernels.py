@@ -11,12 +11,11 @@ import time
 import numba
 import numpy as np
 import pytest
-
-from refinefit import engine
-from refinefit.kernels import evaluate_model, solve_clusters
-from refinefit.synthetic import make_movie
-
 from conftest import FULL
+
+from refinefit.kernels import evaluate_model, solve_clusters
+from refinefit.solvers import engine
+from refinefit.synthetic import make_movie
 
 FRAMES = 10 if FULL else 1
 REPEATS = 5 if FULL else 1

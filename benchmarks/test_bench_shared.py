@@ -12,11 +12,10 @@ import time
 import warnings
 
 import pytest
+from conftest import FULL
 
 import refinefit
 from refinefit.synthetic import make_movie
-
-from conftest import FULL
 
 FRAMES = 200 if FULL else 2
 TRACKPY_SIZES = (10, 20, 40, 80, 160, 275) if FULL else (10,)

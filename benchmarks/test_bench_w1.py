@@ -14,11 +14,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FULL
 
 import refinefit
 from refinefit.synthetic import draw_gaussians, make_movie
-
-from conftest import FULL
 
 W1_FRAMES = 40 if FULL else 2
 TRACKPY_FRAMES = 2 if FULL else 1

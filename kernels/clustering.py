@@ -15,7 +15,7 @@ join or not as a plain computation says.
 import numpy as np
 from numba import prange
 
-from ._jit import exact_kernel, exact_parallel_kernel
+from .jit import exact_kernel, exact_parallel_kernel
 
 
 @exact_kernel

@@ -15,10 +15,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import Specialized, kernel, parallel_kernel
+from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import (_column_table, _diag_scale, _evaluate, _evaluation_buffers,
-                 _layout)
+from .lm import _column_table, _diag_scale, _evaluate, _evaluation_buffers, _layout
 
 
 @kernel

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from .jit import kernel
 
 
 @kernel
@@ -26,22 +26,22 @@ def cholesky_inplace(a, n):
 
 
 @kernel
-def cholesky_solve(l, n, b):
+def cholesky_solve(factor, n, b):
     """Solve ``L L^T x = b`` in place in ``b[:n]``."""
     for i in range(n):
         t = b[i]
         for k in range(i):
-            t -= l[i, k] * b[k]
-        b[i] = t / l[i, i]
+            t -= factor[i, k] * b[k]
+        b[i] = t / factor[i, i]
     for i in range(n - 1, -1, -1):
         t = b[i]
         for k in range(i + 1, n):
-            t -= l[k, i] * b[k]
-        b[i] = t / l[i, i]
+            t -= factor[k, i] * b[k]
+        b[i] = t / factor[i, i]
 
 
 @kernel
-def inverse_diagonal(l, n, out):
+def inverse_diagonal(factor, n, out):
     """``diag((L L^T)^-1)`` into ``out[:n]`` from the Cholesky factor ``L``:
     entry i is |L^-1 e_i|^2, and L^-1 e_i vanishes above row i."""
     z = np.empty(n)
@@ -50,7 +50,7 @@ def inverse_diagonal(l, n, out):
         for r in range(i, n):
             t = 1.0 if r == i else 0.0
             for k in range(i, r):
-                t -= l[r, k] * z[k]
-            z[r] = t / l[r, r]
+                t -= factor[r, k] * z[k]
+            z[r] = t / factor[r, r]
             total += z[r] * z[r]
         out[i] = total

@@ -22,19 +22,18 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import Specialized, kernel, parallel_kernel
+from .codes import (
+    BLANK,
+    CONVERGED,
+    MAX_ITER,
+    MODE_CLUSTER,
+    MODE_VAR,
+    NO_PIXELS,
+    NOT_FINITE,
+)
+from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .terms import feature_term
-
-MODE_CONST = 0
-MODE_VAR = 1
-MODE_CLUSTER = 3
-
-CONVERGED = 0
-MAX_ITER = 1
-NOT_FINITE = 2
-NO_PIXELS = 3
-BLANK = 4
 
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16

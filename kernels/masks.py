@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from .jit import kernel, parallel_kernel
 
 
 @kernel

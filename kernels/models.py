@@ -3,14 +3,14 @@
 Every shape takes the squared reduced radius ``r2`` and its extra shape
 parameters, stored at ``params[row, at:]``; it returns ``f`` and ``df/dr2``
 and writes ``df/dextra`` into ``dextra``. Ids are mapped to names in
-``refinefit.models``. One small inlined function per shape keeps the runtime
+``refinefit.problem.models``. One small inlined function per shape keeps the runtime
 dispatch free: a single large function with every branch stopped LLVM from
 optimising the per-pixel loop (measured 87 ns against 8 ns per pixel).
 """
 import math
 
-from ._jit import inline_kernel, kernel
 from .custom import CUSTOM_BASE, custom_shape
+from .jit import inline_kernel, kernel
 
 GAUSS = 0
 DISC = 1

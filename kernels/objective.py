@@ -11,7 +11,7 @@ import math
 import numba
 import numpy as np
 
-from ._jit import Specialized, kernel
+from .jit import Specialized, kernel
 from .terms import feature_term
 
 

@@ -23,10 +23,16 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import Specialized, kernel, parallel_kernel
+from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import (_column_table, _dense_normal, _evaluate, _evaluation_buffers,
-                 _layout, _start)
+from .lm import (
+    _column_table,
+    _dense_normal,
+    _evaluate,
+    _evaluation_buffers,
+    _layout,
+    _start,
+)
 
 STAGE_SYSTEM = 0
 STAGE_STD = 1

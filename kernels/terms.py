@@ -9,7 +9,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import Specialized, inline_kernel, parallel_kernel
+from .jit import Specialized, inline_kernel, parallel_kernel
 from .models import shape_at
 
 

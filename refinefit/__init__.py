@@ -3,12 +3,11 @@
 A drop-in, much faster ``trackpy.refine_leastsq``: the same arguments and
 output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
-from .constraints import (dimer, dimer_global, tetramer, trimer,
-                          wrap_constraint)
-from .distributed import ClusterError
 from .fit_functions import FitFunctions
-from .movie import refine_movie
-from .params import vect_from_params, vect_to_params
+from .pipeline.dask import ClusterError
+from .pipeline.movie import refine_movie
+from .problem.constraints import dimer, dimer_global, tetramer, trimer, wrap_constraint
+from .problem.params import vect_from_params, vect_to_params
 from .refine import refine_leastsq
 from .train import train_leastsq
 

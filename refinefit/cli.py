@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Busy
+from .pipeline.checkpoint import Busy
 
 try:
     import tomllib
@@ -183,8 +183,8 @@ def _build_parser():
 
 
 def _refine(args):
-    from .malloc_tuning import keep_freed_memory
-    from .movie import refine_movie
+    from .pipeline.memory import keep_freed_memory
+    from .pipeline.movie import refine_movie
 
     keep_freed_memory()
     options = _options(args)
@@ -203,7 +203,7 @@ def _refine(args):
         warnings.simplefilter("always")
         try:
             if args.scheduler:
-                from .distributed import connect
+                from .pipeline.dask import connect
 
                 client = connect(args.scheduler, args.scheduler_timeout)
             refine_movie(args.movie, args.features, args.out,
@@ -323,7 +323,7 @@ def _bound(text):
 def _demo(args):
     import tifffile
 
-    from .movie import refine_movie
+    from .pipeline.movie import refine_movie
     from .refine import refine_leastsq
     from .synthetic import make_movie
 

@@ -3,10 +3,10 @@ import warnings
 
 import numpy as np
 
-from .bounds import bound_spec, compute_bounds
 from .kernels import shape_value
-from .models import resolve_model
-from .params import make_layout, vect_from_params
+from .problem.bounds import bound_spec, compute_bounds
+from .problem.models import resolve_model
+from .problem.params import make_layout, vect_from_params
 
 
 class FitFunctions:

@@ -4,16 +4,17 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from .bounds import bound_spec, compute_bounds
-from .clustering import cluster_features
-from .constraints import validate_constraints
-from .engine import Settings, refine_sorted
-from .joint import mixes_clusters, refine_joint
-from .models import resolve_model
-from .params import MODE_NUMBERS, make_layout
-from .readers import frame_source
-from .scipy_path import check_method
-from .shared import has_shared, refine_shared, shared_layout
+from .io.frames import frame_source
+from .kernels.codes import MODE_CONST, MODE_PARTICLE
+from .problem.bounds import bound_spec, compute_bounds
+from .problem.clustering import cluster_features
+from .problem.constraints import validate_constraints
+from .problem.models import resolve_model
+from .problem.params import make_layout
+from .solvers.engine import Settings, refine_sorted
+from .solvers.joint import mixes_clusters, refine_joint
+from .solvers.scipy_path import check_method
+from .solvers.shared import has_shared, refine_shared, shared_layout
 
 _DEFAULT_TOL = 1e-6
 _DEFAULT_MAXITER = 100
@@ -183,7 +184,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     out["cluster_size"] = np.zeros(len(out), dtype=np.int64)
     _assign_params(out, layout, model, param_val)
     params = out[list(layout.names)].to_numpy(dtype=np.float64, copy=True)
-    fitted = [j for j, mode in enumerate(layout.modes) if mode > 0]
+    fitted = [j for j, mode in enumerate(layout.modes) if mode != MODE_CONST]
     std = np.full((len(out), len(fitted)), np.nan)
 
     valid = np.isfinite(params).all(axis=1)
@@ -243,11 +244,11 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
 
 def _particle_ids(f, layout):
     """Particle ids for the 'particle' mode (None when it is not used)."""
-    if not np.any(layout.modes == MODE_NUMBERS["particle"]):
+    if not np.any(layout.modes == MODE_PARTICLE):
         return None
     if "particle" not in f:
         names = [n for n, m in zip(layout.names, layout.modes)
-                 if m == MODE_NUMBERS["particle"]]
+                 if m == MODE_PARTICLE]
         raise ValueError(f"param_mode: the 'particle' mode (for {names}) needs "
                          "a 'particle' column with each feature's trajectory "
                          "id, as trackpy.link writes it")

@@ -10,9 +10,9 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from .models import resolve_model
-from .params import size_columns_for
-from .readers import frame_source
+from .io.frames import frame_source
+from .problem.models import resolve_model
+from .problem.params import size_columns_for
 from .refine import refine_leastsq
 
 

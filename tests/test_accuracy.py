@@ -28,9 +28,9 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 
 import refinefit
-import synth
 
 SIGNAL = 160.0
 BACKGROUND = 20.0

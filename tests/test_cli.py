@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 import tifffile
 from pandas.testing import assert_frame_equal
+from same_refinement import assert_same_refinement
 
 import refinefit
 from refinefit.synthetic import make_movie
-
-from same_refinement import assert_same_refinement
 
 DIAMETER = 11
 # rms position error of the fit at S/N 10 is about 0.12 px (README); the

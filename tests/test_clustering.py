@@ -3,7 +3,7 @@ reference (all pairwise distances, components by breadth-first search)."""
 import numpy as np
 import pytest
 
-from refinefit.clustering import cluster_features
+from refinefit.problem.clustering import cluster_features
 
 
 def reference_clusters(coords, frames, separation, valid):

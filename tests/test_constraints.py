@@ -153,7 +153,7 @@ def _x_gap(x, gap):
 
 
 def test_inequality_constraints_go_to_scipy(monkeypatch):
-    from refinefit import engine
+    from refinefit.solvers import engine
     used = []
     original = engine.solve_groups
     monkeypatch.setattr(engine, "solve_groups",
@@ -170,7 +170,7 @@ def test_inequality_constraints_go_to_scipy(monkeypatch):
 def test_constraint_mixing_clusters_is_one_problem(monkeypatch):
     """Values that are not one block per cluster couple the clusters: all
     of them are solved together by scipy (see refinefit/joint.py)."""
-    from refinefit import joint
+    from refinefit.solvers import joint
     used = []
     original = joint.solve_groups
     monkeypatch.setattr(joint, "solve_groups",

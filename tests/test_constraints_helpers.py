@@ -1,4 +1,4 @@
-"""refinefit.constraints: ready-made constraints, validation and wrapping,
+"""refinefit.problem.constraints: ready-made constraints, validation and wrapping,
 side by side with trackpy's on random inputs."""
 import warnings
 
@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from refinefit import vect_from_params, vect_to_params
-from refinefit.constraints import (dimer, dimer_global, tetramer, trimer,
-                                   validate_constraints, wrap_constraint)
+from refinefit.problem.constraints import (
+    dimer,
+    dimer_global,
+    tetramer,
+    trimer,
+    validate_constraints,
+    wrap_constraint,
+)
 
 tl = pytest.importorskip("trackpy.refine.least_squares")
 

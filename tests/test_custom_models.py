@@ -7,9 +7,9 @@ import pytest
 from scipy.optimize import approx_fprime
 
 import refinefit
-from refinefit import custom_model, engine
 from refinefit.kernels import evaluate_model
-from refinefit.models import CUSTOM, Model, resolve_model
+from refinefit.problem.models import CUSTOM, Model, resolve_model
+from refinefit.solvers import custom_model, engine
 
 
 def gauss_fun(r2, p, ndim):

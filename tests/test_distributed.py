@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 import tifffile
 from distributed import Client, LocalCluster, get_task_stream
+from same_refinement import assert_same_refinement
 
 import refinefit
-from refinefit import checkpoint, cli, engine, movie as movie_module
+from refinefit import cli
 from refinefit import refine as refine_module
+from refinefit.pipeline import checkpoint
+from refinefit.pipeline import movie as movie_module
+from refinefit.solvers import engine
 from refinefit.synthetic import make_movie
-
-from same_refinement import assert_same_refinement
 
 DIAMETER = 11
 
@@ -104,7 +106,7 @@ def test_shared_size_equal_to_one_process(client, movie, mode,
 def test_shared_size_runs_chunks_on_the_workers(client, movie, monkeypatch):
     """The client never reads a frame in a shared-mode run."""
     path, _, _, guess = movie
-    from refinefit import movie_io
+    from refinefit.io import movies as movie_io
 
     def no_reads(self, frames):
         raise AssertionError("the client read frames")
@@ -304,8 +306,8 @@ def test_worker_refuses_another_file_at_the_path(client, movie, tmp_path):
     path, frames, _, guess = movie
     copy = tmp_path / "movie.tif"
     tifffile.imwrite(copy, frames)
-    from refinefit.distributed import MovieSpec
-    from refinefit.movie_io import open_movie
+    from refinefit.io.movies import open_movie
+    from refinefit.pipeline.dask import MovieSpec
 
     opened = open_movie(copy, frame_ndim=2)
     spec = MovieSpec.of(copy, 2, opened)
@@ -318,7 +320,7 @@ def test_worker_refuses_another_file_at_the_path(client, movie, tmp_path):
 
 
 def _malloc_tuned():
-    from refinefit import malloc_tuning
+    from refinefit.pipeline import memory as malloc_tuning
     return malloc_tuning._applied
 
 

@@ -98,7 +98,8 @@ def test_large_cluster_errors_match_dense_solve(monkeypatch):
     """The sparse path (above 48 unknowns) reports the dense path's errors."""
     import functools
 
-    from refinefit import engine, refine
+    from refinefit import refine
+    from refinefit.solvers import engine
 
     rng = np.random.default_rng(34)
     centres = np.array([[20.0 + 0.5 * k, 12.0 + 3.2 * k] for k in range(18)])

@@ -1,4 +1,5 @@
 """Numba kernels against the plain-NumPy reference and finite differences."""
+import naive
 import numba
 import numpy as np
 import pandas as pd
@@ -7,10 +8,8 @@ from scipy.optimize import approx_fprime
 
 import refinefit
 from refinefit import kernels
-from refinefit.engine import Settings, flatten_masks, refine_chunk
-from refinefit.models import resolve_model
-
-import naive
+from refinefit.problem.models import resolve_model
+from refinefit.solvers.engine import Settings, flatten_masks, refine_chunk
 
 # evaluate_model vs the NumPy reference: same formulas, different rounding
 MODEL_RTOL = 1e-11
@@ -152,7 +151,8 @@ def test_entry_derivatives_match_finite_differences(name, ndim, iso):
         _, _, dist2 = naive.feature_terms(name, batch.pix_coord[pix], p0,
                                           ndim, n_size)
         sizes = np.broadcast_to(p0[2 + ndim:2 + ndim + n_size], (ndim,))
-        r = np.sqrt(np.sum(((batch.pix_coord[pix] - p0[2:2 + ndim]) / sizes) ** 2, axis=1))
+        offset = (batch.pix_coord[pix] - p0[2:2 + ndim]) / sizes
+        r = np.sqrt(np.sum(offset ** 2, axis=1))
         smooth = ~excluded[pix]
         if name == "disc":
             smooth &= np.abs(r - p0[-1]) > 1e-3
@@ -383,7 +383,8 @@ def _solver_problem(rng, modes, name="gauss"):
     for k, n in enumerate([2, 3, 2, 1, 3]):
         origin = np.array([15.0 + 15 * k, 20.0 + 10 * (k % 3)])
         for j in range(n):
-            truth.append(origin + np.array([3.0 * j, 2.0 * j]) + rng.uniform(-0.3, 0.3, 2))
+            truth.append(origin + np.array([3.0 * j, 2.0 * j])
+                         + rng.uniform(-0.3, 0.3, 2))
         groups.append(n)
     truth = np.array(truth)
     image = _draw_model(shape, name, [(p, 120.0, size) for p in truth])

@@ -1,17 +1,17 @@
-"""Chunks refined side by side (refinefit.lanes) and frames concatenated
+"""Chunks refined side by side (refinefit.pipeline.lanes) and frames concatenated
 without a copy where they lie back to back."""
 import threading
 
 import numba
 import numpy as np
 import pytest
+from same_refinement import assert_same_refinement
 
 import refinefit
-from refinefit import lanes as lanes_module, movie as movie_module
-from refinefit.engine import concat_frames
+from refinefit.pipeline import lanes as lanes_module
+from refinefit.pipeline import movie as movie_module
+from refinefit.solvers.engine import concat_frames
 from refinefit.synthetic import make_movie
-
-from same_refinement import assert_same_refinement
 
 DIAMETER = 11
 two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 _SCRIPT = """
 import resource
 import numpy as np
-from refinefit.malloc_tuning import keep_freed_memory
+from refinefit.pipeline.memory import keep_freed_memory
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

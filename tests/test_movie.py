@@ -10,12 +10,13 @@ import pims
 import pytest
 import tifffile
 from pandas.testing import assert_frame_equal
+from same_refinement import assert_same_refinement
 
 import refinefit
-from refinefit import checkpoint, movie as movie_module, table_io
+from refinefit.io import tables as table_io
+from refinefit.pipeline import checkpoint
+from refinefit.pipeline import movie as movie_module
 from refinefit.synthetic import make_movie
-
-from same_refinement import assert_same_refinement
 
 DIAMETER = 11
 N_FRAMES = 6

@@ -18,12 +18,15 @@ import numpy as np
 import pandas as pd
 import pims
 import pytest
+import synth
 import trackpy
-from trackpy.refine.least_squares import (FitFunctions, prepare_subimage,
-                                          vect_from_params)
+from trackpy.refine.least_squares import (
+    FitFunctions,
+    prepare_subimage,
+    vect_from_params,
+)
 
 import refinefit
-import synth
 
 SIGNAL = 160.0
 BACKGROUND = 20.0

@@ -3,13 +3,12 @@ arrays they hand out, and results that do not depend on what the buffers
 held before."""
 import numpy as np
 import pytest
+from same_refinement import assert_same_refinement
 
 import refinefit
-from refinefit.engine import concat_frames, flatten_masks
-from refinefit.scratch import Scratch, active_scratch, reused_buffers
+from refinefit.solvers.engine import concat_frames, flatten_masks
+from refinefit.solvers.scratch import Scratch, active_scratch, reused_buffers
 from refinefit.synthetic import make_movie
-
-from same_refinement import assert_same_refinement
 
 
 def test_empty_reuses_its_buffer_and_grows():

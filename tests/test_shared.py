@@ -11,11 +11,12 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 import trackpy
 
 import refinefit
-import synth
-from refinefit import engine, refine
+from refinefit import refine
+from refinefit.solvers import engine
 
 DIAMETER = 11
 

@@ -9,13 +9,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
+from same_refinement import assert_same_refinement
 
 import refinefit
-from refinefit import checkpoint, movie as movie_module, table_io
+from refinefit.io import tables as table_io
+from refinefit.io.tables import StreamUnsupported, TableStream
+from refinefit.pipeline import checkpoint
+from refinefit.pipeline import movie as movie_module
 from refinefit.synthetic import make_movie
-from refinefit.table_io import StreamUnsupported, TableStream
-
-from same_refinement import assert_same_refinement
 
 DIAMETER = 11
 _OPEN = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}

@@ -2,9 +2,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 
 import refinefit
-import synth
 from refinefit.train import train_leastsq
 
 

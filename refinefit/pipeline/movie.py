@@ -4,9 +4,9 @@ A thin streaming driver over :func:`refinefit.refine_leastsq`. Frames are
 read a chunk of whole frames at a time (the next chunk in a background
 thread while the Numba engine, which releases the GIL, works on this one),
 each chunk's features are refined by one ``refine_leastsq`` call, two
-chunks at once where the run allows it (see :mod:`refinefit.lanes`), and,
+chunks at once where the run allows it (see :mod:`refinefit.pipeline.lanes`), and,
 when an output file is given, each chunk's result is committed beside it
-(see :mod:`refinefit.checkpoint`) before the output is written atomically.
+(see :mod:`refinefit.pipeline.checkpoint`) before the output is written atomically.
 """
 import hashlib
 import numbers
@@ -23,19 +23,32 @@ import numba
 import numpy as np
 import pandas as pd
 
-from .checkpoint import (OrderedOutput, PartStore, as_stored, assemble,
-                         fingerprint, pack_chunk, read_manifest,
-                         table_identity)
-from .distributed import (DaskMovie, MovieSpec, check_client,
-                          refine_movie_chunks)
-from .movie_io import open_movie
-from .params import MODE_NUMBERS
-from .refine import refine_leastsq
+from ..io.movies import open_movie
+from ..io.tables import (
+    TableStream,
+    check_output_path,
+    open_streamed_features,
+    read_features,
+    remove_stale_temporaries,
+    streamable,
+    write_table_atomically,
+    writes_index,
+)
+from ..kernels.codes import MODE_FRAME, MODE_GLOBAL, MODE_PARTICLE
+from ..refine import refine_leastsq
+from ..solvers.scratch import reused_buffers
+from .checkpoint import (
+    OrderedOutput,
+    PartStore,
+    as_stored,
+    assemble,
+    fingerprint,
+    pack_chunk,
+    read_manifest,
+    table_identity,
+)
+from .dask import DaskMovie, MovieSpec, check_client, refine_movie_chunks
 from .lanes import lane_count, refine_in_lanes
-from .scratch import reused_buffers
-from .table_io import (TableStream, check_output_path, open_streamed_features,
-                       read_features, remove_stale_temporaries, streamable,
-                       writes_index, write_table_atomically)
 
 # default chunk limits for 2 Numba threads, times threads // 2 above that
 # (on 16 cores, chunks of 10,000 features ran at 0.53 of one call, chunks
@@ -46,7 +59,7 @@ CHUNK_BYTES = 16 * 2 ** 20
 CHUNK_FEATURES = 10_000
 MAX_CHUNK_FRAMES = 64
 # parameter modes whose values are shared across frames
-_COUPLING_MODES = ("global", "particle", 2, 4)
+_COUPLING_MODES = ("global", "particle", MODE_GLOBAL, MODE_PARTICLE)
 
 
 @dataclass
@@ -138,7 +151,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         Read the next chunk's frames in a background thread. Default True.
     lanes : int, optional
         Chunks refined at once in this process, each on its share of the
-        run's Numba threads (see :mod:`refinefit.lanes`); results do not
+        run's Numba threads (see :mod:`refinefit.pipeline.lanes`); results do not
         depend on it. Default: 2 where the run has two threads or more and
         uses a built-in fit function without constraints or ``method``,
         else 1. Not used with a ``client``.
@@ -196,8 +209,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     64 MiB or more, is not read whole either but a chunk's rows at a time,
     when its ranges of rows read as the whole file would: the default
     index, numeric or bool columns, no nulls in integer columns (see
-    :class:`refinefit.table_io.ParquetFeatures` and
-    :class:`refinefit.table_io.CsvFeatures`). Its frame numbers are then
+    :class:`refinefit.io.tables.ParquetFeatures` and
+    :class:`refinefit.io.tables.CsvFeatures`). Its frame numbers are then
     read a batch at a time too: the plan holds a count per frame of the
     movie, and a range of rows per chunk.
 
@@ -340,7 +353,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
 
 def _open_features(features, may_stream):
     """The features table and, when ``may_stream`` and the file allows, a
-    :class:`refinefit.table_io.StreamedFeatures` to read it from (the
+    :class:`refinefit.io.tables.StreamedFeatures` to read it from (the
     table then has no rows)."""
     if isinstance(features, pd.DataFrame):
         return features, None
@@ -447,9 +460,9 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
 
     ``results(table, chunks, todo, fit_options)`` yields ``(k, packed)``
     for every chunk ``k`` in ``todo``, in any order: :func:`_refine_here`,
-    or :func:`refinefit.distributed.refine_movie_chunks` on a cluster.
+    or :func:`refinefit.pipeline.dask.refine_movie_chunks` on a cluster.
 
-    With a ``stream`` (a :class:`refinefit.table_io.TableStream` for the
+    With a ``stream`` (a :class:`refinefit.io.tables.TableStream` for the
     output, which needs ``store``), the chunks' rows are written to it in
     chunk order instead, and the table returned is None. Should the stream
     refuse a chunk, the table is put together from the chunk files, as
@@ -526,9 +539,9 @@ def _keep(k, packed, store, output):
 def _refine_here(movie, prefetch, lanes, table, chunks, todo, fit_options,
                  features_in=None):
     """Refine ``chunks[k]`` for ``k`` in ``todo`` in this process, up to
-    ``lanes`` at once (see :mod:`refinefit.lanes`); yields ``(k, packed)``
+    ``lanes`` at once (see :mod:`refinefit.pipeline.lanes`); yields ``(k, packed)``
     in order. The features of each chunk are rows of ``table``, or with
-    ``features_in`` (a :class:`refinefit.table_io.StreamedFeatures`; rows
+    ``features_in`` (a :class:`refinefit.io.tables.StreamedFeatures`; rows
     in frame order), read from it."""
     def read(k):  # in the read-ahead thread, in order
         frame_ids, rows = chunks[k]
@@ -551,7 +564,7 @@ def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
     """``refine_leastsq`` on the features of one chunk (``chunk_table``,
     rows ``rows`` of the input) given its frames, already read; the engine
     takes its per-round arrays from ``scratch``. Returns the packed
-    result (see :func:`refinefit.checkpoint.pack_chunk`)."""
+    result (see :func:`refinefit.pipeline.checkpoint.pack_chunk`)."""
     window = FrameWindow(movie, dict(zip(np.asarray(frame_ids).tolist(),
                                          frames)))
     with reused_buffers(scratch):
@@ -605,7 +618,7 @@ def _frame_numbers(table, t_column, n_frames, movie):
 
 def _streamed_frame_index(features_in, t_column, n_frames, movie):
     """:class:`FrameIndex` of the features of a
-    :class:`refinefit.table_io.StreamedFeatures`, their frame numbers read
+    :class:`refinefit.io.tables.StreamedFeatures`, their frame numbers read
     a batch at a time (checked as :func:`_frame_numbers` does); None when
     the rows are not in frame order."""
     _check_frame_column(features_in.head, t_column)
@@ -671,7 +684,7 @@ def _chunk_scale(threads, client, param_mode):
     whatever the threads."""
     modes = param_mode.values() if isinstance(param_mode, dict) else ()
     if (client is not None and threads is None) or any(
-            mode in ("frame", MODE_NUMBERS["frame"]) for mode in modes
+            mode in ("frame", MODE_FRAME) for mode in modes
             if isinstance(mode, (str, numbers.Integral))):
         return 1
     return max(1, (numba.get_num_threads() if threads is None
@@ -725,7 +738,7 @@ def numba_threads(threads):
 
 
 def _version():
-    from . import __version__  # the package is fully imported by now
+    from .. import __version__  # the package is fully imported by now
 
     return __version__
 

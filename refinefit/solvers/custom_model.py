@@ -3,7 +3,8 @@
 ``cost_and_gradient`` has the contract of ``kernels.objective.
 cost_and_gradient`` (per cluster the sum of squared residuals, per feature
 and parameter its derivative), ``evaluate`` that of
-``kernels.evaluate_model``; both build on one per-entry evaluation. ``fun``/``dfun`` are called once per distinct
+``kernels.evaluate_model``; both build on one per-entry evaluation.
+``fun``/``dfun`` are called once per distinct
 vector of extra shape parameters over all entries that share it (usually
 once per call: shape parameters are mostly constant). Without ``dfun`` the
 derivatives with respect to r2 and the shape parameters are central finite

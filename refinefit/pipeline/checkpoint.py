@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .table_io import StreamUnsupported, flush_and_rename
+from ..io.tables import StreamUnsupported, flush_and_rename
 
 FORMAT = 1
 _MANIFEST = "manifest.json"
@@ -115,7 +115,7 @@ def packed_columns(packed, first_cluster):
 
 
 class OrderedOutput:
-    """Writes refined chunks to a :class:`refinefit.table_io.TableStream`
+    """Writes refined chunks to a :class:`refinefit.io.tables.TableStream`
     in chunk order: chunks that arrive early wait, and chunks resumed from
     an earlier run are read from ``store`` when their turn comes. If the
     stream refuses a chunk (``StreamUnsupported``), it is deleted and the

@@ -24,7 +24,7 @@ class FrameSource:
         True when the reader is one image holding every feature.
     map_chunks : callable or None
         The reader's way of running work on chunks of frames where the
-        frames are (see :func:`refinefit.engine.map_chunks`), if it has one.
+        frames are (see :func:`refinefit.solvers.engine.map_chunks`), if it has one.
     """
 
     def __init__(self, get, frame_shape, n_frames=None, is_single=False,

@@ -9,8 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODE_NUMBERS = {"const": 0, "var": 1, "global": 2, "cluster": 3,
-                "particle": 4, "frame": 5}
+from ..kernels.codes import (
+    MODE_CLUSTER,
+    MODE_CONST,
+    MODE_FRAME,
+    MODE_GLOBAL,
+    MODE_NUMBERS,
+    MODE_VAR,
+)
 
 
 @dataclass(frozen=True)
@@ -69,16 +75,16 @@ def make_layout(model, pos_columns, isotropic, param_mode=None):
     if unknown:
         raise ValueError(f"param_mode: unknown parameter(s) {unknown}; the "
                          f"parameters of this fit are {list(names)}")
-    modes = {"signal": 1, "background": 3}
-    modes.update({col: 1 for col in pos_columns})
+    modes = {"signal": MODE_VAR, "background": MODE_CLUSTER}
+    modes.update({col: MODE_VAR for col in pos_columns})
     for name, value in given.items():
         modes[name] = _mode_number(name, value)
-    if modes["background"] == 1:
+    if modes["background"] == MODE_VAR:
         warnings.warn("param_mode: the background cannot vary per feature "
                       "(overlapping masks share it); varying it per cluster",
                       UserWarning, stacklevel=3)
-        modes["background"] = 3
-    mode_array = np.array([modes.get(name, 0) for name in names],
+        modes["background"] = MODE_CLUSTER
+    mode_array = np.array([modes.get(name, MODE_CONST) for name in names],
                           dtype=np.int64)
     return Layout(names, pos_columns, size_columns, tuple(model.params),
                   mode_array)
@@ -91,7 +97,7 @@ def _mode_number(name, value):
                              f"{name!r}; choose one of {list(MODE_NUMBERS)}")
         number = MODE_NUMBERS[value]
     elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
-            and 0 <= value <= 5:
+            and MODE_CONST <= value <= MODE_FRAME:
         number = int(value)
     else:
         raise ValueError(f"param_mode: unknown mode {value!r} for {name!r}; "
@@ -134,11 +140,11 @@ def vect_from_params(params, modes, groups=None, operation=None):
     pieces = []
     for i, mode in enumerate(modes):
         column = params[:, i]
-        if mode == 0:
+        if mode == MODE_CONST:
             continue
-        if mode == 1:
+        if mode == MODE_VAR:
             pieces.append(column)
-        elif mode == 2 or groups is None:
+        elif mode == MODE_GLOBAL or groups is None:
             pieces.append([column[0] if operation is None else operation(column)])
         else:
             members = _groups_for(groups, mode)
@@ -179,12 +185,12 @@ def vect_to_params(vect, params, modes, groups=None):
     result = params.copy()
     at = 0
     for i, mode in enumerate(modes):
-        if mode == 0:
+        if mode == MODE_CONST:
             continue
-        if mode == 1:
+        if mode == MODE_VAR:
             result[:, i] = vect[at:at + len(params)]
             at += len(params)
-        elif mode == 2 or groups is None:
+        elif mode == MODE_GLOBAL or groups is None:
             result[:, i] = vect[at]
             at += 1
         else:
@@ -212,7 +218,7 @@ def _checked_modes(params, modes):
 
 def _groups_for(groups, mode):
     try:
-        return groups[mode - 3]
+        return groups[mode - MODE_CLUSTER]
     except (IndexError, TypeError):
         raise ValueError(f"groups: the groups for mode {mode} were not "
                          "provided") from None

@@ -17,9 +17,9 @@ Two kinds of work are sent:
 A worker process runs one engine call at a time (the Numba thread pool is
 shared by the whole process); several Dask threads on a worker overlap their
 reads with the engine. The first refinefit task on a worker raises its glibc
-``malloc`` thresholds (:mod:`refinefit.malloc_tuning`): Dask starts workers
+``malloc`` thresholds (:mod:`refinefit.pipeline.memory`): Dask starts workers
 with settings that make every chunk fault its memory in anew. A worker also
-keeps the engine's buffers (:mod:`refinefit.scratch`) between its tasks:
+keeps the engine's buffers (:mod:`refinefit.solvers.scratch`) between its tasks:
 those of its largest chunk so far: its frames and 3-4 kB a feature.
 """
 import json
@@ -29,10 +29,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .malloc_tuning import keep_freed_memory
-from .movie_io import open_movie
-from .readers import as_kernel_image
-from .scratch import Scratch
+from ..io.frames import as_kernel_image
+from ..io.movies import open_movie
+from ..solvers.scratch import Scratch
+from .memory import keep_freed_memory
 
 INSTALL_HINT = "pip install 'refinefit[dask]'"
 _ENGINE_LOCK = threading.Lock()
@@ -274,7 +274,7 @@ class DaskMovie:
 
 
 def _map_chunk(spec, frames, cluster_image, work, payload, threads):
-    from .engine import frame_maxima
+    from ..solvers.engine import frame_maxima
 
     keep_freed_memory()
     _, raw = spec.read(frames)

@@ -16,10 +16,9 @@ that have inequality constraints) go to scipy instead.
 """
 import numpy as np
 
-from .kernels import constrained_steps, cost_and_gradient
+from ..kernels import constrained_steps, cost_and_gradient
+from ..kernels.codes import MODE_CLUSTER, MODE_VAR
 
-MODE_VAR = 1
-MODE_CLUSTER = 3
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
 _FD_STEP = 1e-7

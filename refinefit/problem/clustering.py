@@ -1,7 +1,7 @@
 """Group features into clusters within each frame."""
 import numpy as np
 
-from .kernels.clustering import label_components
+from ..kernels.clustering import label_components
 
 
 def cluster_features(coords, frames, separation, valid):

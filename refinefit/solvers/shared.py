@@ -23,13 +23,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..kernels.codes import (
+    MODE_CLUSTER,
+    MODE_CONST,
+    MODE_FRAME,
+    MODE_GLOBAL,
+    MODE_PARTICLE,
+    MODE_VAR,
+    SHARED_MODES,
+)
+from ..kernels.shared import STAGE_STD, STAGE_SYSTEM
 from .engine import flatten_masks, map_chunks, refine_chunk
-from .kernels.shared import STAGE_STD, STAGE_SYSTEM
 from .reduction import reduce_batch
 
-GLOBAL, PARTICLE, FRAME = 2, 4, 5
-SHARED_MODES = (GLOBAL, PARTICLE, FRAME)
-_MODE_CONST, _MODE_VAR, _MODE_CLUSTER = 0, 1, 3
 _MAX_OUTER = 30
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e12
@@ -80,10 +86,10 @@ def shared_layout(modes, frames, particles=None):
     index = np.full((len(frames), len(modes)), -1, dtype=np.int64)
     column = []
     for j, mode in enumerate(modes):
-        if mode == GLOBAL:
+        if mode == MODE_GLOBAL:
             group = np.zeros(len(frames), dtype=np.int64)
-        elif mode in (FRAME, PARTICLE):
-            keys = frames if mode == FRAME else particles
+        elif mode in (MODE_FRAME, MODE_PARTICLE):
+            keys = frames if mode == MODE_FRAME else particles
             _, group = np.unique(keys, return_inverse=True)
             group = group.ravel().astype(np.int64)
         else:
@@ -92,10 +98,10 @@ def shared_layout(modes, frames, particles=None):
         index[:, j] = len(column) + group
         column += [j] * n_groups
     kernel_modes = modes.copy()
-    kernel_modes[(modes == GLOBAL) | (modes == FRAME)] = _MODE_CLUSTER
-    kernel_modes[modes == PARTICLE] = _MODE_VAR
+    kernel_modes[(modes == MODE_GLOBAL) | (modes == MODE_FRAME)] = MODE_CLUSTER
+    kernel_modes[modes == MODE_PARTICLE] = MODE_VAR
     local_modes = modes.copy()
-    local_modes[np.isin(modes, SHARED_MODES)] = _MODE_CONST
+    local_modes[np.isin(modes, SHARED_MODES)] = MODE_CONST
     return SharedLayout(index, np.array(column, dtype=np.int64), kernel_modes,
                         local_modes)
 
@@ -392,7 +398,7 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
                 block_off, sinv, variance)
 
     chunk_of.update((c0, k) for k, c0 in enumerate(state.chunk_starts))
-    fitted_local = (layout.local_modes > 0)[None, :]
+    fitted_local = (layout.local_modes != MODE_CONST)[None, :]
     for c0, c1, local_std in map_chunks(source, cluster_frames,
                                         cluster_feat_off, settings,
                                         _std_chunk, payload):

@@ -2,10 +2,9 @@
 shared parameters (``shared.py``) and standard errors at a given optimum."""
 import numpy as np
 
-from .kernels import reduce_clusters
-from .kernels.shared import STAGE_STD, STAGE_SYSTEM
-
-_MODE_VAR, _MODE_CLUSTER = 1, 3
+from ..kernels import reduce_clusters
+from ..kernels.codes import MODE_CLUSTER, MODE_VAR
+from ..kernels.shared import STAGE_STD, STAGE_SYSTEM
 
 
 def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
@@ -17,9 +16,9 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
     n_clusters = len(off) - 1
     if offsets is None:
         shared = (shared_index >= 0).any(axis=0)
-        n_sh = (np.count_nonzero(shared & (kernel_modes == _MODE_CLUSTER))
+        n_sh = (np.count_nonzero(shared & (kernel_modes == MODE_CLUSTER))
                 + np.diff(off) * np.count_nonzero(
-                    shared & (kernel_modes == _MODE_VAR)))
+                    shared & (kernel_modes == MODE_VAR)))
         shared_off = np.zeros(n_clusters + 1, dtype=np.int64)
         np.cumsum(n_sh, out=shared_off[1:])
         block_off = np.zeros(n_clusters + 1, dtype=np.int64)

@@ -19,7 +19,7 @@ solvers compute their errors inside the kernels.
 import numpy as np
 from scipy import sparse
 
-from .params import vect_to_params
+from ..problem.params import vect_to_params
 
 _ACTIVE = 1e-6
 _FD_STEP = 1e-7

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kernels import DISC, GAUSS, INV_SERIES, RING
-from .kernels.custom import CUSTOM_BASE, is_registered, make_shape, register
+from ..kernels import DISC, GAUSS, INV_SERIES, RING
+from ..kernels.custom import CUSTOM_BASE, is_registered, make_shape, register
 
 
 @dataclass(frozen=True)

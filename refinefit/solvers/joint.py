@@ -18,11 +18,9 @@ linearised).
 """
 import numpy as np
 
+from ..kernels import CONVERGED, MAX_ITER
 from .engine import flatten_masks
-from .kernels import CONVERGED, MAX_ITER
 from .scipy_path import solve_groups
-
-PARTICLE, FRAME = 4, 5
 
 
 def mixes_clusters(constraint, n_params):

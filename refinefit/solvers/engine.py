@@ -10,12 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import (CONVERGED, MAX_ITER, count_mask_pixels, fill_mask_pixels,
-                      solve_clusters)
-from .constrained_solver import Unsupported, solve_constrained
+from ..kernels import (
+    CONVERGED,
+    MAX_ITER,
+    count_mask_pixels,
+    fill_mask_pixels,
+    solve_clusters,
+)
+from .lockstep import Unsupported, solve_constrained
 from .reduction import errors_at
-from .scratch import active_scratch, reused_buffers
 from .scipy_path import MAX_GROUP, solve_groups
+from .scratch import active_scratch, reused_buffers
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Frames:
 
 def concat_frames(images, scratch=None):
     """:class:`Frames` of a list of images; the concatenation goes into
-    ``scratch`` (see :mod:`refinefit.scratch`) when given."""
+    ``scratch`` (see :mod:`refinefit.solvers.scratch`) when given."""
     shapes3 = np.array([_shape3(image) for image in images],
                        dtype=np.int64).reshape(len(images), 3)
     offsets = np.zeros(len(images) + 1, dtype=np.int64)
@@ -185,8 +190,8 @@ def uses_scipy(cluster_sizes, settings):
     constraint applies to (its ``cluster_size``, or every size if unset)."""
     if settings.method is None:
         return np.zeros(len(cluster_sizes), dtype=bool)
-    if settings.custom is not None or not settings.constraints or any(c["cluster_size"] is None
-                                       for c in settings.constraints):
+    if settings.custom is not None or not settings.constraints or any(
+            c["cluster_size"] is None for c in settings.constraints):
         return np.ones(len(cluster_sizes), dtype=bool)
     return np.isin(cluster_sizes, [c["cluster_size"] for c in settings.constraints])
 
@@ -396,7 +401,7 @@ def map_chunks(source, cluster_frames, cluster_feat_off, settings, work,
     chunk, in order.
 
     ``work`` runs here, chunk after chunk, or, when the reader offers
-    ``refinefit_map_chunks`` (see :class:`refinefit.distributed.DaskMovie`), where the
+    ``refinefit_map_chunks`` (see :class:`refinefit.pipeline.dask.DaskMovie`), where the
     reader sends it; it must then be a module-level function.
     """
     if source.map_chunks is None:

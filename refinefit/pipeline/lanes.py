@@ -9,7 +9,7 @@ refined at once, one Numba thread each, fill those gaps: each chunk's serial
 Python parts run while the other's kernels (which release the GIL) compute.
 
 Each lane is a thread with its own Numba thread count (Numba keeps it per
-thread) and its own :class:`refinefit.scratch.Scratch`. A chunk's result
+thread) and its own :class:`refinefit.solvers.scratch.Scratch`. A chunk's result
 does not depend on the number of threads, so lanes change no result. They
 need a threading layer that allows parallel kernels launched from several
 threads at once ('omp' or 'tbb'; not 'workqueue'), and only the Numba
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-from .scratch import Scratch
+from ..solvers.scratch import Scratch
 
 # lanes by default where the run has at least two Numba threads
 DEFAULT_LANES = 2

@@ -9,10 +9,10 @@ mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
 """
 import numpy as np
 
+from ..kernels import cost_and_gradient, evaluate_model
+from ..problem.constraints import wrap_constraint
+from ..problem.params import vect_from_params, vect_to_params
 from . import custom_model
-from .constraints import wrap_constraint
-from .kernels import cost_and_gradient, evaluate_model
-from .params import vect_from_params, vect_to_params
 
 # minimize methods that take bounds and use a gradient
 BOUNDED_GRADIENT_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr")

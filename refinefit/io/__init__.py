@@ -1,0 +1,2 @@
+"""Input and output: frames by number from images, movies and readers;
+feature and output tables."""
