@@ -392,6 +392,24 @@ def test_global_size_with_a_method_matches_the_engine():
                                atol=0.01)
 
 
+def test_joint_problem_ignores_nan_pixels_of_the_frame():
+    """NaN pixels outside every mask change nothing on the joint scipy path
+    (its frame maximum ignores them, as the engine's does)."""
+    rng = np.random.default_rng(66)
+    positions = _scatter(rng, 4, (60, 60), 14, margin=12)
+    image = synth.draw((60, 60), positions, 2.3, 100.0, background=5.0,
+                       noise=10, rng=rng)
+    guess = _guess(positions, rng, signal=100.0, size=2.0)
+    holed = image.copy()
+    holed[:3, :] = np.nan  # farther than a mask radius from every feature
+    options = dict(param_mode={"size": "global"}, method="L-BFGS-B")
+    clean = refinefit.refine_leastsq(guess, image, DIAMETER, **options)
+    ours = refinefit.refine_leastsq(guess, holed, DIAMETER, **options)
+    assert np.nanmax(holed) == image[3:].max() == image.max()
+    assert np.isfinite(ours["cost"]).all()
+    pd.testing.assert_frame_equal(ours, clean)
+
+
 def test_errors_with_a_named_method_match_the_engine():
     """compute_error with method=: the engine's covariance at scipy's
     optimum, equal to the engine's own errors at (nearly) the same fit."""

@@ -19,7 +19,7 @@ linearised).
 import numpy as np
 
 from ..kernels import CONVERGED, MAX_ITER
-from .engine import flatten_masks
+from .engine import flatten_masks, frame_maxima
 from .scipy_path import solve_groups
 
 
@@ -56,8 +56,7 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
                                              return_inverse=True)
     cluster_image = cluster_image.ravel().astype(np.int64)
     images = [source.image(fr) for fr in frame_numbers]
-    frame_max = np.array([float(im.max()) if im.size else np.nan
-                          for im in images])
+    frame_max = frame_maxima(images)  # NaN pixels ignored, as the engine
     groups = [_index_lists(np.repeat(np.arange(n_clusters),
                                      np.diff(cluster_feat_off))),
               _index_lists(particles) if particles is not None else [],
