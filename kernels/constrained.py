@@ -17,7 +17,7 @@ from numba import prange
 
 from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import _column_table, _diag_scale, _evaluate, _evaluation_buffers, _layout
+from .residuals import column_table, diag_scale, evaluate, evaluation_buffers, layout
 
 
 @kernel
@@ -31,24 +31,23 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
-    slot, n_cl, n_var = _layout(modes)
+    slot, n_cl, n_var = layout(modes)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]
     work = params[f0:f0 + n_feat].copy()
-    cols = _column_table(modes, slot, n_cl, n_var, n_feat)
-    b = _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                            n_unk, True)
+    cols = column_table(modes, slot, n_cl, n_var, n_feat)
+    b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                           n_unk, True)
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
-    cost_out[g] = _evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
-                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                            pix_base, ndim, n_size, model_id, continuous, True,
-                            True, deriv, dextra, b[0], b[1], b[2], b[3], b[4],
-                            b[5], b[6], b[7], b[8], b[9])
-    normal = b[6]
-    grad = b[9]
+    cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
+                           pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                           pix_base, ndim, n_size, model_id, continuous, True,
+                           True, deriv, dextra, b)
+    normal = b.normal
+    grad = b.grad
     scale = np.empty(n_unk)
-    _diag_scale(normal, b[7], b[8], True, n_cl, n_var, scale)
+    diag_scale(normal, b.blocks, b.block_cl, True, n_cl, n_var, scale)
     m = normal.copy()
     for i in range(n_unk):
         m[i, i] += lam[g] * scale[i]
@@ -88,7 +87,7 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
             acc -= big_y[i, u] * rhs[i]
         step[g, u] = acc
     if with_error:
-        _constrained_std(m, big_y, schur, n_unk, n_con, b[1], cost_out[g],
+        _constrained_std(m, big_y, schur, n_unk, n_con, b.excluded, cost_out[g],
                          std_out[g])
 
 
@@ -134,7 +133,7 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     ``with_error`` (and ``lam`` 0 at the optimum), ``std_out[g]`` receives
     the standard errors of the unknowns under the linearised constraints.
     """
-    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
@@ -146,4 +145,4 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                           cost_out, with_error, std_out)
 
 
-constrained_steps = Specialized(_constrained_steps, literal_at=(9, 10, 11, 12))
+constrained_steps = Specialized(_constrained_steps)

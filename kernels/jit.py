@@ -7,12 +7,14 @@ failed fits carry NaN); ``reassoc`` lets the dot products of the normal
 equations vectorise. The vector width is fixed at compile time, so results
 still do not depend on the number of threads.
 
-Entry kernels call ``numba.literally`` on ``ndim``, ``n_size``, ``model_id``
-and ``continuous``: they select loops and branches in the per-pixel code, and
-as compile-time constants LLVM folds them away (measured 90 ns against 19 ns
-per pixel term). Each combination compiles once and is cached to disk.
+Entry kernels call ``numba.literally`` on the arguments named in
+``LITERALS``: they select loops and branches in the per-pixel code, and as
+compile-time constants LLVM folds them away, several times faster per pixel
+term. Each combination compiles once and is cached to disk.
 (``literally`` must be called in the entry kernel itself, not in a helper.)
 """
+import inspect
+
 import numba
 import numpy
 
@@ -21,6 +23,9 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH,
               error_model="numpy")
 PARALLEL = dict(SERIAL, parallel=True)
+# the arguments entry kernels specialise on (see the module docstring)
+LITERALS = ("ndim", "n_size", "model_id", "continuous")
+
 # without fastmath: for decisions at a threshold that must not depend on
 # how the compiler fuses or orders the arithmetic (contract makes FMAs)
 EXACT = dict(cache=True, nogil=True, error_model="numpy")
@@ -53,19 +58,23 @@ def inline_kernel(func):
     return numba.njit(inline="always", **SERIAL)(func)
 
 
-
 class Specialized:
     """Call a kernel that specialises on some arguments with ``literally``.
 
-    Numba re-runs type inference on every call of such a kernel (measured
-    23 ms a call). After the first call for a combination of literal values
-    and argument types, this wrapper calls the compiled entry point
-    directly (about 0.1 ms).
+    Numba re-runs type inference on every call of such a kernel, which
+    costs far more than a small batch's solve. After the first call for a
+    combination of literal values and argument types, this wrapper calls
+    the compiled entry point directly. ``literals`` names the specialising
+    arguments; their positions come from the kernel's signature.
     """
 
-    def __init__(self, dispatcher, literal_at):
+    def __init__(self, dispatcher, literals=LITERALS):
         self.dispatcher = dispatcher
-        self.literal_at = tuple(literal_at)
+        names = list(inspect.signature(dispatcher.py_func).parameters)
+        missing = [name for name in literals if name not in names]
+        if missing:
+            raise TypeError(f"{dispatcher.__name__} has no argument(s) {missing}")
+        self.literal_at = tuple(names.index(name) for name in literals)
         self._entries = {}
         self.__doc__ = dispatcher.__doc__
         self.__name__ = dispatcher.__name__
@@ -95,7 +104,7 @@ class Specialized:
 
 def _fingerprint(value):
     """What selects a compiled version: for arrays dtype, ndim, layout and
-    writeability (numba.typeof builds type objects: ~35 us an array)."""
+    writeability (cheaper than numba.typeof, which builds type objects)."""
     if isinstance(value, numpy.ndarray):
         flags = value.flags
         return (value.dtype.str, value.ndim, flags.c_contiguous,

@@ -1,9 +1,8 @@
 """Bounded Levenberg-Marquardt over flattened cluster masks.
 
 One cluster per ``prange`` iteration, each writing only its own slice of the
-outputs, so results are identical for any number of threads. The unknowns of
-a cluster are its 'cluster'-mode parameters (one value each, background
-among them) followed by the 'var'-mode parameters of each feature.
+outputs, so results are identical for any number of threads. The unknowns
+and the normal equations of a cluster are those of :mod:`.residuals`.
 
 Small clusters solve the damped normal equations densely (Cholesky). Large
 clusters (more than ``dense_limit`` unknowns) never form J^T J: conjugate
@@ -22,219 +21,26 @@ import numba
 import numpy as np
 from numba import prange
 
-from .codes import (
-    BLANK,
-    CONVERGED,
-    MAX_ITER,
-    MODE_CLUSTER,
-    MODE_VAR,
-    NO_PIXELS,
-    NOT_FINITE,
-)
+from .codes import BLANK, CONVERGED, MAX_ITER, MODE_VAR, NO_PIXELS, NOT_FINITE
 from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .terms import feature_term
+from .residuals import (
+    column,
+    column_table,
+    dense_normal,
+    diag_scale,
+    evaluate,
+    evaluation_buffers,
+    layout,
+    sparse_matvec,
+    start_values,
+    unpack,
+)
 
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
 _CG_TOL = 1e-10
 _MAX_RELATIVE_STEP = 0.5  # signal and sizes change by at most 50% a step
-
-
-@kernel
-def _layout(modes):
-    """Slot of each parameter within the cluster block or a feature block."""
-    slot = np.full(modes.shape[0], -1, dtype=np.int64)
-    n_cl = 0
-    for j in range(modes.shape[0]):
-        if modes[j] == MODE_CLUSTER:
-            slot[j] = n_cl
-            n_cl += 1
-    n_var = 0
-    for j in range(modes.shape[0]):
-        if modes[j] == MODE_VAR:
-            slot[j] = n_var
-            n_var += 1
-    return slot, n_cl, n_var
-
-
-@kernel
-def _column(modes, slot, n_cl, n_var, k, j):
-    if modes[j] == MODE_CLUSTER:
-        return slot[j]
-    if modes[j] == MODE_VAR:
-        return n_cl + k * n_var + slot[j]
-    return -1
-
-
-@kernel
-def _column_table(modes, slot, n_cl, n_var, n_feat):
-    """Unknown index of every (feature, parameter); -1 for constants."""
-    cols = np.empty((n_feat, modes.shape[0]), dtype=np.int64)
-    for k in range(n_feat):
-        for j in range(modes.shape[0]):
-            cols[k, j] = _column(modes, slot, n_cl, n_var, k, j)
-    return cols
-
-
-@kernel
-def _unpack(x, work, cols):
-    for k in range(work.shape[0]):
-        for j in range(work.shape[1]):
-            if cols[k, j] >= 0:
-                work[k, j] = x[cols[k, j]]
-
-
-@kernel
-def _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
-              entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-              model_id, continuous, with_jac, dense, deriv, dextra,
-              model, excluded, resid, jac_dense, entry_deriv, jac_cl,
-              normal, blocks, block_cl, grad):
-    """Sum of squared residuals at ``x``; with ``with_jac`` also J^T J, J^T r.
-
-    Dense: J is kept transposed (unknowns x pixels) so that J^T J and J^T r
-    are contiguous dot products, which vectorise; ``normal`` receives J^T J.
-    Sparse: ``entry_deriv`` and ``jac_cl``
-    keep J for matrix-vector products, ``blocks``/``block_cl`` the diagonal
-    blocks of J^T J.
-    """
-    _unpack(x, work, cols)
-    n_feat = work.shape[0]
-    n_params = work.shape[1]
-    n_pix = model.shape[0]
-    n_unk = grad.shape[0]
-    e_base = feat_entry_off[f0]
-    model[:] = work[0, 0]
-    excluded[:] = False
-    if with_jac:
-        if dense:
-            jac_dense[:, :] = 0.0
-        else:
-            jac_cl[:, :] = 0.0
-    for k in range(n_feat):
-        feat = f0 + k
-        for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
-            q = entry_pix[e] - pix_base
-            value = feature_term(pix_coord, entry_pix[e], work, k, ndim,
-                                 n_size, model_id, continuous, deriv, dextra)
-            if math.isnan(value):
-                excluded[q] = True
-                continue
-            model[q] += value
-            if not with_jac:
-                continue
-            if dense:
-                for j in range(1, n_params):
-                    if cols[k, j] >= 0:
-                        jac_dense[cols[k, j], q] += deriv[j]
-            else:
-                for j in range(1, n_params):
-                    entry_deriv[e - e_base, j] = deriv[j]
-                    if modes[j] == MODE_CLUSTER:
-                        jac_cl[q, slot[j]] += deriv[j]
-    for q in range(n_pix):
-        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    # summed over the kernel's own array: a vectorised sum over pix_val
-    # would start at an alignment that depends on the cluster's place in
-    # the batch, and its last bit on how the movie was chunked
-    cost = 0.0
-    for q in range(n_pix):
-        cost += resid[q] * resid[q]
-    if not with_jac:
-        return cost
-    bg_col = cols[0, 0]
-    grad[:] = 0.0
-    if dense:
-        for q in range(n_pix):
-            if excluded[q]:
-                for i in range(n_unk):
-                    jac_dense[i, q] = 0.0
-            elif bg_col >= 0:
-                jac_dense[bg_col, q] = 1.0
-        for i in range(n_unk):
-            acc = 0.0
-            for q in range(n_pix):
-                acc += jac_dense[i, q] * resid[q]
-            grad[i] = acc
-            for j in range(i, n_unk):
-                acc = 0.0
-                for q in range(n_pix):
-                    acc += jac_dense[i, q] * jac_dense[j, q]
-                normal[i, j] = acc
-                normal[j, i] = acc
-        return cost
-    block_cl[:, :] = 0.0
-    blocks[:, :, :] = 0.0
-    for q in range(n_pix):
-        if excluded[q]:
-            continue
-        if bg_col >= 0:
-            jac_cl[q, bg_col] = 1.0
-        r = resid[q]
-        for i in range(n_cl):
-            grad[i] += jac_cl[q, i] * r
-            for j in range(n_cl):
-                block_cl[i, j] += jac_cl[q, i] * jac_cl[q, j]
-    for k in range(n_feat):
-        feat = f0 + k
-        at = n_cl + k * n_var
-        for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
-            q = entry_pix[e] - pix_base
-            if excluded[q]:
-                continue
-            ee = e - e_base
-            r = resid[q]
-            for j in range(1, n_params):
-                if modes[j] != MODE_VAR:
-                    continue
-                grad[at + slot[j]] += entry_deriv[ee, j] * r
-                for j2 in range(1, n_params):
-                    if modes[j2] == MODE_VAR:
-                        blocks[k, slot[j], slot[j2]] += (entry_deriv[ee, j]
-                                                         * entry_deriv[ee, j2])
-    return cost
-
-
-@kernel
-def _sparse_matvec(v, out, w, modes, slot, n_cl, n_var, entry_pix,
-                   feat_entry_off, f0, n_feat, pix_base, excluded,
-                   entry_deriv, jac_cl):
-    """out = J^T (J v) using the per-entry derivatives."""
-    n_params = modes.shape[0]
-    e_base = feat_entry_off[f0]
-    for q in range(w.shape[0]):
-        s = 0.0
-        if not excluded[q]:
-            for i in range(n_cl):
-                s += jac_cl[q, i] * v[i]
-        w[q] = s
-    for k in range(n_feat):
-        at = n_cl + k * n_var
-        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
-            q = entry_pix[e] - pix_base
-            if excluded[q]:
-                continue
-            s = 0.0
-            for j in range(1, n_params):
-                if modes[j] == MODE_VAR:
-                    s += entry_deriv[e - e_base, j] * v[at + slot[j]]
-            w[q] += s
-    out[:] = 0.0
-    for q in range(w.shape[0]):
-        if excluded[q]:
-            continue
-        for i in range(n_cl):
-            out[i] += jac_cl[q, i] * w[q]
-    for k in range(n_feat):
-        at = n_cl + k * n_var
-        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
-            q = entry_pix[e] - pix_base
-            if excluded[q]:
-                continue
-            for j in range(1, n_params):
-                if modes[j] == MODE_VAR:
-                    out[at + slot[j]] += entry_deriv[e - e_base, j] * w[q]
 
 
 @kernel
@@ -309,7 +115,7 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
     if r0 == 0.0:
         return True
     for _ in range(4 * n + 10):
-        _sparse_matvec(p, ap, pix_scratch, modes, slot, n_cl, n_var,
+        sparse_matvec(p, ap, pix_scratch, modes, slot, n_cl, n_var,
                        entry_pix, feat_entry_off, f0, n_feat, pix_base,
                        excluded, entry_deriv, jac_cl)
         for i in range(n):
@@ -329,42 +135,8 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
     return True
 
 
-@kernel
-def _diag_scale(normal, blocks, block_cl, dense, n_cl, n_var, scale):
-    n = scale.shape[0]
-    for i in range(n):
-        if dense:
-            scale[i] = normal[i, i]
-        elif i < n_cl:
-            scale[i] = block_cl[i, i]
-        else:
-            k = (i - n_cl) // n_var
-            s = (i - n_cl) - k * n_var
-            scale[i] = blocks[k, s, s]
-    top = 0.0
-    for i in range(n):
-        top = max(top, scale[i])
-    floor = 1e-12 * top if top > 0.0 else 1.0
-    for i in range(n):
-        scale[i] = max(scale[i], floor)
 
 
-@kernel
-def _dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
-                  f0, n_feat, pix_base, excluded, entry_deriv, jac_cl, n_pix):
-    """J^T J of a sparse-path cluster as a dense matrix, column by column."""
-    normal = np.empty((n_unk, n_unk))
-    unit = np.zeros(n_unk)
-    column = np.empty(n_unk)
-    scratch = np.empty(n_pix)
-    for i in range(n_unk):
-        unit[i] = 1.0
-        _sparse_matvec(unit, column, scratch, modes, slot, n_cl, n_var,
-                       entry_pix, feat_entry_off, f0, n_feat, pix_base,
-                       excluded, entry_deriv, jac_cl)
-        normal[:, i] = column
-        unit[i] = 0.0
-    return normal
 
 
 @kernel
@@ -380,37 +152,6 @@ def _unknown_std(normal, variance, std):
         std[i] = math.sqrt(variance * std[i])
 
 
-@kernel
-def _start(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
-    """Start values and bounds of the unknowns of one cluster.
-
-    A 'cluster' unknown starts at the mean over its features and may range
-    from the lowest lower bound to the highest upper bound, as in trackpy.
-    """
-    n_unk = n_cl + n_feat * n_var
-    x = np.zeros(n_unk)
-    lo = np.full(n_unk, -np.inf)
-    hi = np.full(n_unk, np.inf)
-    for j in range(modes.shape[0]):
-        if modes[j] == MODE_CLUSTER:
-            col = slot[j]
-            total = 0.0
-            lo[col] = lower[f0, j]
-            hi[col] = upper[f0, j]
-            for k in range(n_feat):
-                total += params[f0 + k, j]
-                lo[col] = min(lo[col], lower[f0 + k, j])
-                hi[col] = max(hi[col], upper[f0 + k, j])
-            x[col] = total / n_feat
-        elif modes[j] == MODE_VAR:
-            for k in range(n_feat):
-                col = n_cl + k * n_var + slot[j]
-                x[col] = params[f0 + k, j]
-                lo[col] = lower[f0 + k, j]
-                hi[col] = upper[f0 + k, j]
-    for i in range(n_unk):
-        x[i] = min(max(x[i], lo[i]), hi[i])
-    return x, lo, hi
 
 
 @kernel
@@ -422,25 +163,12 @@ def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size):
         if 2 <= j < 2 + ndim:
             continue
         for k in range(n_feat if modes[j] == MODE_VAR else 1):
-            col = _column(modes, slot, n_cl, n_var, k, j)
+            col = column(modes, slot, n_cl, n_var, k, j)
             if col >= 0:
                 relative[col] = True
     return relative
 
 
-@kernel
-def _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                        n_unk, dense):
-    """Arrays one evaluation fills (see :func:`_evaluate`); the unused path's
-    arrays get a minimal size."""
-    n_dense = n_unk if dense else 1
-    return (np.empty(n_pix), np.empty(n_pix, dtype=np.bool_),
-            np.empty(n_pix), np.empty((n_dense, n_pix if dense else 1)),
-            np.zeros((1 if dense else n_entries, n_params)),
-            np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
-            np.empty((n_dense, n_dense)),
-            np.empty((1 if dense else n_feat, n_var, n_var)),
-            np.empty((n_cl, n_cl)), np.empty(n_unk))
 
 
 @kernel
@@ -478,11 +206,11 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         status_out[c] = BLANK
         return
 
-    slot, n_cl, n_var = _layout(modes)
+    slot, n_cl, n_var = layout(modes)
     n_unk = n_cl + n_feat * n_var
     dense = n_unk <= dense_limit
-    x, lo, hi = _start(params, lower, upper, f0, n_feat, modes, slot, n_cl,
-                       n_var)
+    x, lo, hi = start_values(params, lower, upper, f0, n_feat, modes, slot,
+                             n_cl, n_var)
     relative = _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim,
                                n_size)
 
@@ -491,16 +219,15 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
     n_sparse_f = 1 if dense else n_feat
-    bufs = [_evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
-                                n_feat, n_unk, dense) for _ in range(2)]
+    bufs = [evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
+                               n_feat, n_unk, dense) for _ in range(2)]
     cur = 0
     b = bufs[cur]
-    cols = _column_table(modes, slot, n_cl, n_var, n_feat)
-    cost = _evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
-                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                     n_size, model_id, continuous, True, dense, deriv, dextra,
-                     b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8],
-                     b[9])
+    cols = column_table(modes, slot, n_cl, n_var, n_feat)
+    cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, True, dense, deriv, dextra,
+                    b)
     n_eval = 1
     # (a maximum, not a sum: exact in any order)
     tiny = 1e-26 * n_pix * max(vmin * vmin, vmax * vmax)
@@ -529,18 +256,19 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             status = CONVERGED
             break
         b = bufs[cur]
-        grad = b[9]
+        grad = b.grad
         for i in range(n_unk):
             free[i] = not ((x[i] <= lo[i] and grad[i] > 0.0)
                            or (x[i] >= hi[i] and grad[i] < 0.0))
-        _diag_scale(b[6], b[7], b[8], dense, n_cl, n_var, scale)
+        diag_scale(b.normal, b.blocks, b.block_cl, dense, n_cl, n_var, scale)
         if dense:
-            ok = _solve_dense(b[6], grad, lam, scale, free, mat, rhs, index,
+            ok = _solve_dense(b.normal, grad, lam, scale, free, mat, rhs, index,
                               step)
         else:
             ok = _solve_sparse(grad, lam, scale, free, modes, slot, n_cl,
                                n_var, entry_pix, feat_entry_off, f0, n_feat,
-                               pix_base, b[1], b[4], b[5], b[7], b[8],
+                               pix_base, b.excluded, b.entry_deriv, b.jac_cl,
+                               b.blocks, b.block_cl,
                                fac_cl, fac_blocks, pix_scratch, step)
         if not ok:
             lam *= nu
@@ -580,12 +308,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             status = CONVERGED
             break
         nb = bufs[1 - cur]
-        trial_cost = _evaluate(
-                trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
+        trial_cost = evaluate(
+            trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             entry_pix, feat_entry_off, f0, pix_base, ndim, n_size, model_id,
-            continuous, True, dense, deriv, dextra,
-            nb[0], nb[1], nb[2], nb[3], nb[4], nb[5], nb[6], nb[7], nb[8],
-            nb[9])
+            continuous, True, dense, deriv, dextra, nb)
         n_eval += 1
         if trial_cost < cost:
             actual = cost - trial_cost
@@ -605,7 +331,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             if lam > _LAMBDA_MAX:
                 status = CONVERGED
                 break
-    _unpack(x, work, cols)
+    unpack(x, work, cols)
     for k in range(n_feat):
         params_out[f0 + k] = work[k]
     sumsq_out[c] = cost
@@ -615,15 +341,16 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         b = bufs[cur]
         n_valid = 0
         for q in range(n_pix):
-            n_valid += 0 if b[1][q] else 1
+            n_valid += 0 if b.excluded[q] else 1
         if n_valid > n_unk:
             # covariance s^2 (J^T J)^-1 with s^2 the residual variance
             if dense:
-                normal = b[6]
+                normal = b.normal
             else:
-                normal = _dense_normal(n_unk, modes, slot, n_cl, n_var,
-                                       entry_pix, feat_entry_off, f0, n_feat,
-                                       pix_base, b[1], b[4], b[5], n_pix)
+                normal = dense_normal(n_unk, modes, slot, n_cl, n_var,
+                                      entry_pix, feat_entry_off, f0, n_feat,
+                                      pix_base, b.excluded, b.entry_deriv,
+                                      b.jac_cl, n_pix)
             unknown_std = np.empty(n_unk)
             _unknown_std(normal, cost / (n_valid - n_unk), unknown_std)
             for k in range(n_feat):
@@ -648,7 +375,7 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     (``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual variance), NaN
     for constants and failed fits.
     """
-    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
@@ -660,4 +387,4 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                       status_out, n_eval_out, with_error, std_out)
 
 
-solve_clusters = Specialized(_solve_clusters, literal_at=(11, 12, 13, 14))
+solve_clusters = Specialized(_solve_clusters)

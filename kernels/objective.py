@@ -27,7 +27,7 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     The model's background is the cluster's first feature's, so only that
     feature's background has a nonzero derivative.
     """
-    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
@@ -55,7 +55,7 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
         for q in range(n_pix):  # model becomes the residual
             model[q] = 0.0 if excluded[q] else model[q] - pix_val[p0 + q]
         # sums over the kernel's own array, whose alignment is fixed (see
-        # lm._evaluate)
+        # residuals.evaluate)
         cost = 0.0
         bg_grad = 0.0
         for q in range(n_pix):
@@ -76,4 +76,4 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
         grad_out[f0, 0] = bg_grad
 
 
-cost_and_gradient = Specialized(_cost_and_gradient, literal_at=(8, 9, 10, 11))
+cost_and_gradient = Specialized(_cost_and_gradient)

@@ -25,13 +25,13 @@ from numba import prange
 
 from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import (
-    _column_table,
-    _dense_normal,
-    _evaluate,
-    _evaluation_buffers,
-    _layout,
-    _start,
+from .residuals import (
+    column_table,
+    dense_normal,
+    evaluate,
+    evaluation_buffers,
+    layout,
+    start_values,
 )
 
 STAGE_SYSTEM = 0
@@ -67,32 +67,31 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         if feat_entry_off[f0 + k + 1] == feat_entry_off[f0 + k]:
             return
 
-    slot, n_cl, n_var = _layout(kernel_modes)
+    slot, n_cl, n_var = layout(kernel_modes)
     n_unk = n_cl + n_feat * n_var
     dense = n_unk <= dense_limit
-    x, lo, hi = _start(params, lower, upper, f0, n_feat, kernel_modes, slot,
+    x, lo, hi = start_values(params, lower, upper, f0, n_feat, kernel_modes, slot,
                        n_cl, n_var)
-    cols = _column_table(kernel_modes, slot, n_cl, n_var, n_feat)
+    cols = column_table(kernel_modes, slot, n_cl, n_var, n_feat)
     work = params[f0:f0 + n_feat].copy()
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
-    b = _evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                            n_unk, dense)
-    cost = _evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,
-                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                     n_size, model_id, continuous, True, dense, deriv, dextra,
-                     b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8],
-                     b[9])
+    b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                           n_unk, dense)
+    cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, True, dense, deriv, dextra, b)
     if not math.isfinite(cost):
         return
     if dense:
-        normal = b[6]
+        normal = b.normal
     else:
-        normal = _dense_normal(n_unk, kernel_modes, slot, n_cl, n_var,
-                               entry_pix, feat_entry_off, f0, n_feat,
-                               pix_base, b[1], b[4], b[5], n_pix)
-    grad = b[9]
+        normal = dense_normal(n_unk, kernel_modes, slot, n_cl, n_var,
+                              entry_pix, feat_entry_off, f0, n_feat,
+                              pix_base, b.excluded, b.entry_deriv,
+                              b.jac_cl, n_pix)
+    grad = b.grad
 
     # shared unknowns of the cluster, in column order, and their indices
     shared_of = np.full(n_unk, -1, dtype=np.int64)
@@ -118,7 +117,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         return
     n_valid = 0
     for q in range(n_pix):
-        n_valid += 0 if b[1][q] else 1
+        n_valid += 0 if b.excluded[q] else 1
 
     # A = L L^T over the free locals; W = A^-1 B
     factor = np.empty((n_l, n_l))
@@ -195,7 +194,7 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     (``variance`` holds one residual variance per cluster). Without shared
     unknowns this is the plain ``s^2 A^-1`` of a per-cluster fit.
     """
-    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
@@ -209,4 +208,4 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                         std_out)
 
 
-reduce_clusters = Specialized(_reduce_clusters, literal_at=(12, 13, 14, 15))
+reduce_clusters = Specialized(_reduce_clusters)

@@ -68,7 +68,7 @@ def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
     pixels ignored by a non-continuous model; ``entry_deriv[e]`` holds the
     derivatives of entry ``e``'s term (background column 0 is 1).
     """
-    numba.literally(ndim)  # specialise: see kernels/_jit.py
+    numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
@@ -97,4 +97,4 @@ def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
 
 
 
-evaluate_model = Specialized(_evaluate_model, literal_at=(6, 7, 8, 9))
+evaluate_model = Specialized(_evaluate_model)

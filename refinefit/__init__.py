@@ -3,6 +3,7 @@
 A drop-in, much faster ``trackpy.refine_leastsq``: the same arguments and
 output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
+from . import config
 from .fit_functions import FitFunctions
 from .pipeline.dask import ClusterError
 from .pipeline.movie import refine_movie
@@ -13,5 +14,5 @@ from .train import train_leastsq
 
 __all__ = ["refine_leastsq", "train_leastsq", "refine_movie", "vect_from_params",
            "vect_to_params", "dimer", "trimer", "tetramer", "dimer_global",
-           "wrap_constraint", "FitFunctions", "ClusterError"]
+           "wrap_constraint", "FitFunctions", "ClusterError", "config"]
 __version__ = "0.1.0"

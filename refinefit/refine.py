@@ -1,9 +1,12 @@
 """The public ``refine_leastsq``: validate, cluster, refine, write back."""
 import numbers
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
+from . import config
+from .config import Model, Scipy, Settings, Solver
 from .io.frames import frame_source
 from .kernels.codes import MODE_CONST, MODE_PARTICLE
 from .problem.bounds import bound_spec, compute_bounds
@@ -11,13 +14,13 @@ from .problem.clustering import cluster_features
 from .problem.constraints import validate_constraints
 from .problem.models import resolve_model
 from .problem.params import make_layout
-from .solvers.engine import Settings, refine_sorted
+from .solvers.engine import refine_sorted
 from .solvers.joint import mixes_clusters, refine_joint
 from .solvers.scipy_path import check_method
 from .solvers.shared import has_shared, refine_shared, shared_layout
 
-_DEFAULT_TOL = 1e-6
-_DEFAULT_MAXITER = 100
+_DEFAULT_TOL = Solver.tol
+_DEFAULT_MAXITER = Solver.max_eval
 
 
 def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
@@ -203,35 +206,39 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         sorted_labels = labels[order]
         starts = np.nonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])[0]
         cluster_feat_off = np.r_[starts, len(order)].astype(np.int64)
+        defaults = config.current()
         settings = Settings(
-            model_id=model.kernel_id, continuous=model.continuous, ndim=ndim,
-            n_size=layout.n_size, modes=layout.modes, radius=radius, tol=tol,
-            max_eval=max_eval, max_iter=int(max_iter),
-            max_shift=float(max_shift), max_rms_dev=float(max_rms_dev),
-            with_error=bool(compute_error), method=method,
-            method_given=method_given, custom=custom,
-            constraints=constraints, options=options,
-            residual_factor=float(residual_factor))
+            model=Model(model_id=model.kernel_id, continuous=model.continuous,
+                        ndim=ndim, n_size=layout.n_size, modes=layout.modes,
+                        radius=radius, custom=custom),
+            solver=replace(defaults.solver, tol=tol, max_eval=max_eval,
+                           max_iter=int(max_iter), max_shift=float(max_shift),
+                           max_rms_dev=float(max_rms_dev),
+                           with_error=bool(compute_error)),
+            scipy=Scipy(method=method, method_given=method_given,
+                        constraints=constraints, options=options,
+                        residual_factor=float(residual_factor)),
+            chunking=defaults.chunking)
         start = np.clip(params[order], lower, upper)
         sorted_particles = None if particles is None else particles[order]
         if joint:
-            refined, cluster_cost, _, refined_std = refine_joint(
+            solution = refine_joint(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings, frames[order], sorted_particles)
         elif shared:
             layout_sh = shared_layout(layout.modes, frames[order],
                                       sorted_particles)
-            refined, cluster_cost, _, refined_std = refine_shared(
+            solution = refine_shared(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings, layout_sh)
         else:
-            refined, cluster_cost, _, refined_std = refine_sorted(
+            solution = refine_sorted(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings)
-        feature_cost = np.repeat(cluster_cost, np.diff(cluster_feat_off))
+        feature_cost = np.repeat(solution.cost, np.diff(cluster_feat_off))
         ok = np.isfinite(feature_cost)
-        params[order[ok]] = refined[ok]
-        std[order[ok]] = refined_std[ok][:, fitted]
+        params[order[ok]] = solution.params[ok]
+        std[order[ok]] = solution.std[ok][:, fitted]
         cost[order] = feature_cost
     for j, name in enumerate(layout.names):
         out[name] = params[:, j]

@@ -1,5 +1,4 @@
 """refine_movie on a Dask cluster: two worker processes on this machine."""
-import functools
 import os
 import signal
 import socket
@@ -16,10 +15,8 @@ from same_refinement import assert_same_refinement
 
 import refinefit
 from refinefit import cli
-from refinefit import refine as refine_module
 from refinefit.pipeline import checkpoint
 from refinefit.pipeline import movie as movie_module
-from refinefit.solvers import engine
 from refinefit.synthetic import make_movie
 
 DIAMETER = 11
@@ -75,11 +72,11 @@ def test_equal_to_one_process(client, movie, options):
 
 
 @pytest.fixture
-def solver_chunks_of_2_frames(monkeypatch):
+def solver_chunks_of_2_frames():
     """The shared solver's chunks: 2 frames each (4 chunks of the movie).
     The client plans them, so the workers get them too."""
-    monkeypatch.setattr(refine_module, "Settings",
-                        functools.partial(engine.Settings, chunk_frames=2))
+    with refinefit.config.override(chunking=dict(frames=2)):
+        yield
 
 
 @pytest.mark.parametrize("mode", ["global", "particle"])
@@ -219,11 +216,11 @@ def test_killed_worker_in_the_shared_solver(tmp_path, monkeypatch):
                                       n_dimer=10, n_trimer=4, seed=6)
     path = tmp_path / "shared.tif"
     tifffile.imwrite(path, frames)
-    monkeypatch.setattr(refine_module, "Settings",
-                        functools.partial(engine.Settings, chunk_frames=1))
     options = dict(diameter=DIAMETER, param_mode={"size": "global"})
-    expected = run(path, guess, **options)
-    with local_cluster() as cluster, Client(cluster) as dask_client:
+    with refinefit.config.override(chunking=dict(frames=1)):
+        expected = run(path, guess, **options)
+    with local_cluster() as cluster, Client(cluster) as dask_client, \
+            refinefit.config.override(chunking=dict(frames=1)):
         result = {}
 
         def refine():

@@ -94,13 +94,8 @@ def test_failed_fit_has_nan_errors():
     assert result[["y_std", "x_std", "signal_std"]].isna().all().all()
 
 
-def test_large_cluster_errors_match_dense_solve(monkeypatch):
+def test_large_cluster_errors_match_dense_solve():
     """The sparse path (above 48 unknowns) reports the dense path's errors."""
-    import functools
-
-    from refinefit import refine
-    from refinefit.solvers import engine
-
     rng = np.random.default_rng(34)
     centres = np.array([[20.0 + 0.5 * k, 12.0 + 3.2 * k] for k in range(18)])
     image = draw((44, 80), centres, rng)
@@ -109,10 +104,9 @@ def test_large_cluster_errors_match_dense_solve(monkeypatch):
     sparse = refinefit.refine_leastsq(guess, image, DIAMETER,
                                       compute_error=True)
     assert sparse["cluster_size"].max() == len(centres)
-    monkeypatch.setattr(refine, "Settings",
-                        functools.partial(engine.Settings, dense_limit=1000))
-    dense = refinefit.refine_leastsq(guess, image, DIAMETER,
-                                     compute_error=True)
+    with refinefit.config.override(solver=dict(dense_limit=1000)):
+        dense = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                         compute_error=True)
     columns = ["background_std", "signal_std", "y_std", "x_std"]
     assert np.isfinite(sparse[columns]).all().all()
     np.testing.assert_allclose(sparse[columns], dense[columns], rtol=1e-5)

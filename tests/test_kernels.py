@@ -8,8 +8,9 @@ from scipy.optimize import approx_fprime
 
 import refinefit
 from refinefit import kernels
+from refinefit.config import Model, Settings, Solver
 from refinefit.problem.models import resolve_model
-from refinefit.solvers.engine import Settings, flatten_masks, refine_chunk
+from refinefit.solvers.engine import flatten_masks, refine_chunk
 
 # evaluate_model vs the NumPy reference: same formulas, different rounding
 MODEL_RTOL = 1e-11
@@ -401,10 +402,11 @@ def _solver_problem(rng, modes, name="gauss"):
     modes = list(modes) + [0] * extra.shape[1]
     cluster_feat_off = np.r_[0, np.cumsum(groups)].astype(np.int64)
     model = resolve_model(name)
-    settings = Settings(model_id=model.kernel_id, continuous=model.continuous,
-                        ndim=2, n_size=1, modes=np.array(modes, dtype=np.int64),
-                        radius=(5.0, 5.0) if name == "gauss" else (6.0, 6.0),
-                        tol=1e-10)
+    settings = Settings(
+        model=Model(model_id=model.kernel_id, continuous=model.continuous,
+                    ndim=2, n_size=1, modes=np.array(modes, dtype=np.int64),
+                    radius=(5.0, 5.0) if name == "gauss" else (6.0, 6.0)),
+        solver=Solver(tol=1e-10))
     return image, params, lower, upper, cluster_feat_off, settings, truth
 
 
@@ -423,12 +425,12 @@ def test_sparse_and_dense_solver_agree(name, modes):
     n_clusters = len(cluster_feat_off) - 1
     results = {}
     for limit in (0, 1000):
-        run = Settings(**{**settings.__dict__, "dense_limit": limit})
+        run = settings.replace(solver=dict(dense_limit=limit))
         results[limit] = refine_chunk(
             [image], np.array([image.max()]), np.zeros(n_clusters, np.int64),
             cluster_feat_off, params, lower, upper, run)
-    (p_sparse, cost_sparse, st_sparse, _) = results[0]
-    (p_dense, cost_dense, st_dense, _) = results[1000]
+    (p_sparse, cost_sparse, st_sparse) = results[0][:3]
+    (p_dense, cost_dense, st_dense) = results[1000][:3]
     assert np.all(st_sparse == kernels.CONVERGED)
     assert np.all(st_dense == kernels.CONVERGED)
     np.testing.assert_allclose(p_sparse, p_dense, rtol=0, atol=SOLVER_ATOL)
@@ -443,7 +445,7 @@ def test_solve_clusters_sparse_and_dense_agree_directly():
     n_clusters = len(cluster_feat_off) - 1
     batch = flatten_masks([image], np.zeros(n_clusters, np.int64),
                           cluster_feat_off, np.ascontiguousarray(params[:, 2:4]),
-                          settings.radius)
+                          settings.model.radius)
     outs = []
     for limit in (0, 1000):
         out = np.empty_like(params)
@@ -454,8 +456,8 @@ def test_solve_clusters_sparse_and_dense_agree_directly():
                                batch.pix_val, batch.pix_coord,
                                batch.cluster_pix_off, batch.entry_pix,
                                batch.feat_entry_off, batch.cluster_feat_off,
-                               params, lower, upper, settings.modes, 2, 1,
-                               settings.model_id, True, 1e-10, 200, limit,
+                               params, lower, upper, settings.model.modes, 2, 1,
+                               settings.model.model_id, True, 1e-10, 200, limit,
                                out, sumsq, status, n_eval, False,
                                np.empty((0, 0)))
         assert np.all(status == kernels.CONVERGED)

@@ -57,10 +57,10 @@ def test_equal_to_refine_leastsq_bitwise(small, shuffled, chunk_frames):
 
 
 def test_default_chunks_respect_the_feature_limit(small, shuffled,
-                                                  monkeypatch):
+                                                  monkeypatch, configure):
     frames, _, _ = small
     per_frame = shuffled.groupby("frame").size().max()
-    monkeypatch.setattr(movie_module, "CHUNK_FEATURES", 2 * per_frame)
+    configure(movie=dict(features=2 * per_frame))
     calls = _count_calls(monkeypatch)
     got = run(frames, shuffled, diameter=DIAMETER)
     assert len(calls) == 1 + N_FRAMES // 2  # the up-front check, 2 frames each
@@ -103,14 +103,14 @@ def test_chunk_scale_follows_the_threads_except_where_it_must_not():
 
 
 def test_resume_with_another_thread_count(small, shuffled, tmp_path,
-                                          monkeypatch, capsys):
+                                          monkeypatch, configure, capsys):
     frames, _, _ = small
     np.save(tmp_path / "movie.npy", frames)
     out = tmp_path / "out.csv"
     args = (tmp_path / "movie.npy", shuffled, out)
-    monkeypatch.setattr(movie_module, "MAX_CHUNK_FRAMES", 1)
-    with monkeypatch.context() as patch:  # 2 frames a chunk, as 4 threads
-        patch.setattr(movie_module, "_chunk_scale", lambda *a: 2)
+    configure(movie=dict(max_frames=1))
+    with monkeypatch.context() as patch, \
+            refinefit.config.override(movie=dict(scale=2)):  # as 4 threads
         _interrupt_after(patch, 3)
         with pytest.raises(KeyboardInterrupt):
             run(*args, diameter=DIAMETER)

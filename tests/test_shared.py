@@ -5,7 +5,6 @@ Images are drawn by ``synth.draw`` (plain NumPy). The shared solver
 against ground truth, against trackpy's 'global' mode, against a direct scan
 of the total sum of squares, and for calibrated standard errors.
 """
-import functools
 import logging
 
 import numpy as np
@@ -15,8 +14,6 @@ import synth
 import trackpy
 
 import refinefit
-from refinefit import refine
-from refinefit.solvers import engine
 
 DIAMETER = 11
 
@@ -259,15 +256,14 @@ def test_shared_bounds_are_respected():
     np.testing.assert_allclose(result["size"], 2.3)
 
 
-def test_shared_solution_does_not_depend_on_chunks(monkeypatch):
+def test_shared_solution_does_not_depend_on_chunks():
     rng = np.random.default_rng(59)
     sizes = np.full(6, 2.2)
     truth, guess, movie = _movie(rng, 6, 8, (80, 80), sizes, np.full(6, 100.0))
     kwargs = dict(param_mode={"size": "global"}, compute_error=True)
     whole = refinefit.refine_leastsq(guess, movie, DIAMETER, **kwargs)
-    monkeypatch.setattr(refine, "Settings",
-                        functools.partial(engine.Settings, chunk_frames=2))
-    chunked = refinefit.refine_leastsq(guess, movie, DIAMETER, **kwargs)
+    with refinefit.config.override(chunking=dict(frames=2)):
+        chunked = refinefit.refine_leastsq(guess, movie, DIAMETER, **kwargs)
     pd.testing.assert_frame_equal(whole, chunked, rtol=1e-7)
 
 

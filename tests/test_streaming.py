@@ -51,9 +51,9 @@ def _table(n, seed=0):
 @pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.csv.bz2",
                                   "t.csv.xz", "t.parquet"])
 @pytest.mark.parametrize("index", ["default", "other"])
-def test_stream_writes_the_file_write_table_writes(tmp_path, monkeypatch,
+def test_stream_writes_the_file_write_table_writes(tmp_path, configure,
                                                    name, index):
-    monkeypatch.setattr(TableStream, "ROW_GROUP", 10)
+    configure(tables=dict(row_group=10))
     table = _table(47)
     if index == "other":
         table.index = np.arange(len(table)) * 2 + 5
@@ -94,8 +94,8 @@ def _numeric_table(n, seed=0):
 
 
 def test_stream_of_arrays_writes_what_a_stream_of_tables_writes(
-        tmp_path, monkeypatch):
-    monkeypatch.setattr(TableStream, "ROW_GROUP", 10)
+        tmp_path, configure):
+    configure(tables=dict(row_group=10))
     table = _numeric_table(47)
     files = {}
     for way in ("tables", "arrays"):
@@ -377,12 +377,12 @@ def _numeric(table):
 
 
 def test_parquet_features_read_ranges_as_the_whole_file(small, tmp_path,
-                                                        monkeypatch):
+                                                        configure):
     _, table = small
     table = _numeric(table)
     path = tmp_path / "f.parquet"
     table.to_parquet(path, row_group_size=10)  # ranges cross row groups
-    monkeypatch.setattr(table_io.ParquetFeatures, "BATCH", 7)
+    configure(tables=dict(read_batch=7))
     whole = pd.read_parquet(path)
     features = table_io.ParquetFeatures.open(path)
     assert features.n_rows == len(table)
@@ -450,12 +450,12 @@ def _spy_reads(monkeypatch):
 
 @pytest.mark.parametrize("name", ["out.parquet", "out.csv"])
 def test_parquet_features_in_frame_order_are_read_chunk_by_chunk(
-        small, tmp_path, monkeypatch, name):
+        small, tmp_path, monkeypatch, configure, name):
     frames, table = small
     table = _numeric(table)
     table.to_parquet(tmp_path / "f.parquet", row_group_size=16)
     np.save(tmp_path / "movie.npy", frames)
-    monkeypatch.setattr(table_io.ParquetFeatures, "BATCH", 7)
+    configure(tables=dict(read_batch=7))
     whole, ranges = _spy_reads(monkeypatch)
     arrays = []  # blocks written as NumPy columns, not DataFrames
     real_write_arrays = TableStream.write_arrays
@@ -621,7 +621,7 @@ def test_chunk_plan_rows(in_order):
 @pytest.mark.parametrize("name", ["f.csv", "f.csv.gz"])
 @pytest.mark.parametrize("with_index", [False, True])
 def test_csv_features_read_ranges_as_the_whole_file(small, tmp_path,
-                                                    monkeypatch, name,
+                                                    configure, name,
                                                     with_index):
     _, table = small
     table = _numeric(table)
@@ -630,8 +630,7 @@ def test_csv_features_read_ranges_as_the_whole_file(small, tmp_path,
     table.loc[100, "mass"] = pd.NA  # int64 blocks first, then float64
     path = tmp_path / name
     table.to_csv(path, index=with_index)
-    monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
-    monkeypatch.setattr(table_io.CsvFeatures, "BATCH", 7)
+    configure(tables=dict(csv_stream_bytes=0, read_batch=7))
     whole = table_io.read_features(path)
     assert whole["mass"].dtype == np.float64
     features = table_io.open_streamed_features(path)
@@ -652,13 +651,13 @@ def test_csv_features_read_ranges_as_the_whole_file(small, tmp_path,
 @pytest.mark.parametrize("change", ["small file", "string", "index",
                                     "unnamed index", "bool with a gap",
                                     "zstd"])
-def test_csv_features_not_read_in_ranges(small, tmp_path, monkeypatch,
+def test_csv_features_not_read_in_ranges(small, tmp_path, configure,
                                          change):
     _, table = small
     table = _numeric(table)
     path = tmp_path / ("f.csv.zst" if change == "zstd" else "f.csv")
     if change != "small file":
-        monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
+        configure(tables=dict(csv_stream_bytes=0))
     if change == "string":
         table["label"] = "p"
     elif change == "index":
@@ -678,13 +677,12 @@ def test_csv_features_not_read_in_ranges(small, tmp_path, monkeypatch,
 
 
 def test_csv_features_in_frame_order_are_read_chunk_by_chunk(
-        small, tmp_path, monkeypatch):
+        small, tmp_path, monkeypatch, configure):
     frames, table = small
     table = _numeric(table)
     table.to_csv(tmp_path / "f.csv")
     np.save(tmp_path / "movie.npy", frames)
-    monkeypatch.setattr(table_io.CsvFeatures, "STREAM_BYTES", 0)
-    monkeypatch.setattr(table_io.CsvFeatures, "BATCH", 7)
+    configure(tables=dict(csv_stream_bytes=0, read_batch=7))
     whole, ranges = _spy_reads(monkeypatch)
     out = tmp_path / "out.parquet"
     refinefit.refine_movie(tmp_path / "movie.npy", tmp_path / "f.csv", out,

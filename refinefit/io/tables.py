@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import config
+
 _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst")
 _PARQUET = (".parquet", ".pq")
 _HDF5 = (".h5", ".hdf5", ".hdf")
@@ -104,8 +106,6 @@ class StreamedFeatures:
     n_rows : int
     """
 
-    BATCH = 2 ** 16  # rows decoded at a time
-
     def __init__(self, path, head, n_rows):
         self.path = Path(path)
         self.head = head
@@ -159,8 +159,8 @@ class StreamedFeatures:
         raise NotImplementedError
 
     def _read_blocks(self):
-        """Generator of the file's rows, a block of about BATCH at a
-        time."""
+        """Generator of the file's rows, a block of about
+        ``config.current().tables.read_batch`` rows at a time."""
         raise NotImplementedError
 
     def _take(self, blocks, offset, n):
@@ -215,7 +215,7 @@ class ParquetFeatures(StreamedFeatures):
         self._file.close()  # closing again does nothing
 
     def _read_blocks(self):
-        yield from self._file.iter_batches(batch_size=self.BATCH,
+        yield from self._file.iter_batches(batch_size=_tables().read_batch,
                                            use_threads=False)
 
     def _take(self, blocks, offset, n):
@@ -226,9 +226,10 @@ class ParquetFeatures(StreamedFeatures):
 
 
 class CsvFeatures(StreamedFeatures):
-    """A CSV file (plain, gzip, bz2 or xz) of at least STREAM_BYTES as
-    :class:`StreamedFeatures`; smaller files are read whole, which is
-    faster (this reads the file three times: to learn its types, its frame
+    """A CSV file (plain, gzip, bz2 or xz) of at least
+    ``config.current().tables.csv_stream_bytes`` as
+    :class:`StreamedFeatures`; smaller files are read whole, which is faster
+    (this reads the file three times: to learn its types, its frame
     column, and its rows).
 
     :meth:`open` accepts only files whose every column reads, block by
@@ -236,8 +237,6 @@ class CsvFeatures(StreamedFeatures):
     whole file) or bool, and whose index, when written, is 0..n-1. Each
     block is then read with the types of the whole file.
     """
-
-    STREAM_BYTES = 64 * 2 ** 20
 
     def __init__(self, path, index_col, dtypes, head, n_rows):
         super().__init__(path, head, n_rows)
@@ -251,7 +250,7 @@ class CsvFeatures(StreamedFeatures):
         name = path.name.lower()
         if not path.is_file() or not name.endswith(_CSV) or \
                 name.endswith(".csv.zst") or \
-                path.stat().st_size < cls.STREAM_BYTES:
+                path.stat().st_size < _tables().csv_stream_bytes:
             return None
         try:
             return cls._learn(path)
@@ -265,7 +264,7 @@ class CsvFeatures(StreamedFeatures):
         index_col = _csv_index_col(path)
         seen, n_rows, head = {}, 0, None
         with pd.read_csv(path, index_col=index_col,
-                         chunksize=cls.BATCH * 4) as reader:
+                         chunksize=_tables().read_batch * 4) as reader:
             for block in reader:
                 # an index other than 0..n-1: written, or the first field
                 # of rows one field longer than the header
@@ -302,7 +301,7 @@ class CsvFeatures(StreamedFeatures):
 
     def _read_blocks(self):
         with pd.read_csv(self.path, index_col=self._index_col,
-                         dtype=self._dtypes, chunksize=self.BATCH) as reader:
+                         dtype=self._dtypes, chunksize=_tables().read_batch) as reader:
             yield from reader
 
     def _take(self, blocks, offset, n):
@@ -397,13 +396,13 @@ class TableStream:
     :func:`writes_index` decides for that table, a CSV file equals what
     :func:`write_table_atomically` writes, byte for byte; a Parquet file
     holds the same rows, columns and types (in row groups of at least
-    ``ROW_GROUP`` rows, gathered from the blocks). Raises
+    ``config.current().tables.row_group`` rows, gathered from the
+    blocks). Raises
     :class:`StreamUnsupported` when a block cannot join the file (Parquet:
     its columns convert to other types than the first block's, say an
     object column of strings, then of numbers).
     """
 
-    ROW_GROUP = 2 ** 17
 
     def __init__(self, path, kind, keep_index):
         if not streamable(path, kind):
@@ -475,7 +474,7 @@ class TableStream:
     def _append(self, table):
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows >= self.ROW_GROUP:
+        if self._pending_rows >= _tables().row_group:
             self._flush()
 
     def finish(self):
@@ -605,3 +604,8 @@ def _require(kind, purpose):
         except ImportError:
             raise ImportError(f"HDF5 {purpose} needs PyTables: pip install "
                               "tables") from None
+
+
+def _tables():
+    """The table batch sizes in effect (see :class:`refinefit.config.Tables`)."""
+    return config.current().tables

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from .. import config
 from ..io.movies import open_movie
 from ..io.tables import (
     TableStream,
@@ -55,9 +56,6 @@ from .lanes import lane_count, refine_in_lanes
 # of 256 frames at 0.87): frame data (held twice while the next chunk is
 # read ahead), features (the engine's working memory is about 10 kB a
 # feature) and frames
-CHUNK_BYTES = 16 * 2 ** 20
-CHUNK_FEATURES = 10_000
-MAX_CHUNK_FRAMES = 64
 # parameter modes whose values are shared across frames
 _COUPLING_MODES = ("global", "particle", MODE_GLOBAL, MODE_PARTICLE)
 
@@ -681,7 +679,9 @@ def _chunk_scale(threads, client, param_mode):
     threads // 2 (the defaults suit 2 threads). 1 with a Dask client and no
     ``threads`` (the workers' cores are not known here), and 1 in the
     'frame' mode, whose results depend on the chunks: they stay the same
-    whatever the threads."""
+    whatever the threads. ``config.current().movie.scale`` overrides it."""
+    if config.current().movie.scale is not None:
+        return int(config.current().movie.scale)
     modes = param_mode.values() if isinstance(param_mode, dict) else ()
     if (client is not None and threads is None) or any(
             mode in ("frame", MODE_FRAME) for mode in modes
@@ -693,14 +693,14 @@ def _chunk_scale(threads, client, param_mode):
 
 def _chunk_limits(chunk_frames, movie, scale):
     """Frames and features per chunk: ``chunk_frames`` frames if given,
-    else ``scale`` times the defaults (CHUNK_BYTES, CHUNK_FEATURES,
-    MAX_CHUNK_FRAMES)."""
+    else ``scale`` times the limits of :class:`refinefit.config.MovieChunking`."""
     if chunk_frames is None:
+        limits = config.current().movie
         frame_bytes = max(int(np.prod(movie.frame_shape)) *
                           np.dtype(movie.dtype).itemsize, 1)
-        max_frames = max(1, min(MAX_CHUNK_FRAMES * scale,
-                                CHUNK_BYTES * scale // frame_bytes))
-        return int(max_frames), CHUNK_FEATURES * scale
+        max_frames = max(1, min(limits.max_frames * scale,
+                                limits.frame_bytes * scale // frame_bytes))
+        return int(max_frames), limits.features * scale
     if isinstance(chunk_frames, bool) or not isinstance(
             chunk_frames, numbers.Integral) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive integer, got "

@@ -10,46 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import (
-    CONVERGED,
-    MAX_ITER,
-    count_mask_pixels,
-    fill_mask_pixels,
-    solve_clusters,
-)
+from ..kernels import CONVERGED, count_mask_pixels, fill_mask_pixels
+from .backend import solve_batch
 from .lockstep import Unsupported, solve_constrained
 from .reduction import errors_at
+from .result import Solution, empty_solution, store
 from .scipy_path import MAX_GROUP, solve_groups
 from .scratch import active_scratch, reused_buffers
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the engine needs besides the data."""
-
-    model_id: int
-    continuous: bool
-    ndim: int
-    n_size: int
-    modes: np.ndarray
-    radius: tuple
-    tol: float = 1e-6
-    max_eval: int = 100
-    max_iter: int = 10
-    max_shift: float = 1.0
-    max_rms_dev: float = 1.0
-    dense_limit: int = 48
-    with_error: bool = False
-    # scipy path (constraints, or a named method); see scipy_path.py
-    method: str = None
-    method_given: bool = False  # False: SLSQP only as trackpy's default
-    constraints: tuple = ()
-    options: tuple = ()  # (key, value) pairs passed to minimize
-    residual_factor: float = 100000.0
-    custom: object = None  # a custom fit function's Model (scipy path only)
-    chunk_features: int = 50_000
-    chunk_frames: int = 64
-    chunk_pixels: int = 32_000_000  # frames held at once: 256 MB as float64
 
 
 @dataclass
@@ -188,19 +155,20 @@ def _member_index(cluster_feat_off, clusters):
 def uses_scipy(cluster_sizes, settings):
     """Which clusters go to scipy: all with a ``method``, else those a
     constraint applies to (its ``cluster_size``, or every size if unset)."""
-    if settings.method is None:
+    if settings.scipy.method is None:
         return np.zeros(len(cluster_sizes), dtype=bool)
-    if settings.custom is not None or not settings.constraints or any(
-            c["cluster_size"] is None for c in settings.constraints):
+    if settings.model.custom is not None or not settings.scipy.constraints or any(
+            c["cluster_size"] is None for c in settings.scipy.constraints):
         return np.ones(len(cluster_sizes), dtype=bool)
-    return np.isin(cluster_sizes, [c["cluster_size"] for c in settings.constraints])
+    return np.isin(cluster_sizes,
+                   [c["cluster_size"] for c in settings.scipy.constraints])
 
 
 def scipy_groups(ids, cluster_image, cluster_sizes, settings):
     """Batches for scipy: clusters of one frame and size, at most MAX_GROUP
     of them; single clusters when a constraint has no cluster_size (it then
     sees one cluster at a time, as in trackpy)."""
-    if any(c["cluster_size"] is None for c in settings.constraints):
+    if any(c["cluster_size"] is None for c in settings.scipy.constraints):
         return [ids[i:i + 1] for i in range(len(ids))]
     groups = []
     keys = np.stack([cluster_image[ids], cluster_sizes[ids]], axis=1)
@@ -213,78 +181,68 @@ def scipy_groups(ids, cluster_image, cluster_sizes, settings):
 
 def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
                  frame_max, settings):
-    """Solve every cluster of ``batch`` once: on the Numba engine, or with
-    scipy where ``on_scipy``. Returns parameters, sums of squares, status
-    codes and standard errors (NaN unless ``settings.with_error``)."""
+    """Solve every cluster of ``batch`` once: on the solver backend, or with
+    scipy where ``on_scipy``. Returns a :class:`Solution` whose ``cost`` is
+    the sum of squared residuals."""
     n_clusters = len(batch.cluster_feat_off) - 1
     sizes = np.diff(batch.cluster_feat_off)
-    out = start.copy()
-    sumsq = np.empty(n_clusters)
-    status = np.empty(n_clusters, dtype=np.int64)
-    n_eval = np.empty(n_clusters, dtype=np.int64)
-    std = np.full_like(start, np.nan)
-    numba_ids = np.nonzero(~on_scipy)[0]
-    if len(numba_ids):
-        solve_clusters(numba_ids, batch.pix_val, batch.pix_coord,
-                       batch.cluster_pix_off, batch.entry_pix,
-                       batch.feat_entry_off, batch.cluster_feat_off, start,
-                       lower, upper, settings.modes, settings.ndim,
-                       settings.n_size, settings.model_id, settings.continuous,
-                       settings.tol, settings.max_eval, settings.dense_limit,
-                       out, sumsq, status, n_eval, settings.with_error,
-                       std if settings.with_error else start[:0])
+    result = solve_batch(batch, start, lower, upper,
+                         np.nonzero(~on_scipy)[0], settings)
+    out, sumsq, status, std, n_eval = result
     scipy_ids = np.nonzero(on_scipy)[0]
     if len(scipy_ids) and _lockstep_possible(settings):
         scipy_ids = _solve_lockstep(scipy_ids, batch, start, lower, upper,
-                                    sizes, settings, out, sumsq, status, std)
+                                    sizes, settings, result)
     if len(scipy_ids):
         groups = scipy_groups(scipy_ids, cluster_image, sizes, settings)
-        solved, scipy_sumsq, ok, scipy_std = solve_groups(
-            groups, batch, start, lower, upper, settings.modes, settings,
-            frame_max[cluster_image])
+        scipy = solve_groups(groups, batch, start, lower, upper,
+                             settings.model.modes, settings, frame_max[cluster_image])
         rows = np.repeat(np.isin(np.arange(n_clusters), scipy_ids), sizes)
-        out[rows] = solved[rows]
-        std[rows] = scipy_std[rows]
-        if settings.with_error and settings.custom is None \
-                and not settings.constraints:
+        out[rows] = scipy.params[rows]
+        std[rows] = scipy.std[rows]
+        if settings.solver.with_error and settings.model.custom is None \
+                and not settings.scipy.constraints:
             # a named method: the engine's covariance at scipy's optimum,
             # computed in the kernel (bound-held unknowns excepted)
             errors = errors_at(batch, scipy_ids, out, lower, upper, settings)
             std[rows] = np.where(np.isnan(errors[rows]), std[rows],
                                  errors[rows])
-        sumsq[scipy_ids] = scipy_sumsq[scipy_ids]
-        status[scipy_ids] = np.where(ok[scipy_ids], CONVERGED, MAX_ITER)
-    return out, sumsq, status, std
+        sumsq[scipy_ids] = scipy.cost[scipy_ids]
+        status[scipy_ids] = scipy.status[scipy_ids]
+        n_eval[scipy_ids] = scipy.iterations[scipy_ids]
+    return result
 
 
 def _lockstep_possible(settings):
     """Equality constraints tied to a cluster size, and no named method."""
-    return (not settings.method_given and settings.custom is None
-            and bool(settings.constraints)
+    return (not settings.scipy.method_given and settings.model.custom is None
+            and bool(settings.scipy.constraints)
             and all(c["type"] == "eq" and c["cluster_size"] is not None
-                    for c in settings.constraints))
+                    for c in settings.scipy.constraints))
 
 
-def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings, out,
-                    sumsq, status, std):
+def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings,
+                    result):
     """Constrained clusters of each size, all at once on the Numba engine
-    (constrained_solver.py); returns the ids left for scipy."""
+    (lockstep.py), written into ``result``; returns the ids left for
+    scipy."""
     left = []
     for size in np.unique(sizes[ids]):
         same = ids[sizes[ids] == size]
-        constraints = [c for c in settings.constraints
+        constraints = [c for c in settings.scipy.constraints
                        if c["cluster_size"] == size]
         try:
-            solved, cost, ok, errors = solve_constrained(
-                same, batch, start, lower, upper, settings, constraints)
+            solved = solve_constrained(same, batch, start, lower, upper,
+                                       settings, constraints)
         except Unsupported:
             left.append(same)
             continue
         rows = np.repeat(np.isin(np.arange(len(sizes)), same), sizes)
-        out[rows] = solved[rows]
-        std[rows] = errors[rows]
-        sumsq[same] = cost
-        status[same] = np.where(ok, CONVERGED, MAX_ITER)
+        result.params[rows] = solved.params[rows]
+        result.std[rows] = solved.std[rows]
+        result.cost[same] = solved.cost
+        result.status[same] = solved.status
+        result.iterations[same] = solved.iterations
     return np.concatenate(left) if left else ids[:0]
 
 
@@ -294,22 +252,20 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
 
     Masks are centred on ``centres`` (features x ndim; default the positions
     in ``params``) and rebuilt around features that move farther than
-    ``settings.max_shift``; the final centres are in ``centres`` on return
+    ``settings.solver.max_shift``; the final centres are in ``centres`` on return
     when it is given.
 
     Returns
     -------
-    params_out : ndarray (features x parameters)
-    cost : ndarray per cluster, NaN where the fit failed
-    status : ndarray per cluster (kernel status code, 0 converged)
-    std : ndarray (features x parameters)
-        Standard errors when ``settings.with_error``, else NaN.
+    Solution
+        ``cost`` is the rms residual in units of the frame maximum, NaN
+        where the fit failed; ``std`` is NaN unless ``settings.solver.with_error``.
     batch : FlatBatch or None
-        With ``return_batch``: the masks of every cluster at the final
-        centres, when one solve sufficed (else None).
+        With ``return_batch`` (then a pair is returned): the masks of every
+        cluster at the final centres, when one solve sufficed (else None).
     """
     n_clusters = len(cluster_feat_off) - 1
-    pos = slice(2, 2 + settings.ndim)
+    pos = slice(2, 2 + settings.model.ndim)
     current = params.copy()
     std = np.full_like(params, np.nan)
     if centres is None:
@@ -317,6 +273,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     sumsq = np.full(n_clusters, np.nan)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
     status = np.full(n_clusters, CONVERGED, dtype=np.int64)
+    iterations = np.zeros(n_clusters, dtype=np.int64)
     cluster_sizes = np.diff(cluster_feat_off)
     scipy_cluster = uses_scipy(cluster_sizes, settings)
     active = np.arange(n_clusters, dtype=np.int64)
@@ -324,24 +281,26 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     # a returned batch must outlive the call: no scratch then
     scratch = None if return_batch else active_scratch()
     frames = concat_frames(images, scratch)
-    for round_no in range(max(settings.max_iter, 1)):
+    for round_no in range(max(settings.solver.max_iter, 1)):
         members, sub_off = _member_index(cluster_feat_off, active)
         batch = flatten_masks(frames, cluster_image[active], sub_off,
                               np.ascontiguousarray(centres[members]),
-                              settings.radius, scratch)
-        out, sub_sumsq, sub_status, sub_std = _solve_round(
+                              settings.model.radius, scratch)
+        out, sub_sumsq, sub_status, sub_std, sub_iter = _solve_round(
             batch, np.ascontiguousarray(current[members]),
             np.ascontiguousarray(lower[members]),
             np.ascontiguousarray(upper[members]), scipy_cluster[active],
             cluster_image[active], frame_max, settings)
         current[members] = out
-        if settings.with_error:
+        if settings.solver.with_error:
             std[members] = sub_std
         sumsq[active] = sub_sumsq
         status[active] = sub_status
+        iterations[active] += sub_iter
         n_pix[active] = np.diff(batch.cluster_pix_off)
         shift2 = np.sum((out[:, pos] - centres[members]) ** 2, axis=1)
-        moved = np.maximum.reduceat(shift2, sub_off[:-1]) >= settings.max_shift ** 2
+        moved = (np.maximum.reduceat(shift2, sub_off[:-1])
+                 >= settings.solver.max_shift ** 2)
         again = moved & (sub_status == CONVERGED)
         redo = np.repeat(again, np.diff(sub_off))
         centres[members[redo]] = out[redo][:, pos]
@@ -352,11 +311,13 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
             break
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
-    failed = (status != CONVERGED) | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
+    failed = ((status != CONVERGED) | ~np.isfinite(cost)
+              | (cost > settings.solver.max_rms_dev))
     cost[failed] = np.nan
+    solution = Solution(current, cost, status, std, iterations)
     if return_batch:
-        return current, cost, status, std, final_batch
-    return current, cost, status, std
+        return solution, final_batch
+    return solution
 
 
 def plan_chunks(frame_shape, cluster_frames, cluster_feat_off, settings):
@@ -370,14 +331,14 @@ def plan_chunks(frame_shape, cluster_frames, cluster_feat_off, settings):
     features.
     """
     frame_pixels = max(int(np.prod(frame_shape)), 1)
-    max_frames = max(1, min(settings.chunk_frames,
-                            settings.chunk_pixels // frame_pixels))
+    max_frames = max(1, min(settings.chunking.frames,
+                            settings.chunking.pixels // frame_pixels))
     n_clusters = len(cluster_frames)
     chunks = []
     c0 = 0
     while c0 < n_clusters:
         c1 = _chunk_end(cluster_frames, cluster_feat_off, c0,
-                        settings.chunk_features, max_frames)
+                        settings.chunking.features, max_frames)
         frames, cluster_image = np.unique(cluster_frames[c0:c1],
                                           return_inverse=True)
         chunks.append((c0, c1, frames, cluster_image.astype(np.int64)))
@@ -428,23 +389,23 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
     """Refine all clusters, reading frames chunk by chunk from ``source``
     (see :func:`iter_chunks`).
 
-    Returns parameters, cost and status per cluster, and standard errors.
+    Returns
+    -------
+    Solution
+        As :func:`refine_chunk` gives it, for all clusters.
     """
     n_clusters = len(cluster_frames)
-    params_out = params.copy()
-    std = np.full_like(params, np.nan)
-    cost = np.full(n_clusters, np.nan)
-    status = np.zeros(n_clusters, dtype=np.int64)
+    result = empty_solution(params, n_clusters, CONVERGED)
     with reused_buffers():
         for c0, c1, images, frame_max, cluster_image in iter_chunks(
                 source, cluster_frames, cluster_feat_off, settings):
             f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
-            out, cost[c0:c1], status[c0:c1], std[f0:f1] = refine_chunk(
+            chunk = refine_chunk(
                 images, frame_max, cluster_image,
                 cluster_feat_off[c0:c1 + 1] - f0, params[f0:f1],
                 lower[f0:f1], upper[f0:f1], settings)
-            params_out[f0:f1] = out
-    return params_out, cost, status, std
+            store(result, chunk, slice(c0, c1), slice(f0, f1))
+    return result
 
 
 def _chunk_end(cluster_frames, cluster_feat_off, c0, max_features,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..kernels import CONVERGED, MAX_ITER
 from .engine import flatten_masks, frame_maxima
+from .result import Solution
 from .scipy_path import solve_groups
 
 
@@ -47,9 +48,8 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
     """Refine all clusters as one problem.
 
     Arguments as :func:`engine.refine_sorted`, plus every feature's frame and
-    (for the 'particle' mode) particle id. Returns parameters, cost and
-    status per cluster, and standard errors (NaN unless
-    ``settings.with_error``).
+    (for the 'particle' mode) particle id. Returns a :class:`Solution`
+    (standard errors NaN unless ``settings.solver.with_error``).
     """
     n_clusters = len(cluster_frames)
     frame_numbers, cluster_image = np.unique(cluster_frames,
@@ -61,7 +61,7 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
                                      np.diff(cluster_feat_off))),
               _index_lists(particles) if particles is not None else [],
               _index_lists(frames)]
-    pos = slice(2, 2 + settings.ndim)
+    pos = slice(2, 2 + settings.model.ndim)
     current = params.copy()
     centres = np.ascontiguousarray(params[:, pos])
     ids = np.arange(n_clusters, dtype=np.int64)
@@ -69,28 +69,32 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
     success = np.zeros(n_clusters, dtype=bool)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
     std = np.full_like(params, np.nan)
-    for _ in range(max(settings.max_iter, 1)):
+    iterations = np.zeros(n_clusters, dtype=np.int64)
+    for _ in range(max(settings.solver.max_iter, 1)):
         batch = flatten_masks(images, cluster_image, cluster_feat_off,
-                              centres, settings.radius)
+                              centres, settings.model.radius)
         n_pix = np.diff(batch.cluster_pix_off)
-        solved, sumsq, success, std = solve_groups(
-            [ids], batch, current, lower, upper, settings.modes, settings,
+        solved = solve_groups(
+            [ids], batch, current, lower, upper, settings.model.modes, settings,
             frame_max[cluster_image], extra_groups=groups[1:],
             normalise=True)
+        sumsq, std = solved.cost, solved.std
+        success = solved.status == CONVERGED
+        iterations += solved.iterations
         if not success.all():
             break
-        current = solved
+        current = solved.params
         shift2 = np.sum((current[:, pos] - centres) ** 2, axis=1)
-        if np.all(shift2 < settings.max_shift ** 2):
+        if np.all(shift2 < settings.solver.max_shift ** 2):
             break
         centres = np.ascontiguousarray(current[:, pos])
     status = np.where(success, CONVERGED, MAX_ITER)
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
-    failed = ~success | ~np.isfinite(cost) | (cost > settings.max_rms_dev)
+    failed = ~success | ~np.isfinite(cost) | (cost > settings.solver.max_rms_dev)
     cost[failed] = np.nan
     std[np.repeat(failed, np.diff(cluster_feat_off))] = np.nan
-    return current, cost, status, std
+    return Solution(current, cost, status, std, iterations)
 
 
 def _index_lists(keys):

@@ -17,7 +17,8 @@ that have inequality constraints) go to scipy instead.
 import numpy as np
 
 from ..kernels import constrained_steps, cost_and_gradient
-from ..kernels.codes import MODE_CLUSTER, MODE_VAR
+from ..kernels.codes import CONVERGED, MAX_ITER, MODE_CLUSTER, MODE_VAR
+from .result import Solution
 
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
@@ -92,18 +93,24 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
                       constraints):
     """Refine clusters ``ids`` (all of one size) under equality constraints.
 
-    Returns params_out (batch features), sumsq and success per entry of
-    ``ids``. Raises :class:`Unsupported` when the constraints do not follow
-    trackpy's per-cluster layout.
+    Returns
+    -------
+    Solution
+        ``params`` and ``std`` over the batch's features; ``cost`` (sum of
+        squared residuals), ``status`` and ``iterations`` per entry of
+        ``ids``.
+
+    Raises :class:`Unsupported` when the constraints do not follow trackpy's
+    per-cluster layout.
     """
-    if settings.custom is not None:
+    if settings.model.custom is not None:
         raise Unsupported("custom fit functions are evaluated with NumPy")
     ids = np.asarray(ids, dtype=np.int64)
     starts = batch.cluster_feat_off[ids]
     size = int(batch.cluster_feat_off[ids[0] + 1] - starts[0])
     members = (starts[:, None] + np.arange(size)).ravel()
     n_groups = len(ids)
-    layout = _Layout(settings.modes, size)
+    layout = _Layout(settings.model.modes, size)
     n_params = params.shape[1]
     base = params[members].reshape(n_groups, size, n_params)
     lo = layout.reduce(lower[members].reshape(base.shape), np.min)
@@ -131,17 +138,17 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         cost_and_gradient(cluster_ids, batch.pix_val, batch.pix_coord,
                           batch.cluster_pix_off, batch.entry_pix,
                           batch.feat_entry_off, batch.cluster_feat_off, work,
-                          settings.ndim, settings.n_size, settings.model_id,
-                          settings.continuous, all_cost, grad)
+                          *settings.model.literals, all_cost, grad)
         return all_cost[cluster_ids].copy()
 
     lam = np.full(n_groups, _LAMBDA_START)
     active = np.ones(n_groups, dtype=bool)
     success = np.zeros(n_groups, dtype=bool)
+    iterations = np.ones(n_groups, dtype=np.int64)
     current = costs_at(x, ids, base)
     # above the Lagrange multipliers (cost per unit of constraint value)
     rho = 1e4 * np.maximum(current, 1e-300)
-    for _ in range(settings.max_eval):
+    for _ in range(settings.solver.max_eval):
         # only clusters still iterating take part (constraints are checked
         # to act per cluster, so a subset can be evaluated on its own)
         a = np.nonzero(active)[0]
@@ -153,14 +160,14 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         constrained_steps(ids[a], batch.pix_val, batch.pix_coord,
                           batch.cluster_pix_off, batch.entry_pix,
                           batch.feat_entry_off, batch.cluster_feat_off, work,
-                          settings.modes, settings.ndim, settings.n_size,
-                          settings.model_id, settings.continuous, xa, jac, ha,
+                          settings.model.modes, *settings.model.literals, xa, jac, ha,
                           lam[a], step, cost, False, _NO_STD)
         ok = np.all(np.isfinite(step), axis=1)
         trial = np.where(ok[:, None], np.clip(xa + step, lo[a], hi[a]), xa)
         h_trial = _constraint_values(constraints,
                                      layout.to_params(trial, base_a))
         c_trial = costs_at(trial, ids[a], base_a)
+        iterations[a] += 1
         merit = current[a] + rho[a] * np.sum(np.abs(ha), axis=1)
         merit_trial = c_trial + rho[a] * np.sum(np.abs(h_trial), axis=1)
         better = ok & (merit_trial < merit)
@@ -171,7 +178,7 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         lam[take] = np.maximum(lam[take] / 3.0, 1e-12)
         lam[a[~better]] *= 4.0
         violation = np.max(np.abs(h[a]), axis=1)
-        small = (merit - merit_trial) <= settings.tol * merit
+        small = (merit - merit_trial) <= settings.solver.tol * merit
         done = (better & small & (violation <= _CONSTRAINT_TOL)) | (
             (lam[a] > _LAMBDA_MAX) & (violation <= _STALLED_TOL))
         stuck = (lam[a] > _LAMBDA_MAX) & ~done
@@ -184,11 +191,12 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
     out = params.copy()
     out[members] = layout.to_params(x, base).reshape(-1, n_params)
     std = np.full_like(params, np.nan)
-    if settings.with_error and success.any():
+    if settings.solver.with_error and success.any():
         std[members] = _standard_errors(
             x, h, base, layout, constraints, ids, batch, work, settings,
             success).reshape(-1, n_params)
-    return out, current, success, std
+    status = np.where(success, CONVERGED, MAX_ITER)
+    return Solution(out, current, status, std, iterations)
 
 
 def _standard_errors(x, h, base, layout, constraints, ids, batch, work,
@@ -205,8 +213,7 @@ def _standard_errors(x, h, base, layout, constraints, ids, batch, work,
     constrained_steps(ids, batch.pix_val, batch.pix_coord,
                       batch.cluster_pix_off, batch.entry_pix,
                       batch.feat_entry_off, batch.cluster_feat_off, work,
-                      settings.modes, settings.ndim, settings.n_size,
-                      settings.model_id, settings.continuous, x, jac, h,
+                      settings.model.modes, *settings.model.literals, x, jac, h,
                       np.zeros(len(x)), step, cost, True, std)
     std[~success] = np.nan
     return layout.to_params(std, np.full_like(base, np.nan))

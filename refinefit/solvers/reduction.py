@@ -40,9 +40,8 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
                     batch.feat_entry_off, batch.cluster_feat_off,
                     np.ascontiguousarray(params), np.ascontiguousarray(lower),
                     np.ascontiguousarray(upper), kernel_modes,
-                    np.ascontiguousarray(shared_index), settings.ndim,
-                    settings.n_size, settings.model_id, settings.continuous,
-                    settings.dense_limit, stage, shared_off, block_off, index,
+                    np.ascontiguousarray(shared_index), *settings.model.literals,
+                    settings.solver.dense_limit, stage, shared_off, block_off, index,
                     system, grad, sumsq, n_valid, n_local, sinv_blocks,
                     np.broadcast_to(np.asarray(variance, dtype=np.float64),
                                     (n_clusters,)).copy(), std)
@@ -58,7 +57,7 @@ def errors_at(batch, ids, params, lower, upper, settings):
     off = batch.cluster_feat_off
     no_shared = np.full(params.shape, -1, dtype=np.int64)
     std = np.full(params.shape, np.nan)
-    args = (batch, off, params, lower, upper, settings, settings.modes,
+    args = (batch, off, params, lower, upper, settings, settings.model.modes,
             no_shared)
     _, _, _, _, _, sumsq, n_valid, n_local = reduce_batch(*args,
                                                            STAGE_SYSTEM)

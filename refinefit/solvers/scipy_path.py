@@ -9,10 +9,11 @@ mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
 """
 import numpy as np
 
-from ..kernels import cost_and_gradient, evaluate_model
+from ..kernels import CONVERGED, MAX_ITER, cost_and_gradient, evaluate_model
 from ..problem.constraints import wrap_constraint
 from ..problem.params import vect_from_params, vect_to_params
 from . import custom_model
+from .result import Solution
 
 # minimize methods that take bounds and use a gradient
 BOUNDED_GRADIENT_METHODS = ("L-BFGS-B", "TNC", "SLSQP", "trust-constr")
@@ -71,10 +72,12 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
 
     Returns
     -------
-    params_out, sumsq (per cluster), success (per cluster, bool), std
-        ``std`` (features x parameters): standard errors of the solved
-        groups when ``settings.with_error`` (see ``scipy_errors.py``), else
-        NaN.
+    Solution
+        ``cost`` is the sum of squared residuals per cluster, ``status``
+        CONVERGED where scipy succeeded (else MAX_ITER), ``iterations``
+        scipy's objective evaluations for the cluster's group; ``std``
+        holds the standard errors of the solved groups when
+        ``settings.solver.with_error`` (see ``scipy_errors.py``), else NaN.
     """
     # here, not at the top: most runs never need scipy, and its import is
     # part of every new process's start-up
@@ -86,8 +89,9 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     out = params.copy()
     sumsq = np.full(n_clusters, np.nan)
     success = np.zeros(n_clusters, dtype=bool)
+    iterations = np.zeros(n_clusters, dtype=np.int64)
     n_pix = np.diff(batch.cluster_pix_off)
-    weight = settings.residual_factor / (np.maximum(n_pix, 1) * frame_max ** 2)
+    weight = settings.scipy.residual_factor / (np.maximum(n_pix, 1) * frame_max ** 2)
     work = params.copy()
     cost = np.empty(n_clusters)
     grad = np.zeros_like(params)
@@ -105,17 +109,16 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
 
         def evaluate(vect):
             work[members] = vect_to_params(vect, base, modes, spec)
-            if settings.custom is not None:
+            if settings.model.custom is not None:
                 custom_model.cost_and_gradient(
-                    settings.custom, ids, batch, work, settings.ndim,
-                    settings.n_size, cost, grad)
+                    settings.model.custom, ids, batch, work, settings.model.ndim,
+                    settings.model.n_size, cost, grad)
             else:
                 cost_and_gradient(ids, batch.pix_val, batch.pix_coord,
                                   batch.cluster_pix_off, batch.entry_pix,
                                   batch.feat_entry_off,
                                   batch.cluster_feat_off, work,
-                                  settings.ndim, settings.n_size,
-                                  settings.model_id, settings.continuous,
+                                  *settings.model.literals,
                                   cost, grad)
             value = float(np.sum(cost[ids] * weight[ids]))
             gradient = vect_from_params(grad[members] * feature_weight, modes,
@@ -135,10 +138,10 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
         bounds = [(None if not np.isfinite(a) else a,
                    None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
         constraints = [w for w in (wrap_constraint(c, base, modes, spec)
-                                   for c in settings.constraints)
+                                   for c in settings.scipy.constraints)
                        if w is not None]
-        kwargs = dict(method=settings.method, tol=settings.tol,
-                      options=dict(settings.options))
+        kwargs = dict(method=settings.scipy.method, tol=settings.solver.tol,
+                      options=dict(settings.scipy.options))
         if constraints:
             kwargs["constraints"] = constraints
         try:
@@ -147,6 +150,7 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
                                   **kwargs)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError):
             continue
+        iterations[ids] = result.get("nfev", 0)
         if not (result.success and np.all(np.isfinite(result.x))):
             continue
         evaluate(result.x)
@@ -156,24 +160,24 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
         if success[ids].all():
             solved.append((ids, members, result.x, modes, spec, constraints))
     std = np.full_like(params, np.nan)
-    if settings.with_error and solved:
+    if settings.solver.with_error and solved:
         std = group_errors(batch, out, _evaluation(batch, out, settings),
                            solved)
-    return out, sumsq, success, std
+    status = np.where(success, CONVERGED, MAX_ITER)
+    return Solution(out, sumsq, status, std, iterations)
 
 
 def _evaluation(batch, params, settings):
     """Model image, excluded pixels and entry derivatives over the batch."""
-    if settings.custom is not None:
-        return custom_model.evaluate(settings.custom, batch, params,
-                                     settings.ndim, settings.n_size)
+    if settings.model.custom is not None:
+        return custom_model.evaluate(settings.model.custom, batch, params,
+                                     settings.model.ndim, settings.model.n_size)
     n_pix, n_entries = len(batch.pix_val), len(batch.entry_pix)
     image = np.empty(n_pix)
     excluded = np.empty(n_pix, dtype=bool)
     deriv = np.empty((n_entries, params.shape[1]))
     evaluate_model(batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
                    batch.feat_entry_off, batch.cluster_feat_off,
-                   np.ascontiguousarray(params), settings.ndim,
-                   settings.n_size, settings.model_id, settings.continuous,
+                   np.ascontiguousarray(params), *settings.model.literals,
                    image, excluded, deriv)
     return image, excluded, deriv

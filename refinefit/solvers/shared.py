@@ -19,7 +19,7 @@ so memory does not grow with the movie. A pass costs one warm-started solve
 of every cluster plus one Jacobian evaluation.
 """
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from ..kernels.codes import (
 from ..kernels.shared import STAGE_STD, STAGE_SYSTEM
 from .engine import flatten_masks, map_chunks, refine_chunk
 from .reduction import reduce_batch
+from .result import Solution
 
 _MAX_OUTER = 30
 _LAMBDA_START = 1e-3
@@ -114,6 +115,7 @@ class _Pass:
     centres: np.ndarray
     cost: np.ndarray      # per cluster, NaN where failed (engine convention)
     status: np.ndarray
+    iterations: np.ndarray
     sumsq: np.ndarray     # per cluster, in the final masks
     ok: np.ndarray        # per cluster: solved and reduced
     system: object        # scipy.sparse.csr_matrix
@@ -129,17 +131,19 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
     """Refine clusters coupled by shared parameters.
 
     Arguments as :func:`engine.refine_sorted`, plus the :class:`SharedLayout`.
-    Returns parameters, cost and status per cluster, and standard errors
-    (NaN unless ``settings.with_error``).
+    Returns a :class:`Solution` (standard errors NaN unless
+    ``settings.solver.with_error``; ``iterations`` those of the last pass).
     """
     theta, theta_lo, theta_hi = _shared_start(params, lower, upper, layout)
     relative = _relative_unknowns(layout.column, settings)
     # after the first pass the locals are solved more tightly than the outer
     # loop stops, so that the total cost compares trial values of the shared
     # parameters cleanly
-    first = replace(settings, modes=layout.local_modes, with_error=False)
-    inner = replace(first, tol=max(settings.tol * _INNER_TOL_FACTOR, 1e-13))
-    pos = slice(2, 2 + settings.ndim)
+    first = settings.replace(model=dict(modes=layout.local_modes),
+                             solver=dict(with_error=False))
+    inner = first.replace(solver=dict(
+        tol=max(settings.solver.tol * _INNER_TOL_FACTOR, 1e-13)))
+    pos = slice(2, 2 + settings.model.ndim)
 
     def solve_pass(pass_settings, start, centres):
         return _solve_pass(source, cluster_frames, cluster_feat_off, lower,
@@ -152,7 +156,7 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
         # stop when the cost changes by less than tol of itself, or, in a
         # large problem, when the step is below ~1% of a standard error
         # (then the predicted change is below 1e-4 residual variances)
-        threshold = min(settings.tol * state.sumsq[state.ok].sum(),
+        threshold = min(settings.solver.tol * state.sumsq[state.ok].sum(),
                         _SIGMA_FRACTION ** 2 * _pixel_variance(state)
                         * layout.n_shared)
         step, predicted = _shared_step(state.system, state.grad, lam, theta,
@@ -175,10 +179,11 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
             if lam > _LAMBDA_MAX:
                 break
     std = np.full_like(params, np.nan)
-    if settings.with_error:
+    if settings.solver.with_error:
         std = _standard_errors(source, cluster_frames, cluster_feat_off,
                                lower, upper, settings, layout, state)
-    return state.params, state.cost, state.status, std
+    return Solution(state.params, state.cost, state.status, std,
+                    state.iterations)
 
 
 def _pixel_variance(state):
@@ -213,9 +218,9 @@ def _shared_start(params, lower, upper, layout):
 def _relative_unknowns(column, settings):
     """Shared signals and sizes, whose steps are limited relative to their
     value (as in the per-cluster solver)."""
-    first_size = 2 + settings.ndim
+    first_size = 2 + settings.model.ndim
     return (column == 1) | ((column >= first_size)
-                            & (column < first_size + settings.n_size))
+                            & (column < first_size + settings.model.n_size))
 
 
 def _shared_step(system, grad, lam, theta, lo, hi, relative):
@@ -262,6 +267,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
     out = params.copy()
     cost = np.full(n_clusters, np.nan)
     status = np.zeros(n_clusters, dtype=np.int64)
+    iterations = np.zeros(n_clusters, dtype=np.int64)
     sumsq = np.full(n_clusters, np.nan)
     n_valid = np.zeros(n_clusters, dtype=np.int64)
     n_local = np.zeros(n_clusters, dtype=np.int64)
@@ -281,6 +287,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
         out[f0:f1] = chunk.params
         cost[c0:c1] = chunk.cost
         status[c0:c1] = chunk.status
+        iterations[c0:c1] = chunk.iterations
         centres[f0:f1] = chunk.centres
         shared_off, index = chunk.shared_off, chunk.index
         chunk_ok = np.isfinite(chunk.cost) & np.isfinite(chunk.sumsq)
@@ -312,8 +319,8 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                        np.empty(0, np.int64),
                        weights=np.concatenate(grad_val) if grad_val else None,
                        minlength=n).astype(np.float64)
-    return _Pass(out, centres, cost, status, sumsq, ok, system, grad,
-                 n_valid, n_local, blocks, starts)
+    return _Pass(out, centres, cost, status, iterations, sumsq, ok, system,
+                 grad, n_valid, n_local, blocks, starts)
 
 
 @dataclass
@@ -323,6 +330,7 @@ class _ChunkPass:
     params: np.ndarray
     cost: np.ndarray
     status: np.ndarray
+    iterations: np.ndarray
     centres: np.ndarray
     shared_off: np.ndarray  # the reduced system, as reduce_batch gives it
     block_off: np.ndarray
@@ -340,15 +348,17 @@ def _pass_chunk(images, frame_max, cluster_image, payload):
     arrays, so that it can run on another machine."""
     off, params, lower, upper, centres, inner, kernel_modes, index = payload
     centres = np.array(centres, dtype=np.float64, order="C")
-    out, cost, status, _, batch = refine_chunk(
+    solution, batch = refine_chunk(
         images, frame_max, cluster_image, off, params, lower, upper, inner,
         centres=centres, return_batch=True)
+    out, cost, status = solution.params, solution.cost, solution.status
     if batch is None:
         batch = flatten_masks(images, cluster_image, off, centres,
-                              inner.radius)
+                              inner.model.radius)
     reduced = reduce_batch(batch, off, out, lower, upper, inner, kernel_modes,
                            index, STAGE_SYSTEM)
-    return _ChunkPass(out, cost, status, centres, *reduced)
+    return _ChunkPass(out, cost, status, solution.iterations, centres,
+                      *reduced)
 
 
 def _block_entries(shared_off, block_off, index, system, keep):
@@ -417,7 +427,7 @@ def _std_chunk(images, frame_max, cluster_image, payload):
         shared_off, block_off, sinv, variance = payload
     local_std = np.full(params.shape, np.nan)
     batch = flatten_masks(images, cluster_image, off,
-                          np.ascontiguousarray(centres), settings.radius)
+                          np.ascontiguousarray(centres), settings.model.radius)
     reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
                  index, STAGE_STD, offsets=(shared_off, block_off),
                  sinv_blocks=sinv, variance=variance, std=local_std)

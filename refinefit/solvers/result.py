@@ -1,0 +1,55 @@
+"""What a solve returns: one named result for every solver."""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Solution(NamedTuple):
+    """How the fits of a set of clusters ended.
+
+    Rows of ``params`` and ``std`` are features (sorted by cluster, see
+    :func:`refinefit.solvers.engine.refine_sorted`); ``cost``, ``status`` and
+    ``iterations`` are per cluster.
+
+    Attributes
+    ----------
+    params : ndarray (features x parameters)
+        Refined parameters; a failed cluster keeps its start values.
+    cost : ndarray
+        For a batch solve (:func:`refinefit.solvers.backend.solve_batch`)
+        the sum of squared residuals over the cluster's mask pixels; for a
+        refinement (``refine_*``) the rms residual in units of the frame's
+        maximum. NaN where the fit failed.
+    status : ndarray of int64
+        A code of :data:`refinefit.kernels.codes.STATUS_MESSAGES`.
+    std : ndarray (features x parameters)
+        Standard errors of the fitted parameters; NaN for constants, failed
+        fits and when errors were not asked for.
+    iterations : ndarray of int64
+        Model evaluations spent (summed over re-centring rounds).
+    """
+
+    params: np.ndarray
+    cost: np.ndarray
+    status: np.ndarray
+    std: np.ndarray
+    iterations: np.ndarray
+
+
+def empty_solution(params, n_clusters, status):
+    """The solution of clusters not (yet) solved: start values, NaN cost
+    and errors, ``status`` everywhere, no iterations."""
+    return Solution(params.copy(), np.full(n_clusters, np.nan),
+                    np.full(n_clusters, status, dtype=np.int64),
+                    np.full_like(params, np.nan),
+                    np.zeros(n_clusters, dtype=np.int64))
+
+
+def store(result, part, clusters, features):
+    """Write ``part`` (a :class:`Solution` of clusters ``clusters``, slices
+    or indices) into ``result`` in place."""
+    result.params[features] = part.params
+    result.std[features] = part.std
+    result.cost[clusters] = part.cost
+    result.status[clusters] = part.status
+    result.iterations[clusters] = part.iterations
