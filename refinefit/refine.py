@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import config
 from .config import Model, Scipy, Settings, Solver
-from .io.frames import frame_source
+from .io.frames import check_frame_column, frame_numbers, frame_source
 from .kernels.codes import MODE_CONST, MODE_PARTICLE
 from .problem.bounds import bound_spec, compute_bounds
 from .problem.clustering import cluster_features
@@ -333,17 +333,8 @@ def _frame_numbers(out, source, t_column):
         elif t_column not in out:
             out[t_column] = source.single_frame or 0
         return np.zeros(len(out), dtype=np.int64)
-    if t_column not in out:
-        raise KeyError(f"frame column {t_column!r} not in the DataFrame; it is "
-                       "required when the reader is a movie (pass t_column)")
-    values = out[t_column].to_numpy()
-    if not np.issubdtype(values.dtype, np.number) or (
-            len(values) and not np.all(np.isfinite(values.astype(float)))):
-        raise ValueError(f"column {t_column!r} must hold finite frame numbers")
-    frames = values.astype(np.int64)
-    if np.any(frames != values):
-        raise ValueError(f"column {t_column!r} must hold whole frame numbers")
-    return frames
+    check_frame_column(out.columns, t_column)
+    return frame_numbers(out[t_column], t_column)
 
 
 def _assign_params(out, layout, model, param_val):

@@ -3,6 +3,7 @@
 Frames are read one at a time, when the engine asks for them.
 """
 import numpy as np
+import pandas as pd
 
 _KERNEL_DTYPES = {np.dtype(t) for t in (
     np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
@@ -39,16 +40,8 @@ class FrameSource:
 
     def check_frames(self, frame_numbers):
         """Raise ValueError naming frames the reader cannot have."""
-        if self.is_single or len(frame_numbers) == 0:
-            return
-        bad = frame_numbers[frame_numbers < 0]
-        if self.n_frames is not None:
-            bad = np.union1d(bad, frame_numbers[frame_numbers >= self.n_frames])
-        if len(bad):
-            limit = f" (the reader has {self.n_frames} frames)" \
-                if self.n_frames is not None else ""
-            raise ValueError(f"frame(s) {_short_list(bad)} referenced by the "
-                             f"features are not in the reader{limit}")
+        if not self.is_single:
+            check_within(frame_numbers, self.n_frames, "the reader")
 
     def image(self, frame_no):
         """Frame ``frame_no`` as a C-contiguous array of a kernel dtype."""
@@ -105,7 +98,52 @@ def frame_source(reader, n_pos):
                        single_frame=single)
 
 
-def _short_list(values, limit=8):
-    values = [int(v) for v in values]
-    text = ", ".join(map(str, values[:limit]))
-    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+def check_frame_column(columns, t_column):
+    """KeyError unless the features have the frame column."""
+    if t_column not in columns:
+        raise KeyError(f"features have no frame column {t_column!r} (columns: "
+                       f"{[str(c) for c in columns]}); pass t_column")
+
+
+def frame_numbers(values, t_column):
+    """The frame column (a pandas Series or an array) as int64 frame
+    numbers; ValueError unless its dtype is numeric (nullable included) and
+    its values whole and finite."""
+    if pd.api.types.is_bool_dtype(values.dtype) or \
+            not pd.api.types.is_numeric_dtype(values.dtype):
+        raise ValueError(f"features: column {t_column!r} must hold frame "
+                         f"numbers, got dtype {values.dtype}")
+    if isinstance(values, pd.Series):
+        as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        as_float = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(as_float)) or np.any(
+            as_float != np.round(as_float)):
+        raise ValueError(f"features: column {t_column!r} must hold whole, "
+                         "finite frame numbers")
+    return as_float.astype(np.int64)
+
+
+def frames_outside(frames, n_frames):
+    """The distinct frame numbers of ``frames`` that a movie of
+    ``n_frames`` frames (None: unknown length) does not have."""
+    outside = frames < 0 if n_frames is None else \
+        (frames < 0) | (frames >= n_frames)
+    return np.unique(frames[outside])
+
+
+def check_within(frames, n_frames, name):
+    """ValueError naming the frame numbers a movie of ``n_frames`` frames
+    (None: unknown length), called ``name`` in the message, does not
+    have."""
+    outside = frames_outside(np.asarray(frames, dtype=np.int64), n_frames)
+    if not len(outside):
+        return
+    listed = ", ".join(map(str, outside[:5])) + (
+        f", ... ({len(outside)} in all)" if len(outside) > 5 else "")
+    if n_frames is None:
+        raise ValueError(f"features reference frame(s) {listed} outside the "
+                         f"movie: {name} numbers its frames from 0")
+    where = "beyond the movie's end" if outside[0] >= 0 else "outside the movie"
+    raise ValueError(f"features reference frame(s) {listed} {where}: {name} "
+                     f"has {n_frames} frames (0 to {n_frames - 1})")

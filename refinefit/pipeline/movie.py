@@ -24,6 +24,13 @@ import numpy as np
 import pandas as pd
 
 from .. import config
+from ..io.chunks import plan_frames
+from ..io.frames import (
+    check_frame_column,
+    check_within,
+    frame_numbers,
+    frames_outside,
+)
 from ..io.movies import open_movie
 from ..io.tables import (
     TableStream,
@@ -412,18 +419,11 @@ def _plan_chunks(index, max_frames, max_features):
     first_row = np.zeros(len(per_frame) + 1, dtype=np.int64)
     np.cumsum(per_frame, out=first_row[1:])
     chunks = []
-    lo = 0
-    while lo < len(present):
-        hi, n_features = lo + 1, per_frame[lo]
-        while (hi < len(present) and hi - lo < max_frames
-               and n_features + per_frame[hi] <= max_features):
-            n_features += per_frame[hi]
-            hi += 1
+    for lo, hi in plan_frames(per_frame, max_frames, max_features):
         start, stop = int(first_row[lo]), int(first_row[hi])
         rows = range(start, stop) if index.order is None else \
             np.sort(index.order[start:stop])
         chunks.append((present[lo:hi], rows))
-        lo = hi
     return chunks
 
 
@@ -607,10 +607,9 @@ def _progress_bar(show, total, initial):
 
 def _frame_numbers(table, t_column, n_frames, movie):
     """Whole frame numbers of every feature, all within the movie."""
-    _check_frame_column(table, t_column)
-    frames = _whole_frames(table[t_column].to_numpy(
-        dtype=np.float64, na_value=np.nan), t_column)
-    _check_within(_outside(frames, n_frames), n_frames, movie)
+    check_frame_column(table.columns, t_column)
+    frames = frame_numbers(table[t_column], t_column)
+    check_within(frames, n_frames, _movie_name(movie))
     return frames
 
 
@@ -619,59 +618,29 @@ def _streamed_frame_index(features_in, t_column, n_frames, movie):
     :class:`refinefit.io.tables.StreamedFeatures`, their frame numbers read
     a batch at a time (checked as :func:`_frame_numbers` does); None when
     the rows are not in frame order."""
-    _check_frame_column(features_in.head, t_column)
+    check_frame_column(features_in.head.columns, t_column)
+    frame_numbers(features_in.head[t_column], t_column)  # its dtype
     counts = np.zeros(n_frames, dtype=np.int64)
     outside, in_order, last = [], True, -1
     for values in features_in.column_batches(t_column):
-        frames = _whole_frames(values.astype(np.float64), t_column)
-        outside.append(_outside(frames, n_frames))
+        frames = frame_numbers(values.astype(np.float64), t_column)
+        outside.append(frames_outside(frames, n_frames))
         if len(frames) and in_order and not outside[-1].size:
             in_order = frames[0] >= last and not np.any(
                 frames[1:] < frames[:-1])
             last = frames[-1]
             counts += np.bincount(frames, minlength=n_frames)
-    _check_within(np.unique(np.concatenate(outside or [[]])).astype(
-        np.int64), n_frames, movie)
+    check_within(np.concatenate(outside or [[]]).astype(np.int64), n_frames,
+                 _movie_name(movie))
     if not in_order:
         return None
     present = np.flatnonzero(counts)
     return FrameIndex(present, counts[present])
 
 
-def _check_frame_column(table, t_column):
-    if t_column not in table:
-        raise KeyError(f"features have no frame column {t_column!r} "
-                       f"(columns: {[str(c) for c in table.columns]}); set "
-                       "t_column")
-    column = table[t_column]
-    if not pd.api.types.is_numeric_dtype(column) or \
-            pd.api.types.is_bool_dtype(column):
-        raise ValueError(f"features: column {t_column!r} must hold frame "
-                         f"numbers, got dtype {column.dtype}")
-
-
-def _whole_frames(values, t_column):
-    """``values`` (float64) as int64 frame numbers, if whole and finite."""
-    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-        raise ValueError(f"features: column {t_column!r} must hold whole, "
-                         "finite frame numbers")
-    return values.astype(np.int64)
-
-
-def _outside(frames, n_frames):
-    return np.unique(frames[(frames < 0) | (frames >= n_frames)])
-
-
-def _check_within(outside, n_frames, movie):
-    """Raise for frame numbers ``outside`` the movie (ascending)."""
-    if len(outside):
-        name = (f"{str(movie)!r}" if isinstance(movie, (str, Path))
-                else "the movie")
-        listed = ", ".join(map(str, outside[:5])) + (
-            f", ... ({len(outside)} in all)" if len(outside) > 5 else "")
-        raise ValueError(f"features reference frame(s) {listed} beyond the "
-                         f"movie's end: {name} has {n_frames} frames "
-                         f"(0 to {n_frames - 1})")
+def _movie_name(movie):
+    """The movie as messages name it: its path, if it has one."""
+    return f"{str(movie)!r}" if isinstance(movie, (str, Path)) else "the movie"
 
 
 def _chunk_scale(threads, client, param_mode):

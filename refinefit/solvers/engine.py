@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.chunks import plan_frames
 from ..kernels import CONVERGED, count_mask_pixels, fill_mask_pixels
 from .backend import solve_batch
 from .lockstep import Unsupported, solve_constrained
@@ -333,16 +334,16 @@ def plan_chunks(frame_shape, cluster_frames, cluster_feat_off, settings):
     frame_pixels = max(int(np.prod(frame_shape)), 1)
     max_frames = max(1, min(settings.chunking.frames,
                             settings.chunking.pixels // frame_pixels))
-    n_clusters = len(cluster_frames)
+    frames, first = np.unique(cluster_frames, return_index=True)
+    first = np.r_[first, len(cluster_frames)]  # clusters of frame i: first[i:i + 2]
+    features = np.diff(cluster_feat_off[first])
     chunks = []
-    c0 = 0
-    while c0 < n_clusters:
-        c1 = _chunk_end(cluster_frames, cluster_feat_off, c0,
-                        settings.chunking.features, max_frames)
-        frames, cluster_image = np.unique(cluster_frames[c0:c1],
-                                          return_inverse=True)
-        chunks.append((c0, c1, frames, cluster_image.astype(np.int64)))
-        c0 = c1
+    for lo, hi in plan_frames(features, max_frames,
+                              settings.chunking.features):
+        c0, c1 = int(first[lo]), int(first[hi])
+        cluster_image = np.repeat(np.arange(hi - lo, dtype=np.int64),
+                                  np.diff(first[lo:hi + 1]))
+        chunks.append((c0, c1, frames[lo:hi], cluster_image))
     return chunks
 
 
@@ -406,19 +407,6 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
                 lower[f0:f1], upper[f0:f1], settings)
             store(result, chunk, slice(c0, c1), slice(f0, f1))
     return result
-
-
-def _chunk_end(cluster_frames, cluster_feat_off, c0, max_features,
-               max_frames):
-    """End of the chunk starting at cluster c0: whole frames only."""
-    ahead = cluster_frames[c0:c0 + max_features + 1]
-    frames = np.unique(ahead)[:max_frames]
-    frame_ends = c0 + np.searchsorted(ahead, frames, side="right")
-    n_feat = cluster_feat_off[frame_ends] - cluster_feat_off[c0]
-    fits = n_feat <= max_features
-    if not fits[0]:  # a frame with more than max_features is one chunk
-        return int(np.searchsorted(cluster_frames, frames[0], side="right"))
-    return int(frame_ends[np.nonzero(fits)[0][-1]])
 
 
 def _frame_max(image):
