@@ -14,7 +14,7 @@ import pytest
 from conftest import FULL
 
 from refinefit.kernels import evaluate_model, solve_clusters
-from refinefit.solvers import engine
+from refinefit.solvers import backend
 from refinefit.synthetic import make_movie
 
 FRAMES = 10 if FULL else 1
@@ -26,18 +26,18 @@ def batch():
     """A flattened W1 batch and the solver arguments that refine it."""
     frames, _, guess = make_movie(FRAMES, seed=4)
     captured = {}
-    original = engine.solve_clusters
+    original = backend.solve_clusters
 
     def capture(*args):
         captured.setdefault("args", args)
         return original(*args)
 
-    engine.solve_clusters = capture
+    backend.solve_clusters = capture
     try:
         import refinefit
         refinefit.refine_leastsq(guess, frames, 11)
     finally:
-        engine.solve_clusters = original
+        backend.solve_clusters = original
     return captured["args"]
 
 
