@@ -32,7 +32,7 @@ README_ROWS = (
      "W2 ratio refinefit / trackpy"),
     ("`refinefit refine` on the long movie / `refine_leastsq` in process",
      re.compile(r"CLI W1 long .* command / in-process warm \(end to end\)")),
-    ("`refinefit refine` peak memory, 1,200 frames (MB)",
+    ("`refinefit refine` peak memory on the W1 movie (MB)",
      "CLI W1 command peak RSS (MB)"),
 )
 # the summary figures, grouped by the benchmark file that records them
