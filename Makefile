@@ -21,9 +21,15 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-# Full-size benchmarks with timings (W1 against trackpy, compile times, large cluster)
+# Full-size benchmarks with timings (W1 against trackpy, compile times, large
+# cluster, the command, Dask); the figures in docs/performance.md and the
+# README's table are written from this run, never typed
 bench: $(STAMP)
-	REFINEFIT_BENCH=full $(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,rounds
+	mkdir -p .benchmarks
+	REFINEFIT_BENCH=full $(PY) -m pytest benchmarks -q --benchmark-enable \
+		--benchmark-columns=min,median,rounds \
+		--benchmark-json=.benchmarks/latest.json
+	$(PY) benchmarks/report.py .benchmarks/latest.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output .benchmarks

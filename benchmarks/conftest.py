@@ -3,10 +3,13 @@
 Quick mode (the default, run by ``make test``) uses tiny inputs so that the
 benchmarks cannot rot; ``REFINEFIT_BENCH=full`` (``make bench``) uses the
 sizes the issues name. Every ratio is measured against trackpy in the same
-run.
+run. With ``--benchmark-json``, the JSON also holds the summary figures and
+the library versions, which ``benchmarks/report.py`` turns into
+``docs/performance.md``.
 """
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,23 @@ RESULTS = {}
 @pytest.fixture(scope="session")
 def results():
     return RESULTS
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The versions of the libraries the figures depend on."""
+    versions = {}
+    for name in ("refinefit", "numba", "numpy", "pandas", "scipy", "trackpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    machine_info["versions"] = versions
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """The summary figures (features/s, ratios, errors) beside the timings."""
+    output_json["refinefit"] = {"mode": "full" if FULL else "quick",
+                                "results": dict(RESULTS)}
 
 
 def pytest_terminal_summary(terminalreporter):
