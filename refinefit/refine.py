@@ -1,4 +1,5 @@
 """The public ``refine_leastsq``: validate, cluster, refine, write back."""
+import inspect
 import numbers
 from dataclasses import replace
 
@@ -59,7 +60,8 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         ``default`` values and ``continuous`` (default True). A custom
         shape that Numba can compile (plain NumPy arithmetic usually can)
         runs on the Levenberg-Marquardt engine like the built-in ones (its
-        first use compiles for ~20 s; the machine code is cached on disk).
+        first use compiles it, for a while; the machine code is cached on
+        disk).
         Otherwise it is evaluated with NumPy and solved per cluster by
         scipy, much slower, with a warning saying why. Without ``dfun`` the
         derivatives are finite differences.
@@ -139,6 +141,27 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     --------
     >>> refined = refinefit.refine_leastsq(features, frames, diameter=11)
     """
+    return _refine(None, f, reader, diameter, separation, fit_function,
+                   param_mode, param_val, constraints, bounds, compute_error,
+                   pos_columns, t_column, max_iter, max_shift, max_rms_dev,
+                   residual_factor, **kwargs)
+
+
+def refine_features(f, reader, executor=None, **options):
+    """:func:`refine_leastsq` (same ``options``) whose chunks of the
+    shared-parameter solver run on ``executor`` (see
+    :func:`refinefit.solvers.engine.map_chunks`; None: here)."""
+    arguments = inspect.signature(refine_leastsq).bind(f, reader, **options)
+    arguments.apply_defaults()
+    values = dict(arguments.arguments)
+    extra = values.pop("kwargs")
+    return _refine(executor, **values, **extra)
+
+
+def _refine(executor, f, reader, diameter, separation, fit_function,
+            param_mode, param_val, constraints, bounds, compute_error,
+            pos_columns, t_column, max_iter, max_shift, max_rms_dev,
+            residual_factor, **kwargs):
     if not isinstance(f, pd.DataFrame):
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
     constraints = validate_constraints(constraints)
@@ -230,7 +253,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
                                       sorted_particles)
             solution = refine_shared(
                 source, frames[order][starts], cluster_feat_off, start, lower,
-                upper, settings, layout_sh)
+                upper, settings, layout_sh, executor)
         else:
             solution = refine_sorted(
                 source, frames[order][starts], cluster_feat_off, start, lower,

@@ -16,6 +16,7 @@ from same_refinement import assert_same_refinement
 import refinefit
 from refinefit import cli
 from refinefit.pipeline import checkpoint
+from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import movie as movie_module
 from refinefit.synthetic import make_movie
 
@@ -133,7 +134,8 @@ def test_resume_computes_only_missing_chunks(client, movie, tmp_path,
         return real(table, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(movie_module, "refine_leastsq", interrupt_third)
+        for module in (movie_module, chunk_module):  # check, chunks
+            patch.setattr(module, "refine_leastsq", interrupt_third)
         with pytest.raises(KeyboardInterrupt):
             run(path, guess, out, diameter=DIAMETER, chunk_frames=1)
     assert len(list(checkpoint.parts_folder(out).glob("chunk-*"))) == 2

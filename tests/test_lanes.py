@@ -8,6 +8,7 @@ import pytest
 from same_refinement import assert_same_refinement
 
 import refinefit
+from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import lanes as lanes_module
 from refinefit.pipeline import movie as movie_module
 from refinefit.solvers.engine import concat_frames
@@ -54,7 +55,8 @@ def _spy_on_chunks(monkeypatch):
                          numba.get_num_threads()))
         return real(table, *args, **kwargs)
 
-    monkeypatch.setattr(movie_module, "refine_leastsq", refine)
+    for module in (movie_module, chunk_module):  # check, chunks
+        monkeypatch.setattr(module, "refine_leastsq", refine)
     return seen
 
 
@@ -98,7 +100,8 @@ def test_lanes_resume_after_interrupt(small, tmp_path, monkeypatch):
         return real(table, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(movie_module, "refine_leastsq", refine)
+        for module in (movie_module, chunk_module):  # check, chunks
+            patch.setattr(module, "refine_leastsq", refine)
         with pytest.raises(KeyboardInterrupt):
             refinefit.refine_movie(tmp_path / "movie.npy", guess, out,
                                    diameter=DIAMETER, chunk_frames=1,

@@ -15,6 +15,7 @@ from same_refinement import assert_same_refinement
 import refinefit
 from refinefit.io import tables as table_io
 from refinefit.pipeline import checkpoint
+from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import movie as movie_module
 from refinefit.synthetic import make_movie
 
@@ -257,15 +258,21 @@ def test_reads_big_endian_and_empty_frames(tmp_path):
     assert [frame.shape for frame in got] == [(0, 5), (0, 5)]
 
 def _count_calls(monkeypatch):
-    """The number of rows of each refine_leastsq call refine_movie makes."""
+    """The number of rows of each refine_leastsq call refine_movie makes
+    (refine_features: the call of the shared-parameter modes)."""
     calls = []
-    real = movie_module.refine_leastsq
 
-    def refine(table, *args, **kwargs):
-        calls.append(len(table))
-        return real(table, *args, **kwargs)
+    def counted(real):
+        def refine(table, *args, **kwargs):
+            calls.append(len(table))
+            return real(table, *args, **kwargs)
+        return refine
 
-    monkeypatch.setattr(movie_module, "refine_leastsq", refine)
+    refine = counted(movie_module.refine_leastsq)
+    for module in (movie_module, chunk_module):  # check, chunks
+        monkeypatch.setattr(module, "refine_leastsq", refine)
+    monkeypatch.setattr(movie_module, "refine_features",
+                        counted(movie_module.refine_features))
     return calls
 
 
@@ -281,7 +288,8 @@ def _interrupt_after(monkeypatch, n_calls):
                 raise KeyboardInterrupt
         return real(table, *args, **kwargs)
 
-    monkeypatch.setattr(movie_module, "refine_leastsq", refine)
+    for module in (movie_module, chunk_module):  # check, chunks
+        monkeypatch.setattr(module, "refine_leastsq", refine)
 
 
 def test_resume_after_interrupt(small, shuffled, tmp_path, monkeypatch,

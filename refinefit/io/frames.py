@@ -23,20 +23,16 @@ class FrameSource:
         For a single image: its frame number if known (pims.Frame), else None.
     is_single : bool
         True when the reader is one image holding every feature.
-    map_chunks : callable or None
-        The reader's way of running work on chunks of frames where the
-        frames are (see :func:`refinefit.solvers.engine.map_chunks`), if it has one.
     """
 
     def __init__(self, get, frame_shape, n_frames=None, is_single=False,
-                 single_frame=None, map_chunks=None):
+                 single_frame=None):
         self._get = get
         self.frame_shape = tuple(int(n) for n in frame_shape)
         self.ndim = len(self.frame_shape)
         self.n_frames = n_frames
         self.is_single = is_single
         self.single_frame = single_frame
-        self.map_chunks = map_chunks
 
     def check_frames(self, frame_numbers):
         """Raise ValueError naming frames the reader cannot have."""
@@ -83,9 +79,7 @@ def frame_source(reader, n_pos):
             n_frames = len(reader)
         except TypeError:
             n_frames = None
-        return FrameSource(reader.__getitem__, reader.frame_shape, n_frames,
-                           map_chunks=getattr(reader, "refinefit_map_chunks",
-                                              None))
+        return FrameSource(reader.__getitem__, reader.frame_shape, n_frames)
     if not hasattr(reader, "ndim") or not hasattr(reader, "shape"):
         raise TypeError("reader must be a pims FramesSequence (or any object "
                         "with frame_shape and indexing), a pims.Frame or an "

@@ -382,8 +382,8 @@ def writes_index(table):
 
 def _dictionary_columns(table):
     """Columns worth a Parquet dictionary: not floating-point ones, whose
-    values rarely repeat (a dictionary for them is work thrown away,
-    measured: half the write time, and a larger file)."""
+    values rarely repeat (a dictionary for them is work thrown away, and a
+    larger file)."""
     return [str(name) for name, dtype in table.dtypes.items()
             if getattr(dtype, "kind", "O") != "f"]
 
@@ -451,7 +451,8 @@ class TableStream:
     def write_arrays(self, columns):
         """Write a block given as NumPy columns (a dict, name to values),
         as :meth:`write` writes a DataFrame of them, without building one
-        after the first block (pandas' conversion took 5 ms a chunk)."""
+        after the first block (pandas' conversion costs more than the
+        write of a small chunk)."""
         import pyarrow as pa
 
         if not self.takes_arrays:

@@ -10,7 +10,7 @@ Two kinds of work are sent:
   (:func:`checkpoint.pack_chunk`); the client commits them as they arrive;
 - the passes of the shared-parameter solver ('global', 'particle'): the
   solver maps a function over its chunks of clusters (:func:`engine.map_chunks`)
-  and, when the reader is a :class:`DaskMovie`, each chunk is a task. The
+  and, given a :class:`DaskExecutor`, each chunk is a task. The
   client sums the returned reduced normal equations in chunk order, as one
   process does, so the answer is the same.
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ..io.frames import as_kernel_image
 from ..io.movies import open_movie
 from ..solvers.scratch import Scratch
+from .chunk import numba_threads, refine_read_chunk
 from .memory import keep_freed_memory
 
 INSTALL_HINT = "pip install 'refinefit[dask]'"
@@ -167,8 +168,6 @@ def _identity_text(movie):
 def _engine_threads(threads):
     import numba
 
-    from .movie import numba_threads
-
     limit = numba.config.NUMBA_NUM_THREADS
     if threads is not None and threads > limit:
         raise ValueError(f"threads: {threads} is more than this Dask "
@@ -215,8 +214,6 @@ def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
 def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
     """One chunk on a worker: as ``refine_movie`` refines it in one
     process."""
-    from .movie import refine_read_chunk
-
     keep_freed_memory()
     movie, frames = spec.read(frame_ids)
     with _ENGINE_LOCK, _engine_threads(threads):
@@ -226,29 +223,17 @@ def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
 
 # --- the shared-parameter solver's chunks -----------------------------------
 
-class DaskMovie:
-    """A reader for ``refine_leastsq`` whose chunk work runs on a cluster.
+class DaskExecutor:
+    """Runs the engine's chunk work as tasks on a Dask cluster (see
+    :func:`refinefit.solvers.engine.map_chunks`): each task reads its
+    chunk's frames from the movie on its worker."""
 
-    It reads frames like the movie it wraps (for anything the client does
-    itself) and gives the engine :meth:`refinefit_map_chunks`, which runs a function
-    over chunks of frames as tasks on the workers.
-    """
-
-    def __init__(self, window, client, spec, threads=None):
-        self.window = window
+    def __init__(self, client, spec, threads=None):
         self.client = client
         self.spec = spec
         self.threads = threads
-        self.frame_shape = window.frame_shape
 
-    def __len__(self):
-        return len(self.window)
-
-    def __getitem__(self, frame_no):
-        return self.window[frame_no]
-
-    def refinefit_map_chunks(self, work, chunk_frames, chunk_images,
-                             payloads):
+    def map_chunks(self, work, chunk_frames, chunk_images, payloads):
         """``[work(images, frame_max, cluster_image, payload) ...]`` per
         chunk, in chunk order, each computed on a worker from the frames
         ``chunk_frames[i]`` of the movie."""

@@ -2,9 +2,8 @@
 
 One ``refine_leastsq`` call keeps every Numba thread busy only inside its
 parallel kernels; between them (clustering, building the masks, packing the
-result) one thread works and the others wait. Measured on 2 cores, one call
-over a 1200-frame W1 movie ran on 1 thread in 5.8-8.1 s and on 2 threads in
-4.4-4.9 s: 1.3-1.7 times as fast, not twice. Two chunks
+result) one thread works and the others wait, so two threads make a call
+well under twice as fast. Two chunks
 refined at once, one Numba thread each, fill those gaps: each chunk's serial
 Python parts run while the other's kernels (which release the GIL) compute.
 

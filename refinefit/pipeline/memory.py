@@ -6,9 +6,9 @@ more than its trim threshold is free at the top of the heap, gives that
 memory back; either way the next chunk's arrays fault in new pages (one
 fault per 4 kB page, each zero-filled). A plain process raises both
 thresholds as it goes, but a Dask worker is started with
-``MALLOC_TRIM_THRESHOLD_=65536``, which fixes them low: measured on W1, a
-worker then took 3.5 times the page faults and 10-15% longer than the same
-work in a plain process.
+``MALLOC_TRIM_THRESHOLD_=65536``, which fixes them low: a worker then takes
+several times the page faults of the same work in a plain process, and
+longer.
 
 :func:`keep_freed_memory` raises both for the whole process, so that up to
 the trim threshold of freed memory stays with the process for the next

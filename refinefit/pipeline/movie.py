@@ -14,7 +14,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,19 +43,18 @@ from ..io.tables import (
     writes_index,
 )
 from ..kernels.codes import MODE_FRAME, MODE_GLOBAL, MODE_PARTICLE
-from ..refine import refine_leastsq
-from ..solvers.scratch import reused_buffers
+from ..refine import refine_features, refine_leastsq
 from .checkpoint import (
     OrderedOutput,
     PartStore,
     as_stored,
     assemble,
     fingerprint,
-    pack_chunk,
     read_manifest,
     table_identity,
 )
-from .dask import DaskMovie, MovieSpec, check_client, refine_movie_chunks
+from .chunk import FrameWindow, numba_threads, refine_read_chunk
+from .dask import DaskExecutor, MovieSpec, check_client, refine_movie_chunks
 from .lanes import lane_count, refine_in_lanes
 
 # default chunk limits for 2 Numba threads, times threads // 2 above that
@@ -89,25 +88,6 @@ class RunSummary:
             text += (f" ({self.resumed_chunks} of {self.chunks} chunks "
                      "resumed from an earlier run)")
         return text
-
-
-class FrameWindow:
-    """The reader ``refine_leastsq`` sees: the frames of the current chunk,
-    already in memory; any other frame is read from the movie on demand."""
-
-    def __init__(self, movie, frames=None):
-        self.movie = movie
-        self.frames = frames or {}
-        self.frame_shape = movie.frame_shape
-
-    def __len__(self):
-        return len(self.movie)
-
-    def __getitem__(self, frame_no):
-        frame = self.frames.get(frame_no)
-        if frame is None:
-            frame = self.movie.read([frame_no])[0]
-        return frame
 
 
 def refine_movie(movie, features, out=None, *, diameter, separation=None,
@@ -299,9 +279,10 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             if n_features == 0:
                 refined, counts = empty, (0, 0, 0, 0)
             elif _couples_frames(options.get("param_mode")):
-                if client is not None:
-                    window = DaskMovie(window, client, spec, threads)
-                refined = refine_leastsq(table, window, **fit_options)
+                executor = None if client is None else DaskExecutor(
+                    client, spec, threads)
+                refined = refine_features(table, window, executor=executor,
+                                          **fit_options)
                 counts = (len(table), 1, 0,
                           int(refined["cost"].isna().sum()))
             else:
@@ -557,19 +538,6 @@ def _refine_here(movie, prefetch, lanes, table, chunks, todo, fit_options,
                                lanes)
 
 
-def refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
-                      fit_options, scratch):
-    """``refine_leastsq`` on the features of one chunk (``chunk_table``,
-    rows ``rows`` of the input) given its frames, already read; the engine
-    takes its per-round arrays from ``scratch``. Returns the packed
-    result (see :func:`refinefit.pipeline.checkpoint.pack_chunk`)."""
-    window = FrameWindow(movie, dict(zip(np.asarray(frame_ids).tolist(),
-                                         frames)))
-    with reused_buffers(scratch):
-        return pack_chunk(rows, refine_leastsq(chunk_table, window,
-                                               **fit_options))
-
-
 def _read_ahead(read, labels, prefetch):
     """Yield ``(label, read(label))`` per label, in order, reading the next
     in a background thread while the caller works on this one."""
@@ -691,19 +659,6 @@ def _check_threads(threads):
             threads, numbers.Integral) or not 1 <= threads <= limit):
         raise ValueError(f"threads must be an integer from 1 to {limit} "
                          f"(Numba's limit on this machine), got {threads!r}")
-
-
-@contextmanager
-def numba_threads(threads):
-    if threads is None:
-        yield
-        return
-    before = numba.get_num_threads()
-    numba.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def _version():

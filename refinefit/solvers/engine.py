@@ -357,25 +357,27 @@ def iter_chunks(source, cluster_frames, cluster_feat_off, settings):
 
 
 def map_chunks(source, cluster_frames, cluster_feat_off, settings, work,
-               payload_of):
+               payload_of, executor=None):
     """``work(images, frame_max, cluster_image, payload_of(c0, c1))`` for
     every chunk of :func:`plan_chunks`; returns ``(c0, c1, result)`` per
     chunk, in order.
 
-    ``work`` runs here, chunk after chunk, or, when the reader offers
-    ``refinefit_map_chunks`` (see :class:`refinefit.pipeline.dask.DaskMovie`), where the
-    reader sends it; it must then be a module-level function.
+    ``work`` runs here, chunk after chunk, or on ``executor``: an object
+    whose ``map_chunks(work, chunk_frames, chunk_images, payloads)`` returns
+    the results in chunk order, computed wherever it sends them (e.g.
+    :class:`refinefit.pipeline.dask.DaskExecutor`); ``work`` must then be a
+    module-level function.
     """
-    if source.map_chunks is None:
+    if executor is None:
         return [(c0, c1, work(images, frame_max, cluster_image,
                               payload_of(c0, c1)))
                 for c0, c1, images, frame_max, cluster_image in iter_chunks(
                     source, cluster_frames, cluster_feat_off, settings)]
     plan = plan_chunks(source.frame_shape, cluster_frames, cluster_feat_off,
                        settings)
-    results = source.map_chunks(work, [frames for _, _, frames, _ in plan],
-                                [image for _, _, _, image in plan],
-                                [payload_of(c0, c1) for c0, c1, _, _ in plan])
+    results = executor.map_chunks(work, [frames for _, _, frames, _ in plan],
+                                  [image for _, _, _, image in plan],
+                                  [payload_of(c0, c1) for c0, c1, _, _ in plan])
     return [(c0, c1, result)
             for (c0, c1, _, _), result in zip(plan, results)]
 

@@ -22,10 +22,9 @@ _SCIPY_METHODS = ("Nelder-Mead", "Powell", "CG", "BFGS", "Newton-CG",
                   "L-BFGS-B", "TNC", "COBYLA", "COBYQA", "SLSQP",
                   "trust-constr", "dogleg", "trust-ncg", "trust-exact",
                   "trust-krylov")
-# Clusters stacked in one minimize call. Measured on W2 (dimer constraint,
-# SLSQP): 1 per call 221 features/s, 2: 206, 4: 159, 16: 36. SLSQP's dense
-# quasi-Newton needs more iterations as stacked problems grow, so clusters
-# go one per call (trackpy's per-cluster semantics as well).
+# Clusters stacked in one minimize call: SLSQP's dense quasi-Newton needs
+# more iterations as stacked problems grow, so that stacking is slower;
+# clusters go one per call (trackpy's per-cluster semantics as well).
 MAX_GROUP = 1
 
 
@@ -66,9 +65,8 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     normalise : bool
         Scale each group's objective to 1 per cluster at the start instead
         of trackpy's ``residual_factor``: large stacked problems under
-        constraints then converge with SLSQP (measured: 10 dimers under
-        ``dimer_global`` fail with trackpy's scale, converge in 31
-        iterations with this one).
+        constraints then converge with SLSQP (e.g. dimers under
+        ``dimer_global``, which fail with trackpy's scale).
 
     Returns
     -------

@@ -6,8 +6,8 @@ memory of that size costs a page fault per 4 kB page on first touch, and
 whether ``malloc`` hands back memory already touched depends on its
 settings: a Dask worker returns freed memory to the system at once
 (``MALLOC_TRIM_THRESHOLD_=65536``), so there every round paid for its pages
-again (measured: 3.5 times the page faults and 10% longer than the same
-call in a plain process). A :class:`Scratch` keeps its buffers instead.
+again, several times the page faults of the same call in a plain
+process. A :class:`Scratch` keeps its buffers instead.
 
 A scratch is active for a thread inside ``with reused_buffers(...)``; the
 engine takes its per-round arrays from the active one. Arrays taken from a

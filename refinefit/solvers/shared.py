@@ -127,10 +127,11 @@ class _Pass:
 
 
 def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
-                  upper, settings, layout):
+                  upper, settings, layout, executor=None):
     """Refine clusters coupled by shared parameters.
 
-    Arguments as :func:`engine.refine_sorted`, plus the :class:`SharedLayout`.
+    Arguments as :func:`engine.refine_sorted`, plus the :class:`SharedLayout`
+    and where the chunks run (see :func:`engine.map_chunks`).
     Returns a :class:`Solution` (standard errors NaN unless
     ``settings.solver.with_error``; ``iterations`` those of the last pass).
     """
@@ -147,7 +148,8 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
 
     def solve_pass(pass_settings, start, centres):
         return _solve_pass(source, cluster_frames, cluster_feat_off, lower,
-                           upper, pass_settings, layout, start, centres)
+                           upper, pass_settings, layout, start, centres,
+                           executor)
 
     state = solve_pass(first, _with_shared(params, theta, layout),
                        np.ascontiguousarray(params[:, pos]))
@@ -181,7 +183,8 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
     std = np.full_like(params, np.nan)
     if settings.solver.with_error:
         std = _standard_errors(source, cluster_frames, cluster_feat_off,
-                               lower, upper, settings, layout, state)
+                               lower, upper, settings, layout, state,
+                               executor)
     return Solution(state.params, state.cost, state.status, std,
                     state.iterations)
 
@@ -257,7 +260,7 @@ def _shared_step(system, grad, lam, theta, lo, hi, relative):
 
 
 def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
-                inner, layout, params, centres):
+                inner, layout, params, centres, executor):
     """Refine all clusters at the shared values in ``params`` and reduce
     their normal equations (chunk by chunk, see :func:`_pass_chunk`); the
     chunks' systems are summed here, in chunk order."""
@@ -282,7 +285,7 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
                 layout.kernel_modes, layout.index[f0:f1])
 
     for c0, c1, chunk in map_chunks(source, cluster_frames, cluster_feat_off,
-                                    inner, _pass_chunk, payload):
+                                    inner, _pass_chunk, payload, executor):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
         out[f0:f1] = chunk.params
         cost[c0:c1] = chunk.cost
@@ -375,7 +378,7 @@ def _block_entries(shared_off, block_off, index, system, keep):
 
 
 def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
-                     settings, layout, state):
+                     settings, layout, state, executor):
     """Standard errors of the whole problem: the shared unknowns from the
     inverse of the summed reduced system, the locals from the inverse of
     their block corrected by the uncertainty of the shared values."""
@@ -411,7 +414,7 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
     fitted_local = (layout.local_modes != MODE_CONST)[None, :]
     for c0, c1, local_std in map_chunks(source, cluster_frames,
                                         cluster_feat_off, settings,
-                                        _std_chunk, payload):
+                                        _std_chunk, payload, executor):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
         bad = np.repeat(~ok[c0:c1], np.diff(cluster_feat_off[c0:c1 + 1]))
         local_std[bad] = np.nan
