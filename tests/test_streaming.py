@@ -15,6 +15,7 @@ import refinefit
 from refinefit.io import tables as table_io
 from refinefit.io.tables import StreamUnsupported, TableStream
 from refinefit.pipeline import checkpoint
+from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import movie as movie_module
 from refinefit.synthetic import make_movie
 
@@ -252,7 +253,8 @@ def test_interrupted_then_resumed_stream(small, tmp_path, monkeypatch):
         return real(chunk, *a, **k)
 
     with monkeypatch.context() as patch:
-        patch.setattr(movie_module, "refine_leastsq", interrupt_the_fourth)
+        for module in (movie_module, chunk_module):  # check, chunks
+            patch.setattr(module, "refine_leastsq", interrupt_the_fourth)
         with pytest.raises(KeyboardInterrupt):
             refinefit.refine_movie(*args, **options)
     parts = checkpoint.parts_folder(out)
@@ -511,7 +513,8 @@ def test_parquet_features_resume_chunk_by_chunk(small, tmp_path,
         return real(chunk, *a, **k)
 
     with monkeypatch.context() as patch:
-        patch.setattr(movie_module, "refine_leastsq", interrupt_the_third)
+        for module in (movie_module, chunk_module):  # check, chunks
+            patch.setattr(module, "refine_leastsq", interrupt_the_third)
         with pytest.raises(KeyboardInterrupt):
             refinefit.refine_movie(*args, quiet=True, **options)
     whole, ranges = _spy_reads(monkeypatch)
