@@ -3,19 +3,11 @@ from pandas.testing import assert_frame_equal
 
 
 def assert_same_refinement(got, expected):
-    """Equal tables: every column bitwise except ``cost`` and the standard
-    errors (``*_std``), which must agree to 1e-12.
+    """Equal tables, every column bit for bit (``cost`` and the standard
+    errors ``*_std`` included).
 
-    Those columns are sums of squared residuals (and functions of them).
-    They have been seen to differ in the last bit between two runs on the
-    same inputs: ``cost`` in about 1 call in 13 on a 6-frame movie, and
-    ``background_std`` in 1.5% of the rows once in a fresh clone. The
-    refined parameters were identical. The cause is not found yet, so the
-    tests do not claim bitwise equality for these columns.
+    Each cluster is solved by the same compiled code on the same pixels in
+    the same order, whatever the chunking, the number of threads or lanes,
+    or the machine in a Dask cluster, so nothing may differ in the last bit.
     """
-    loose = [c for c in expected.columns
-             if c == "cost" or str(c).endswith("_std")]
-    assert_frame_equal(got.drop(columns=loose), expected.drop(columns=loose),
-                       check_exact=True)
-    assert_frame_equal(got[loose], expected[loose], check_exact=False,
-                       rtol=1e-12, atol=0)
+    assert_frame_equal(got, expected, check_exact=True)

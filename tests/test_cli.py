@@ -65,7 +65,7 @@ def test_tiff_end_to_end(movie_files, tmp_path):
     assert refined["cost"].notna().all()
     assert_frame_equal(refined, refinefit.refine_leastsq(guess, frames,
                                                          DIAMETER),
-                       check_exact=False, rtol=1e-9)
+                       check_exact=True)
     # the summary line; no progress bar when stderr is not a terminal
     assert (f"{len(guess):,} features in 6 frames, 0 failed fits"
             in result.stdout)
@@ -169,8 +169,7 @@ def test_config_file_and_flag_override(movie_files, tmp_path):
         max_iter=4, param_mode={"size": "var"}, param_val={"size": 2.4},
         bounds={"size": (1.0, None), "signal": (10, 400)},
         options={"maxiter": 50})
-    assert_frame_equal(pd.read_parquet(out), expected, check_exact=False,
-                       rtol=1e-9)
+    assert_frame_equal(pd.read_parquet(out), expected, check_exact=True)
 
 
 def _start(args):

@@ -55,9 +55,7 @@ def run(*args, **kwargs):
 
 
 def assert_bitwise(got, expected):
-    """Every column bit for bit, except cost and *_std: to 1e-12, see
-    same_refinement.py (a last-bit difference seen rarely in one process
-    too)."""
+    """Every column bit for bit (see same_refinement.py)."""
     assert_same_refinement(got, expected)
 
 
