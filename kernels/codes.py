@@ -25,6 +25,7 @@ MAX_ITER = 1
 NOT_FINITE = 2
 NO_PIXELS = 3
 BLANK = 4
+CONSTRAINT_UNMET = 5
 
 STATUS_MESSAGES = {
     CONVERGED: "converged",
@@ -32,4 +33,5 @@ STATUS_MESSAGES = {
     NOT_FINITE: "the cost became NaN or infinite",
     NO_PIXELS: "a feature's mask holds no valid pixel",
     BLANK: "every pixel of the cluster's mask has the same value",
+    CONSTRAINT_UNMET: "no positions near the start satisfy the constraints",
 }

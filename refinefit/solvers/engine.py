@@ -226,15 +226,16 @@ def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings,
                     result):
     """Constrained clusters of each size, all at once on the Numba engine
     (lockstep.py), written into ``result``; returns the ids left for
-    scipy."""
+    scipy: those of unsupported constraints, and clusters whose fit could
+    not reach the constraints or stalled before a minimum."""
     left = []
     for size in np.unique(sizes[ids]):
         same = ids[sizes[ids] == size]
         constraints = [c for c in settings.scipy.constraints
                        if c["cluster_size"] == size]
         try:
-            solved = solve_constrained(same, batch, start, lower, upper,
-                                       settings, constraints)
+            solved, retry = solve_constrained(same, batch, start, lower,
+                                              upper, settings, constraints)
         except Unsupported:
             left.append(same)
             continue
@@ -244,6 +245,7 @@ def _solve_lockstep(ids, batch, start, lower, upper, sizes, settings,
         result.cost[same] = solved.cost
         result.status[same] = solved.status
         result.iterations[same] = solved.iterations
+        left.append(same[retry])
     return np.concatenate(left) if left else ids[:0]
 
 
