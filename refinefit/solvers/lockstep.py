@@ -314,12 +314,7 @@ def _feasible_descent(problem, x, h):
         # Newton's; a heavily damped one is short whatever the slope
         small = ((current[a] - c_trial) <= settings.solver.tol * current[a]) \
             & (lam[a] <= _LAMBDA_CONVERGED)
-        take = a[better]
-        x[take] = trial[better]
-        h[take] = h_trial[better]
-        current[take] = c_trial[better]
-        lam[take] = np.maximum(lam[take] / 3.0, 1e-12)
-        lam[a[~better]] *= 4.0
+        _accept(a, better, (x, h, current), (trial, h_trial, c_trial), lam)
         done = better & small
         # no step, however short, lowers the cost: a minimum if the cost is
         # at its rounding floor (an exact image); else the linearised
@@ -332,6 +327,16 @@ def _feasible_descent(problem, x, h):
         active[a[done | stalled]] = False
     retry |= active  # the evaluation limit: the other descent may do better
     return x, h, current, success, retry, iterations
+
+
+def _accept(a, better, state, trial, lam):
+    """Move clusters ``a[better]`` of ``state`` (x, h, cost) to their
+    ``trial`` values and lower their damping; raise the others'."""
+    take = a[better]
+    for now, new in zip(state, trial):
+        now[take] = new[better]
+    lam[take] = np.maximum(lam[take] / 3.0, 1e-12)
+    lam[a[~better]] *= 4.0
 
 
 def _penalty_descent(problem, rows, x, h):
@@ -357,12 +362,7 @@ def _penalty_descent(problem, rows, x, h):
         merit = current[a] + rho[a] * np.sum(np.abs(h[a]), axis=1)
         merit_trial = c_trial + rho[a] * np.sum(np.abs(h_trial), axis=1)
         better = ok & (merit_trial < merit)
-        take = a[better]
-        x[take] = trial[better]
-        h[take] = h_trial[better]
-        current[take] = c_trial[better]
-        lam[take] = np.maximum(lam[take] / 3.0, 1e-12)
-        lam[a[~better]] *= 4.0
+        _accept(a, better, (x, h, current), (trial, h_trial, c_trial), lam)
         violation = np.max(np.abs(h[a]), axis=1)
         small = (merit - merit_trial) <= settings.solver.tol * merit
         done = (better & small & (violation <= _PENALTY_TOL)) | (
