@@ -6,8 +6,11 @@ iteration calls the user's constraint functions once on the stacked
 constraint convention - and once per local unknown to difference them (one
 unknown of every cluster moves at a time, so the columns of all clusters come
 from the same call). A Numba kernel then takes one damped Gauss-Newton step
-per cluster under the linearised constraints. Steps are accepted per cluster
-on the merit ``cost + rho * |h|^2``.
+per cluster under the linearised constraints. Iterates are kept on the
+constraints (each step is projected back onto them) and accepted per cluster
+on the cost alone (:func:`_feasible_descent`); clusters that descent cannot
+finish start again on the merit ``cost + rho * |h|_1``
+(:func:`_penalty_descent`), and those left go to scipy.
 
 Constraint values must be laid out as trackpy's helpers lay them out: blocks
 of one value per cluster (``h.reshape(n_values, n_clusters)``); this is
@@ -108,6 +111,11 @@ def _constraint_jacobian(constraints, layout, x, h, base):
     return jac
 
 
+def _violation(h):
+    """Largest constraint violation of every cluster."""
+    return np.max(np.abs(h), axis=1, initial=0.0)
+
+
 def _project(constraints, layout, x, h, base, lo, hi, jac=None):
     """Move ``x`` onto the constraints: Gauss-Newton steps of least norm,
     ``x -= A^T (A A^T)^-1 h``, with ``A`` the constraint Jacobian (``jac``
@@ -116,7 +124,7 @@ def _project(constraints, layout, x, h, base, lo, hi, jac=None):
     x = x.copy()
     h = h.copy()
     for _ in range(_PROJECTION_STEPS):
-        held = np.max(np.abs(h), axis=1, initial=0.0) <= _CONSTRAINT_TOL
+        held = _violation(h) <= _CONSTRAINT_TOL
         if held.all():
             break
         moving = np.nonzero(~held)[0]
@@ -136,7 +144,7 @@ def _project(constraints, layout, x, h, base, lo, hi, jac=None):
                 lo[moving], hi[moving])
         h[moving] = _constraint_values(
             constraints, layout.to_params(x[moving], base[moving]))
-    held = np.max(np.abs(h), axis=1, initial=0.0) <= _HELD_TOL
+    held = _violation(h) <= _HELD_TOL
     return x, h, held & np.all(np.isfinite(x), axis=1)
 
 
@@ -195,14 +203,14 @@ def solve_constrained(ids, batch, params, lower, upper, settings,
         # keep the lower of the two costs where the constraints hold; a
         # stall of the feasible descent below what the merit's descent
         # calls converged is a minimum too
-        held = np.max(np.abs(h[again]), axis=1, initial=0.0) <= _HELD_TOL
+        held = _violation(h[again]) <= _HELD_TOL
         stay = held & (current[again] <= cr)
         take = again[~stay]
         x[take], h[take], current[take] = xr[~stay], hr[~stay], cr[~stay]
         success[again] = ok
         retry[again] = ~ok
         iterations[again] += its
-    feasible = np.max(np.abs(h), axis=1, initial=0.0) <= _HELD_TOL
+    feasible = _violation(h) <= _HELD_TOL
     out = params.copy()
     out[members] = layout.to_params(x, base).reshape(-1, n_params)
     std = np.full_like(params, np.nan)
@@ -363,7 +371,7 @@ def _penalty_descent(problem, rows, x, h):
         merit_trial = c_trial + rho[a] * np.sum(np.abs(h_trial), axis=1)
         better = ok & (merit_trial < merit)
         _accept(a, better, (x, h, current), (trial, h_trial, c_trial), lam)
-        violation = np.max(np.abs(h[a]), axis=1)
+        violation = _violation(h[a])
         small = (merit - merit_trial) <= settings.solver.tol * merit
         done = (better & small & (violation <= _PENALTY_TOL)) | (
             (lam[a] > _LAMBDA_MAX) & (violation <= _HELD_TOL))
@@ -374,7 +382,7 @@ def _penalty_descent(problem, rows, x, h):
         # the merit's steps along kinked constraints shrink without end;
         # where the constraints hold, that is at the minimum (tested on
         # 2D tetramers, tests/test_constraint_stress.py)
-        success |= active & (np.max(np.abs(h), axis=1) <= _HELD_TOL)
+        success |= active & (_violation(h) <= _HELD_TOL)
     return x, h, current, success, iterations
 
 
