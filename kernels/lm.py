@@ -21,7 +21,15 @@ import numba
 import numpy as np
 from numba import prange
 
-from .codes import BLANK, CONVERGED, MAX_ITER, MODE_VAR, NO_PIXELS, NOT_FINITE
+from .codes import (
+    BLANK,
+    CONVERGED,
+    MAX_ITER,
+    MODE_VAR,
+    NO_PIXELS,
+    NOT_FINITE,
+    SINGULAR,
+)
 from .jit import Specialized, kernel, parallel_kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .residuals import (
@@ -274,7 +282,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             lam *= nu
             nu *= 2.0
             if lam > _LAMBDA_MAX:
-                status = CONVERGED
+                status = SINGULAR
                 break
             continue
         # far from the optimum the linear model is poor: a Gauss-Newton step

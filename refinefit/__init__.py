@@ -10,9 +10,11 @@ from .pipeline.movie import refine_movie
 from .problem.constraints import dimer, dimer_global, tetramer, trimer, wrap_constraint
 from .problem.params import vect_from_params, vect_to_params
 from .refine import refine_leastsq
+from .status import STATUS_MESSAGES, STATUS_NAMES
 from .train import train_leastsq
 
 __all__ = ["refine_leastsq", "train_leastsq", "refine_movie", "vect_from_params",
            "vect_to_params", "dimer", "trimer", "tetramer", "dimer_global",
-           "wrap_constraint", "FitFunctions", "ClusterError", "config"]
-__version__ = "0.1.0"
+           "wrap_constraint", "FitFunctions", "ClusterError", "config",
+           "STATUS_NAMES", "STATUS_MESSAGES"]
+__version__ = "0.2.0"

@@ -9,8 +9,15 @@ import pandas as pd
 from . import config
 from .config import Model, Scipy, Settings, Solver
 from .io.frames import check_frame_column, frame_numbers, frame_source
-from .kernels.codes import MODE_CONST, MODE_PARTICLE
-from .problem.bounds import bound_spec, compute_bounds
+from .kernels.codes import (
+    CONVERGED,
+    INVALID_START,
+    MODE_CONST,
+    MODE_PARTICLE,
+    NO_PIXELS,
+    NOT_FINITE,
+)
+from .problem.bounds import bound_spec, compute_bounds, degenerate
 from .problem.clustering import cluster_features
 from .problem.constraints import validate_constraints
 from .problem.models import resolve_model
@@ -133,9 +140,32 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     -------
     DataFrame
         A copy of ``f`` (same index, row order and extra columns) with the
-        refined parameters and the columns ``cluster``, ``cluster_size`` and
+        refined parameters and the columns ``cluster``, ``cluster_size``,
         ``cost`` (rms difference between fit and image over the cluster's
-        mask pixels, in units of the frame's maximum; NaN if the fit failed).
+        mask pixels, in units of the frame's maximum) and ``status`` (how
+        the fit ended, a code of :data:`refinefit.STATUS_NAMES`). Only fits
+        with status 0 ('converged') are results; every other row keeps its
+        initial parameters and has a NaN ``cost``:
+
+        ==  ===================  ===============================================
+         0  converged            the fit converged
+         1  max_iter             stopped at the evaluation limit
+         2  not_finite           the cost became NaN or infinite
+         3  no_pixels            a mask holds no valid pixel (e.g. off the image)
+         4  blank                every pixel of the cluster's mask is equal
+         5  constraint_unmet     no positions near the start meet the constraints
+         6  singular             the normal equations stayed singular
+         7  rms_too_high         the cost exceeds ``max_rms_dev``
+         8  invalid_start        a start parameter is NaN or infinite
+         9  signal_at_floor      degenerate: the signal collapsed to its floor
+                                 (or below a thousandth of its start)
+        10  position_at_bound    degenerate: a position ended at its bound at
+                                 the edge of the mask (or beyond)
+        ==  ===================  ===============================================
+
+        Codes 9 and 10 are fits the data do not determine: the feature
+        vanished or the fit ran off it. Only the affected feature of a
+        cluster is marked; its neighbours keep their fits.
 
     Examples
     --------
@@ -215,6 +245,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
 
     valid = np.isfinite(params).all(axis=1)
     source.check_frames(np.unique(frames[valid]))
+    status = np.where(valid, NO_PIXELS, INVALID_START)
     valid &= _touches_image(params[:, 2:2 + ndim], radius, source, frames)
     labels, sizes = cluster_features(params[:, 2:2 + ndim], frames,
                                      separation, valid)
@@ -258,17 +289,26 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
             solution = refine_sorted(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings)
-        feature_cost = np.repeat(solution.cost, np.diff(cluster_feat_off))
-        ok = np.isfinite(feature_cost)
+        sizes = np.diff(cluster_feat_off)
+        feature_cost = np.repeat(solution.cost, sizes)
+        feature_status = degenerate(np.repeat(solution.status, sizes),
+                                    solution.params, start, lower, upper,
+                                    layout, radius)
+        # only converged fits that the data determine are results; the rest
+        # keep their start values, as trackpy keeps those of a failed fit
+        ok = (feature_status == CONVERGED) & np.isfinite(feature_cost)
+        feature_status[~ok & (feature_status == CONVERGED)] = NOT_FINITE
         params[order[ok]] = solution.params[ok]
         std[order[ok]] = solution.std[ok][:, fitted]
-        cost[order] = feature_cost
+        cost[order] = np.where(ok, feature_cost, np.nan)
+        status[order] = feature_status
     for j, name in enumerate(layout.names):
         out[name] = params[:, j]
     if compute_error:
         for i, j in enumerate(fitted):
             out[layout.names[j] + "_std"] = std[:, i]
     out["cost"] = cost
+    out["status"] = status
     return out
 
 

@@ -67,8 +67,8 @@ def test_tiff_end_to_end(movie_files, tmp_path):
                                                          DIAMETER),
                        check_exact=True)
     # the summary line; no progress bar when stderr is not a terminal
-    assert (f"{len(guess):,} features in 6 frames, 0 failed fits"
-            in result.stdout)
+    assert (f"{len(guess):,} features in 6 frames: {len(guess):,} converged, "
+            "0 stopped, 0 failed, 0 degenerate;" in result.stdout)
     assert result.stderr == ""
     assert not (tmp_path / "refined.parquet.parts").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["refined.parquet"]

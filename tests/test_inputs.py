@@ -10,6 +10,13 @@ import pims
 import pytest
 
 from refinefit import refine_leastsq
+from refinefit.kernels.codes import (
+    BLANK,
+    CONVERGED,
+    INVALID_START,
+    MAX_ITER,
+    NO_PIXELS,
+)
 
 # positions on noise-free images (model tails cut off at the mask edge only)
 EXACT_POS = 0.01
@@ -120,6 +127,8 @@ def test_nan_initial_parameters_give_nan_cost(image):
     f.loc[1, "x"] = np.nan
     out = refine_leastsq(f, image, DIAMETER)
     assert np.isnan(out["cost"][1])
+    assert out["status"].tolist() == [CONVERGED, INVALID_START, CONVERGED]
+    assert out["status"].dtype == np.int64
     assert np.isfinite(out["cost"][[0, 2]]).all()
     np.testing.assert_allclose(positions(out)[[0, 2]], TRUTH[[0, 2]],
                                atol=EXACT_POS)
@@ -139,6 +148,7 @@ def test_all_nan_mask_gives_nan_cost(image):
     holey[y - 9:y + 10, x - 9:x + 10] = np.nan
     out = refine_leastsq(features(), holey, DIAMETER)
     assert np.isnan(out["cost"][1])
+    assert out["status"].tolist() == [CONVERGED, NO_PIXELS, CONVERGED]
     assert np.isfinite(out["cost"][[0, 2]]).all()
     np.testing.assert_allclose(positions(out)[[0, 2]], TRUTH[[0, 2]],
                                atol=EXACT_POS)
@@ -157,6 +167,7 @@ def test_mask_outside_image_gives_nan_cost(image):
     f.loc[1, ["y", "x"]] = [-30.0, 200.0]
     out = refine_leastsq(f, image, DIAMETER)
     assert np.isnan(out["cost"][1])
+    assert out["status"].tolist() == [CONVERGED, NO_PIXELS, CONVERGED]
     assert out.loc[1, "y"] == -30.0 and out.loc[1, "x"] == 200.0
     assert np.isfinite(out["cost"][[0, 2]]).all()
     np.testing.assert_allclose(positions(out)[[0, 2]], TRUTH[[0, 2]],
@@ -319,6 +330,7 @@ def test_blank_image_gives_nan_cost_quickly(value, dtype):
     out, elapsed = _run_with_timeout(
         lambda: refine_leastsq(features(), blank, DIAMETER), timeout=120)
     assert out["cost"].isna().all()
+    assert (out["status"] == BLANK).all()
     np.testing.assert_array_equal(positions(out), positions(features()))
     assert elapsed < 10
 
@@ -327,6 +339,7 @@ def test_fit_that_cannot_converge_gives_nan_cost(image):
     f = features(offset=(0.8, -0.7))
     out = refine_leastsq(f, image, DIAMETER, options={"maxiter": 2})
     assert out["cost"].isna().all()
+    assert (out["status"] == MAX_ITER).all()
     # failed fits keep their initial parameters
     np.testing.assert_array_equal(positions(out), positions(f))
     np.testing.assert_array_equal(out["signal"], f["signal"])

@@ -14,6 +14,7 @@ from same_refinement import assert_same_refinement
 import refinefit
 from refinefit.io import tables as table_io
 from refinefit.io.tables import StreamUnsupported, TableStream
+from refinefit.kernels.codes import CONVERGED, MAX_ITER
 from refinefit.pipeline import checkpoint
 from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import movie as movie_module
@@ -218,7 +219,7 @@ def test_a_refused_block_falls_back_to_the_chunk_files(small, tmp_path,
                            diameter=DIAMETER, chunk_frames=1, quiet=False,
                            return_table=False)
     assert len(calls) == 2  # nothing more after the refusal
-    assert "1 failed fits" in capsys.readouterr().out
+    assert "1 failed (1 invalid_start)" in capsys.readouterr().out
     assert_same_refinement(_read(out), _as_read(refinefit.refine_leastsq(
         table, frames, DIAMETER), out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.npy",
@@ -233,7 +234,7 @@ def test_failed_fits_are_counted_while_streaming(small, tmp_path, capsys):
     refinefit.refine_movie(tmp_path / "movie.npy", table,
                            tmp_path / "out.parquet", diameter=DIAMETER,
                            chunk_frames=2, quiet=False, return_table=False)
-    assert "2 failed fits" in capsys.readouterr().out
+    assert "2 failed (2 invalid_start)" in capsys.readouterr().out
 
 
 def test_interrupted_then_resumed_stream(small, tmp_path, monkeypatch):
@@ -292,7 +293,8 @@ def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
     for k in range(3):
         rows = np.arange(3 * k, 3 * k + 3)
         refined = table.iloc[rows].assign(cluster=[0, 1, 1],
-                                          cost=[0.5, np.nan, 0.5])
+                                          cost=[0.5, np.nan, 0.5],
+                                          status=[0, MAX_ITER, 0])
         packs[k] = checkpoint.pack_chunk(rows, refined)
 
     class Recorder:  # a CSV stream, say: takes DataFrames
@@ -316,11 +318,13 @@ def test_chunks_are_written_in_order_with_cluster_labels_offset(small):
     output.finish()
     assert recorder.finished
     written = pd.concat(recorder.blocks)
-    assert_frame_equal(written.drop(columns=["cluster", "cost"]),
-                       table.drop(columns=["cluster", "cost"],
+    assert_frame_equal(written.drop(columns=["cluster", "cost", "status"]),
+                       table.drop(columns=["cluster", "cost", "status"],
                                   errors="ignore"))
     assert written["cluster"].tolist() == [0, 1, 1, 2, 3, 3, 4, 5, 5]
-    assert output.failed_fits == 3
+    assert output.status_counts[CONVERGED] == 6
+    assert output.status_counts[MAX_ITER] == 3
+    assert output.status_counts.sum() == 9
 
 
 def test_index_and_categories_survive_streaming(small, tmp_path):
@@ -524,7 +528,7 @@ def test_parquet_features_resume_chunk_by_chunk(small, tmp_path,
     per_frame = np.cumsum([0] + [int((table["frame"] == k).sum())
                                  for k in range(6)])
     assert ranges == list(zip(per_frame[2:-1], per_frame[3:]))  # 2 to 5
-    assert "1 failed fits" in capsys.readouterr().out
+    assert "1 failed (1 invalid_start)" in capsys.readouterr().out
     assert_same_refinement(pd.read_parquet(out), refinefit.refine_leastsq(
         table, frames, DIAMETER))
 

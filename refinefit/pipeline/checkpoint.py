@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.tables import StreamUnsupported, flush_and_rename
+from ..status import count_status
 
 FORMAT = 1
 _MANIFEST = "manifest.json"
@@ -130,7 +131,7 @@ class OrderedOutput:
         self.waiting = {}
         self.next = 0
         self.clusters = 0
-        self.failed_fits = 0
+        self.status_counts = count_status([])
         self.failed_stream = False
         # chunks whose files hold every column go as NumPy columns, named
         # as in the file: only where the input's names are those strings
@@ -170,13 +171,13 @@ class OrderedOutput:
                     if self.as_arrays else None
                 if columns is not None:
                     self.stream.write_arrays(columns)
-                    cost = columns["cost"]
+                    status = columns["status"]
                 else:
                     rows = chunk_rows(self.table, packed, self.clusters)
                     self.stream.write(rows)
-                    cost = rows["cost"].to_numpy()
+                    status = rows["status"].to_numpy()
                 self.clusters += int(packed["n_clusters"])
-                self.failed_fits += int(np.isnan(cost).sum())
+                self.status_counts = self.status_counts + count_status(status)
                 self.next += 1
         except StreamUnsupported:
             self.abort()

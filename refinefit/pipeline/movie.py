@@ -44,6 +44,7 @@ from ..io.tables import (
 )
 from ..kernels.codes import MODE_FRAME, MODE_GLOBAL, MODE_PARTICLE
 from ..refine import refine_features, refine_leastsq
+from ..status import count_status, describe_status
 from .checkpoint import (
     OrderedOutput,
     PartStore,
@@ -71,7 +72,7 @@ class RunSummary:
     """Counts and timings of one :func:`refine_movie` run."""
 
     features: int
-    failed: int
+    status_counts: np.ndarray   # features per status code (count_status)
     frames: int
     seconds: float
     refined_now: int
@@ -82,8 +83,8 @@ class RunSummary:
         """The one-line summary the command prints."""
         rate = self.refined_now / self.seconds if self.seconds > 0 else 0.0
         text = (f"refinefit: {self.features:,} features in {self.frames:,} "
-                f"frames, {self.failed:,} failed fits, {self.seconds:.2f} s, "
-                f"{rate:,.0f} features/s")
+                f"frames: {describe_status(self.status_counts)}; "
+                f"{self.seconds:.2f} s, {rate:,.0f} features/s")
         if self.resumed_chunks:
             text += (f" ({self.resumed_chunks} of {self.chunks} chunks "
                      "resumed from an earlier run)")
@@ -277,14 +278,13 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                else bool(progress)))
         with numba_threads(threads):
             if n_features == 0:
-                refined, counts = empty, (0, 0, 0, 0)
+                refined, counts = empty, (0, 0, 0, count_status([]))
             elif _couples_frames(options.get("param_mode")):
                 executor = None if client is None else DaskExecutor(
                     client, spec, threads)
                 refined = refine_features(table, window, executor=executor,
                                           **fit_options)
-                counts = (len(table), 1, 0,
-                          int(refined["cost"].isna().sum()))
+                counts = (len(table), 1, 0, count_status(refined["status"]))
             else:
                 def identity(chunks):
                     return fingerprint(
@@ -328,9 +328,10 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         if features_in is not None:
             features_in.close()
     if not quiet:
-        refined_now, n_chunks, resumed, failed = counts
+        refined_now, n_chunks, resumed, status_counts = counts
         summary = RunSummary(
-            features=n_features, failed=failed, frames=len(index.present),
+            features=n_features, status_counts=status_counts,
+            frames=len(index.present),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
         _report(summary.line())
@@ -435,7 +436,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
                    stream=None):
     """Refine the chunks not yet in ``store`` (all of them without one);
     returns the table and (features refined now, chunks, chunks resumed,
-    failed fits).
+    features per status code).
 
     ``results(table, chunks, todo, fit_options)`` yields ``(k, packed)``
     for every chunk ``k`` in ``todo``, in any order: :func:`_refine_here`,
@@ -498,13 +499,13 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
             bar.close()
     counts = (refined_now, len(chunks), len(done))
     if output is not None and not output.failed_stream:
-        return None, counts + (output.failed_fits,)
+        return None, counts + (output.status_counts,)
     if output is not None:  # the stream refused a chunk: all are on disk
         packs = {k: store.load(k) for k in range(len(chunks))}
     else:
         packs.update((k, store.load(k)) for k in done)  # resumed chunks
     refined = assemble(table, [packs[k] for k in range(len(chunks))])
-    return refined, counts + (int(refined["cost"].isna().sum()),)
+    return refined, counts + (count_status(refined["status"]),)
 
 
 def _keep(k, packed, store, output):

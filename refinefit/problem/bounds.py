@@ -8,10 +8,27 @@
 ``pos`` and ``size`` broadcast to their columns (a direct entry wins). By
 default background, signal and size stay positive and positions move at most
 the mask radius. Bounds are computed once from the initial parameters.
+
+A fit that ends with its signal at that positive floor, or with a position at
+one of its bounds, did not find the feature: :func:`degenerate` tells which.
 """
 import numpy as np
 
-_POSITIVE = 1e-7
+from ..kernels.codes import (
+    CONVERGED,
+    MODE_CONST,
+    POSITION_AT_BOUND,
+    SIGNAL_AT_FLOOR,
+)
+
+POSITIVE_FLOOR = 1e-7
+# a signal that ended below this fraction of its start collapsed: the
+# solvers approach the floor geometrically (signals change by at most half
+# a step) and stop once the cost no longer changes, short of the floor
+COLLAPSED = 1e-3
+# a position this close to a bound (in pixels) ended on it: the solvers clip
+# to the bound exactly, scipy's may stop a rounding error inside
+_AT_BOUND = 1e-6
 _SUFFIXES = ("", "_abs", "_rel")
 
 
@@ -41,7 +58,7 @@ def bound_spec(bounds, layout, radius):
                 spec[s, :, i] = _pair(key, bounds[key], one_sided=s > 0)
         if np.isnan(spec[0, 0, i]) and (
                 name in ("background", "signal") + layout.size_columns):
-            spec[0, 0, i] = _POSITIVE
+            spec[0, 0, i] = POSITIVE_FLOOR
         if name in layout.pos_columns and np.all(np.isnan(spec[1, :, i])):
             spec[1, :, i] = radius[layout.pos_columns.index(name)]
     return spec
@@ -74,3 +91,32 @@ def compute_bounds(spec, params):
     lower[np.isnan(lower)] = -np.inf
     upper[np.isnan(upper)] = np.inf
     return lower, upper
+
+
+def degenerate(status, params, start, lower, upper, layout, radius):
+    """``status`` (one code per feature) with converged fits that the data
+    did not determine marked: a fitted signal that collapsed to the positive
+    floor (``SIGNAL_AT_FLOOR``: at the floor, or below :data:`COLLAPSED` of
+    its ``start`` value; the feature vanished and its position has no
+    gradient) or a fitted position at a bound at the edge of the mask or
+    beyond (``POSITION_AT_BOUND``: ``radius`` or more from the start, where
+    a fit runs off a feature it cannot see). A narrower bound of the user's
+    own holds a fit deliberately: a fit at it is a result."""
+    status = status.copy()
+    converged = status == CONVERGED
+    fitted = np.asarray(layout.modes) != MODE_CONST
+    signal = layout.index("signal")
+    if fitted[signal]:
+        floor = lower[:, signal] <= POSITIVE_FLOOR
+        collapsed = floor & (params[:, signal] <= np.maximum(
+            POSITIVE_FLOOR * 1.001, COLLAPSED * start[:, signal]))
+        status[converged & collapsed] = SIGNAL_AT_FLOOR
+    axes = [d for d, name in enumerate(layout.pos_columns)
+            if fitted[layout.index(name)]]
+    pos = [layout.index(layout.pos_columns[d]) for d in axes]
+    reach = np.asarray(radius, dtype=float)[axes] - _AT_BOUND
+    x, lo, hi, x0 = params[:, pos], lower[:, pos], upper[:, pos], start[:, pos]
+    at_bound = (((x - lo <= _AT_BOUND) & (x0 - lo >= reach))
+                | ((hi - x <= _AT_BOUND) & (hi - x0 >= reach))).any(axis=1)
+    status[(status == CONVERGED) & at_bound] = POSITION_AT_BOUND
+    return status

@@ -15,7 +15,7 @@ from ..kernels import CONVERGED, count_mask_pixels, fill_mask_pixels
 from .backend import solve_batch
 from .lockstep import Unsupported, solve_constrained
 from .reduction import errors_at
-from .result import Solution, empty_solution, store
+from .result import Solution, empty_solution, judge, store
 from .scipy_path import MAX_GROUP, solve_groups
 from .scratch import active_scratch, reused_buffers
 
@@ -314,9 +314,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
             break
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
-    failed = ((status != CONVERGED) | ~np.isfinite(cost)
-              | (cost > settings.solver.max_rms_dev))
-    cost[failed] = np.nan
+    cost, status = judge(cost, status, settings.solver.max_rms_dev)
     solution = Solution(current, cost, status, std, iterations)
     if return_batch:
         return solution, final_batch

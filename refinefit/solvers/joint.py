@@ -20,7 +20,7 @@ import numpy as np
 
 from ..kernels import CONVERGED, MAX_ITER
 from .engine import flatten_masks, frame_maxima
-from .result import Solution
+from .result import Solution, judge
 from .scipy_path import solve_groups
 
 
@@ -91,8 +91,8 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
     status = np.where(success, CONVERGED, MAX_ITER)
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
-    failed = ~success | ~np.isfinite(cost) | (cost > settings.solver.max_rms_dev)
-    cost[failed] = np.nan
+    cost, status = judge(cost, status, settings.solver.max_rms_dev)
+    failed = status != CONVERGED
     std[np.repeat(failed, np.diff(cluster_feat_off))] = np.nan
     return Solution(current, cost, status, std, iterations)
 

@@ -3,6 +3,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels.codes import CONVERGED, NOT_FINITE, RMS_TOO_HIGH
+
 
 class Solution(NamedTuple):
     """How the fits of a set of clusters ended.
@@ -53,3 +55,16 @@ def store(result, part, clusters, features):
     result.cost[clusters] = part.cost
     result.status[clusters] = part.status
     result.iterations[clusters] = part.iterations
+
+
+def judge(cost, status, max_rms_dev):
+    """The cost and status of fits as reported: a converged fit whose cost
+    is not finite or exceeds ``max_rms_dev`` failed (``NOT_FINITE``,
+    ``RMS_TOO_HIGH``), and every fit but a converged one has a NaN cost."""
+    status = status.copy()
+    converged = status == CONVERGED
+    finite = np.isfinite(cost)
+    status[converged & ~finite] = NOT_FINITE
+    with np.errstate(invalid="ignore"):
+        status[converged & finite & (cost > max_rms_dev)] = RMS_TOO_HIGH
+    return np.where(status == CONVERGED, cost, np.nan), status

@@ -1,0 +1,35 @@
+"""How fits ended, as users read it: the ``status`` column's codes, counted
+and described for the summary line.
+
+The codes themselves live in :mod:`refinefit.kernels.codes`, the one table
+the kernels and this layer share.
+"""
+import numpy as np
+
+from .kernels.codes import STATUS_KINDS, STATUS_MESSAGES, STATUS_NAMES
+
+__all__ = ["STATUS_NAMES", "STATUS_MESSAGES", "STATUS_KINDS", "count_status",
+           "describe_status"]
+
+_N_CODES = max(STATUS_NAMES) + 1
+
+
+def count_status(status):
+    """Features per status code: an array indexed by code."""
+    status = np.asarray(status, dtype=np.int64)
+    return np.bincount(status, minlength=_N_CODES)[:_N_CODES]
+
+
+def describe_status(counts):
+    """``'950 converged, 0 stopped, 15 failed (10 rms_too_high, 5 no_pixels),
+    30 degenerate (30 signal_at_floor)'`` from :func:`count_status`."""
+    parts = []
+    for kind in ("converged", "stopped", "failed", "degenerate"):
+        codes = [code for code, k in STATUS_KINDS.items() if k == kind]
+        total = int(sum(counts[code] for code in codes))
+        text = f"{total:,} {kind}"
+        if total and kind in ("failed", "degenerate"):
+            text += " (" + ", ".join(f"{int(counts[code]):,} {STATUS_NAMES[code]}"
+                                     for code in codes if counts[code]) + ")"
+        parts.append(text)
+    return ", ".join(parts)
