@@ -49,6 +49,7 @@ _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
 _CG_TOL = 1e-10
 _MAX_RELATIVE_STEP = 0.5  # signal and sizes change by at most 50% a step
+_MAX_RATE = 0.9  # largest linear convergence rate the stop tests allow for
 
 
 @kernel
@@ -253,6 +254,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
 
     lam = _LAMBDA_START
     nu = 2.0
+    rate = 0.0  # linear convergence rate estimated from the last step
     status = MAX_ITER
     n_iter = 0
     while n_eval < max_eval and n_iter < 4 * max_eval:
@@ -302,8 +304,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         for i in range(n_unk):
             predicted += (-(2.0 - shrink) * grad[i] * step[i]
                           + lam * scale[i] * step[i] * step[i])
-        if predicted <= tol * cost and lam < 1.0:
-            # the next step would change the cost by less than tol: done
+        if predicted <= tol * (1.0 - rate) * cost and lam < 1.0:
+            # the steps to come would change the cost by less than tol: done
             status = CONVERGED
             break
         step_norm = 0.0
@@ -330,7 +332,16 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             cur = 1 - cur
             lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
-            if actual <= tol * old_cost and predicted <= tol * old_cost:
+            # a fit whose residuals stay large (a faint feature in noise)
+            # converges linearly: each Gauss-Newton step reduces the cost by
+            # (1 + rate) times the prediction, the next prediction is about
+            # rate^2 of this one, and the cost still to go is about
+            # predicted / (1 - rate): the stop tests allow for it
+            rate = 0.0
+            if shrink == 1.0 and predicted > 0.0:
+                rate = min(max(actual / predicted - 1.0, 0.0), _MAX_RATE)
+            if (actual <= tol * (1.0 - rate) * old_cost
+                    and predicted <= tol * (1.0 - rate) * old_cost):
                 status = CONVERGED
                 break
         else:
