@@ -11,15 +11,12 @@ input). Where they fit the same least-squares problem they must agree:
 
 trackpy is slow (about 300 features/s), so every image holds few features.
 """
-import logging
-import warnings
-
 import numpy as np
 import pandas as pd
 import pims
 import pytest
 import synth
-import trackpy
+from side_by_side import ArrayFrames, run_both
 from trackpy.refine.least_squares import (
     FitFunctions,
     prepare_subimage,
@@ -33,26 +30,6 @@ BACKGROUND = 20.0
 POS_ATOL = 0.01
 COST_RTOL = 1e-3
 MIXED = [1] * 4 + [2] * 3 + [3] * 2  # singles, touching dimers and trimers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def quiet_trackpy():
-    """trackpy logs a warning per failed cluster."""
-    logger = logging.getLogger("trackpy")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
-
-
-def run_both(f, reader, diameter, **kwargs):
-    """Refine with both; trackpy's rows are put in refinefit's order."""
-    ours = refinefit.refine_leastsq(f, reader, diameter, **kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = trackpy.refine_leastsq(f.copy(), reader, diameter, **kwargs)
-    assert sorted(theirs.index) == sorted(ours.index)
-    return ours, theirs.loc[ours.index]
 
 
 def partition(result):
@@ -192,27 +169,6 @@ def test_failed_fits():
                  cost_atol=1e-5)
     assert ours["cost"].isna().sum() == 2
     assert theirs["cost"].isna().sum() == 2
-
-
-class ArrayFrames(pims.FramesSequence):
-    """A minimal pims reader over an ndarray movie."""
-
-    def __init__(self, movie):
-        self._movie = movie
-
-    def __len__(self):
-        return len(self._movie)
-
-    @property
-    def frame_shape(self):
-        return self._movie.shape[1:]
-
-    @property
-    def pixel_type(self):
-        return self._movie.dtype
-
-    def get_frame(self, i):
-        return pims.Frame(self._movie[i], frame_no=i)
 
 
 def test_pims_movie():
