@@ -14,6 +14,7 @@ from .io.frames import frame_source
 from .problem.models import resolve_model
 from .problem.params import size_columns_for
 from .refine import refine_leastsq
+from .status import count_status, describe_status
 
 
 def train_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
@@ -102,8 +103,10 @@ def train_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     failed = refined["cost"].isna()
     if failed.any():
         raise ValueError(f"train_leastsq: {int(failed.sum())} of "
-                         f"{len(refined)} fits failed; use well-separated "
-                         "features and check the starting values")
+                         f"{len(refined)} fits did not converge ("
+                         f"{describe_status(count_status(refined['status']))}"
+                         "); use well-separated features and check the "
+                         "starting values")
     return {name: float(refined[name].iloc[0]) for name, mode in modes.items()
             if mode == "global"}
 
