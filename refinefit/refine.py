@@ -289,9 +289,9 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
             solution = refine_sorted(
                 source, frames[order][starts], cluster_feat_off, start, lower,
                 upper, settings)
-        sizes = np.diff(cluster_feat_off)
-        feature_cost = np.repeat(solution.cost, sizes)
-        feature_status = degenerate(np.repeat(solution.status, sizes),
+        members = np.diff(cluster_feat_off)
+        feature_cost = np.repeat(solution.cost, members)
+        feature_status = degenerate(np.repeat(solution.status, members),
                                     solution.params, start, lower, upper,
                                     layout, radius)
         # only converged fits that the data determine are results; the rest

@@ -9,8 +9,9 @@
 default background, signal and size stay positive and positions move at most
 the mask radius. Bounds are computed once from the initial parameters.
 
-A fit that ends with its signal at that positive floor, or with a position at
-one of its bounds, did not find the feature: :func:`degenerate` tells which.
+A fit that ends with its signal collapsed to that positive floor, or with a
+position at the edge of the mask, did not find the feature: :func:`degenerate`
+tells which.
 """
 import numpy as np
 
