@@ -34,7 +34,7 @@ FIT_KEYS = ("diameter", "separation", "fit_function", "param_mode",
             "param_val", "bounds", "compute_error", "pos_columns", "t_column",
             "max_iter", "max_shift", "max_rms_dev", "residual_factor", "tol",
             "options", "method")
-RUN_KEYS = ("threads", "chunk_frames", "lanes")
+RUN_KEYS = ("threads", "chunk_frames", "lanes", "channel", "grey", "invert")
 # what refine_movie raises for input the user can fix; any other exception
 # is a bug and keeps its traceback
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError,
@@ -52,6 +52,8 @@ example config file (TOML; flags override it):
   chunk_frames = 64
   threads = 2
   lanes = 2                     # chunks refined at once (default 2)
+  channel = "g"                 # colour movies: a channel, or grey = true
+  invert = true                 # dark features on a bright background
   [param_mode]
   size = "var"
   [param_val]
@@ -150,6 +152,7 @@ def _build_parser():
     refine.add_argument("--bounds", metavar="NAME=LOW:HIGH", action="append",
                         default=[], help="absolute bounds (an empty side is "
                         "open), or NAME_abs=D / NAME_rel=F; repeatable")
+    _add_frame_options(refine)
     refine.add_argument("--config", metavar="FILE",
                         help="TOML file with any refine_leastsq option")
     refine.add_argument("--threads", metavar="N", type=int,
@@ -180,6 +183,23 @@ def _build_parser():
                       "the features go to the same folder")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_frame_options(parser):
+    """--channel, --grey and --invert: what of each frame is used."""
+    parser.add_argument("--channel", metavar="C", type=_channel,
+                        help="colour frames: the channel to use, an index "
+                        "(0, 1, ...) or r, g, b")
+    parser.add_argument("--grey", action="store_true", default=None,
+                        help="colour frames: use the luminance "
+                        "(0.2125 R + 0.7154 G + 0.0721 B)")
+    parser.add_argument("--invert", action="store_true", default=None,
+                        help="dark features on a bright background: use the "
+                        "inverted frames (as trackpy.locate's invert)")
+
+
+def _channel(text):
+    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
 
 
 def _refine(args):
@@ -233,7 +253,8 @@ def _options(args):
     options = _read_config(args.config) if args.config else {}
     flags = dict(diameter=args.diameter, separation=args.separation,
                  fit_function=args.fit_function, threads=args.threads,
-                 chunk_frames=args.chunk_frames)
+                 chunk_frames=args.chunk_frames, channel=args.channel,
+                 grey=args.grey, invert=args.invert)
     options.update({k: v for k, v in flags.items() if v is not None})
     for key, entries, parse in (("param_mode", args.param_mode, str),
                                 ("param_val", args.param_val, _number),

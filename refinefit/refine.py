@@ -8,7 +8,12 @@ import pandas as pd
 
 from . import config
 from .config import Model, Scipy, Settings, Solver
-from .io.frames import check_frame_column, frame_numbers, frame_source
+from .io.frames import (
+    check_frame_column,
+    colour_frames,
+    frame_numbers,
+    frame_source,
+)
 from .kernels.codes import (
     CONVERGED,
     INVALID_START,
@@ -205,6 +210,13 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     if ndim not in (2, 3):
         raise ValueError(f"pos_columns: refinement works on 2D or 3D images, "
                          f"got {ndim} position column(s) {pos_columns}")
+    colour = colour_frames(reader, ndim)
+    if colour is not None:
+        raise ValueError(
+            f"reader: the frames are colour (shape {colour}, {colour[-1]} "
+            "channels): refine one channel (e.g. frames[..., 0]) or the "
+            "luminance (pims.as_grey(frames)), or use refinefit.refine_movie "
+            "with channel= or grey=True")
     source = frame_source(reader, ndim)
     if source.ndim != ndim:
         raise ValueError(f"the image is {source.ndim}D but the features have "

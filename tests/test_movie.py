@@ -201,10 +201,10 @@ def test_tiff_written_in_blocks(small, tmp_path, compression):
                                                          DIAMETER))
 
 
-def test_rgb_tiff_is_refused(tmp_path, small):
+def test_rgb_tiff_needs_a_channel(tmp_path, small):
     _, _, guess = small
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((6, 32, 32, 3), np.uint8))
-    with pytest.raises(ValueError, match="RGB"):
+    with pytest.raises(ValueError, match="colour .* --channel / channel="):
         run(tmp_path / "rgb.tif", guess, diameter=DIAMETER)
 
 

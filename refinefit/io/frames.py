@@ -92,6 +92,21 @@ def frame_source(reader, n_pos):
                        single_frame=single)
 
 
+def colour_frames(reader, n_pos):
+    """The frame shape when ``reader`` holds colour frames for ``n_pos``
+    position columns (one axis more, of 3 or 4 samples, last), else None."""
+    shape = getattr(reader, "frame_shape", None)
+    if shape is not None:
+        candidates = (tuple(shape),)
+    else:  # an ndarray: one colour image, or a movie of them
+        shape = tuple(np.shape(reader))
+        candidates = (shape, shape[1:])
+    for frame in candidates:
+        if len(frame) == n_pos + 1 and frame[-1] in (3, 4):
+            return frame
+    return None
+
+
 def check_frame_column(columns, t_column):
     """KeyError unless the features have the frame column."""
     if t_column not in columns:

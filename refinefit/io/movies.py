@@ -16,17 +16,27 @@
 Leading axes beyond one frame's dimensions all count as frame axes (see
 ``open_movie``). Every movie gives ``frame_shape``, ``dtype``, ``len()``,
 ``read(frames)`` and ``identity()``, what the checkpoint fingerprint records.
+
+Colour frames (a last axis of 3 or 4 samples: RGB, RGBA) are refined one
+channel at a time or as their luminance, and dark features on a bright
+background on the inverted frames: see :class:`SelectedMovie`.
 """
 import glob
 import hashlib
 import json
 import mmap
+import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+CHANNEL_NAMES = {"r": 0, "g": 1, "b": 2}
+_COLOUR_SAMPLES = (3, 4)
+# luminance of RGB, as pims.as_grey and scikit-image weigh the channels
+_GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
 
 class Movie:
@@ -35,6 +45,7 @@ class Movie:
     frame_shape = ()
     dtype = None
     path = None
+    colour = False  # frames end in an axis of colour samples
 
     def __len__(self):
         return self.n_frames
@@ -152,8 +163,13 @@ class ReaderMovie(Movie):
         self.path = None if path is None else Path(path)
         if hasattr(reader, "frame_shape"):
             self.frame_shape = tuple(int(n) for n in reader.frame_shape)
+            self.colour = (frame_ndim is not None
+                           and len(self.frame_shape) == frame_ndim + 1
+                           and self.frame_shape[-1] in _COLOUR_SAMPLES)
         elif isinstance(reader, np.ndarray) and reader.ndim >= 2:
-            n_frames, self.frame_shape = movie_shape(reader.shape, frame_ndim)
+            self.colour = is_colour(reader.shape, frame_ndim)
+            n_frames, self.frame_shape = movie_shape(
+                reader.shape, frame_ndim + self.colour if frame_ndim else None)
             reader = reader.reshape((n_frames,) + self.frame_shape)
         else:
             raise TypeError("movie must be a path, an ndarray with frames on "
@@ -191,21 +207,38 @@ class ReaderMovie(Movie):
             close()  # we opened it
 
 
-def open_movie(movie, frame_ndim=None):
+def open_movie(movie, frame_ndim=None, *, channel=None, grey=False,
+               invert=False):
     """Open ``movie`` (a path or an open array/reader) as a :class:`Movie`.
 
     ``frame_ndim`` (2 or 3, the number of position columns) folds every
     leading axis of an array or file into the frame axis, so a TIFF written
     in blocks (shape blocks x frames x Y x X) is a movie of 2D frames.
-    Without it, axis 0 is the frame axis.
+    Without it, axis 0 is the frame axis. With it, frames of one more axis
+    whose last axis holds 3 or 4 samples are colour frames, which need
+    ``channel`` or ``grey`` (see :class:`SelectedMovie`, which also
+    describes ``invert``).
 
     Raises
     ------
     FileNotFoundError
         The path does not exist.
     ValueError
-        The file cannot be read as a movie.
+        The file cannot be read as a movie; a colour movie without
+        ``channel`` or ``grey``; a bad ``channel``.
     """
+    selection = FrameSelection(channel, grey, invert)
+    selection.check()
+    opened = _open(movie, frame_ndim)
+    try:
+        return selection.apply(opened)
+    except ValueError:
+        if opened is not movie:
+            opened.close()
+        raise
+
+
+def _open(movie, frame_ndim):
     if not isinstance(movie, (str, os.PathLike)):
         return movie if isinstance(movie, Movie) else ReaderMovie(
             movie, frame_ndim=frame_ndim)
@@ -219,12 +252,19 @@ def open_movie(movie, frame_ndim=None):
             return _open_tiff(path, frame_ndim)
         if path.is_file() and suffix == ".npy":
             return _open_npy(path, frame_ndim)
-        return _open_pims(path)  # also a glob of images
+        return _open_pims(path, frame_ndim)  # also a glob of images
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as exc:  # any reader error: the file is not a movie
         raise ValueError(f"cannot read movie {str(path)!r}: "
                          f"{_one_line(exc)}") from exc
+
+
+def is_colour(shape, frame_ndim):
+    """Whether data of ``shape`` (frames first) hold colour frames of
+    ``frame_ndim`` dimensions: one more axis, of 3 or 4 samples, last."""
+    return (frame_ndim is not None and len(shape) >= frame_ndim + 2
+            and int(shape[-1]) in _COLOUR_SAMPLES)
 
 
 def movie_shape(shape, frame_ndim=None):
@@ -242,12 +282,16 @@ def _open_tiff(path, frame_ndim):
     import tifffile
 
     tif = tifffile.TiffFile(path)
+    colour = False
     try:
         if not tif.series or not tif.pages:
             raise ValueError("the file holds no images")
-        if tif.series[0].axes.endswith("S"):
-            raise ValueError("frames with colour samples (RGB) are not "
-                             "supported; save the movie as grayscale")
+        colour = tif.series[0].axes.endswith("S")
+        if colour and (tif.series[0].dataoffset is None
+                       or len(tif.series) > 1):
+            raise ValueError("colour (RGB) frames are read from uncompressed "
+                             "TIFF files only; save the movie uncompressed "
+                             "or as grayscale")
     except ValueError:
         tif.close()
         raise
@@ -256,10 +300,18 @@ def _open_tiff(path, frame_ndim):
         return TiffPagesMovie(path, tif, frame_ndim)
     tif.close()
     mapped = tifffile.memmap(path, mode="r")
-    n_frames, frame_shape = movie_shape(mapped.shape, frame_ndim)
+    return _mapped(path, mapped, frame_ndim, colour)
+
+
+def _mapped(path, mapped, frame_ndim, colour):
+    """A :class:`MappedMovie` of the map's byte range; colour frames keep
+    their samples axis."""
+    colour = colour and frame_ndim is not None and mapped.ndim > frame_ndim
+    n_frames, frame_shape = movie_shape(
+        mapped.shape, frame_ndim + colour if frame_ndim else None)
     movie = MappedMovie(path, mapped.offset, (n_frames,) + frame_shape,
                         mapped.dtype)
-    del mapped
+    movie.colour = colour
     return movie
 
 
@@ -267,17 +319,14 @@ def _open_npy(path, frame_ndim):
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     if not mapped.flags.c_contiguous:  # Fortran order: index the map itself
         return ReaderMovie(mapped, path, frame_ndim)
-    n_frames, frame_shape = movie_shape(mapped.shape, frame_ndim)
-    movie = MappedMovie(path, mapped.offset, (n_frames,) + frame_shape,
-                        mapped.dtype)
-    del mapped
-    return movie
+    return _mapped(path, mapped, frame_ndim,
+                   is_colour(mapped.shape, frame_ndim))
 
 
-def _open_pims(path):
+def _open_pims(path, frame_ndim):
     import pims
 
-    return PimsMovie(pims.open(str(path)), path)
+    return PimsMovie(pims.open(str(path)), path, frame_ndim)
 
 
 class PimsMovie(ReaderMovie):
@@ -312,3 +361,115 @@ def _array_digest(array):
 def _one_line(exc):
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """What of each frame is refined: a colour channel (an index, or
+    ``'r'``, ``'g'``, ``'b'``) or the luminance (``grey``) of colour frames,
+    inverted or not (``invert``)."""
+
+    channel: object = None
+    grey: bool = False
+    invert: bool = False
+
+    def check(self):
+        """Errors that need no movie: a bad ``channel``, both ``channel`` and
+        ``grey``."""
+        channel = self.channel
+        if isinstance(channel, str):
+            if channel.lower() not in CHANNEL_NAMES:
+                raise ValueError(f"channel={channel!r}: use a channel index "
+                                 "(0, 1, ...) or one of 'r', 'g', 'b'")
+        elif channel is not None and not (
+                isinstance(channel, numbers.Integral)
+                and not isinstance(channel, bool)):
+            raise TypeError(f"channel must be an index or one of 'r', 'g', "
+                            f"'b', got {channel!r}")
+        for name in ("grey", "invert"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got "
+                                f"{getattr(self, name)!r}")
+        if channel is not None and self.grey:
+            raise ValueError("channel and grey exclude each other: refine one "
+                             "channel or the luminance")
+
+    def apply(self, movie):
+        """``movie`` itself, or a :class:`SelectedMovie` of it."""
+        if not movie.colour:
+            if self.channel is not None or self.grey:
+                option = "channel" if self.channel is not None else "grey"
+                raise ValueError(
+                    f"{option}: the movie is greyscale (frames of shape "
+                    f"{tuple(movie.frame_shape)}), it has no colour channels; "
+                    f"drop --{option} / {option}=")
+            return SelectedMovie(movie, self) if self.invert else movie
+        samples = movie.frame_shape[-1]
+        if self.channel is None and not self.grey:
+            raise ValueError(
+                f"the movie's frames are colour (shape "
+                f"{tuple(movie.frame_shape)}, {samples} channels): choose one "
+                "channel with --channel / channel= (an index, or r, g, b) or "
+                "the luminance with --grey / grey=True")
+        index = self.index()
+        if index is not None and not 0 <= index < samples:
+            raise ValueError(f"channel={self.channel!r}: the frames have "
+                             f"{samples} channels (0 to {samples - 1})")
+        return SelectedMovie(movie, self)
+
+    def index(self):
+        """The channel's index, or None."""
+        if isinstance(self.channel, str):
+            return CHANNEL_NAMES[self.channel.lower()]
+        return None if self.channel is None else int(self.channel)
+
+
+class SelectedMovie(Movie):
+    """The frames of ``movie`` as ``selection`` says: one channel (the
+    frame's dtype) or the luminance (float64, weights 0.2125 R + 0.7154 G
+    + 0.0721 B, as ``pims.as_grey``) of colour frames, then, with
+    ``invert``, inverted as ``trackpy.locate`` inverts: integer frames
+    XOR their dtype's maximum (the maximum minus the value for unsigned
+    types), float frames 1 minus the value. The luminance is inverted
+    against the maximum of the frames it comes from: the dtype's maximum
+    minus the luminance for integer frames (255 for 8 bits), 1 minus it
+    for float frames."""
+
+    def __init__(self, movie, selection):
+        self._movie = movie
+        self.selection = selection
+        self.path = movie.path
+        self.n_frames = len(movie)
+        self.frame_shape = tuple(movie.frame_shape[:-1]) if movie.colour \
+            else tuple(movie.frame_shape)
+        self.dtype = np.dtype(np.float64) if selection.grey else movie.dtype
+
+    def read(self, frame_numbers):
+        return [self._select(frame) for frame in self._movie.read(
+            frame_numbers)]
+
+    def _select(self, frame):
+        frame = np.asarray(frame)
+        top = np.iinfo(frame.dtype).max if np.issubdtype(
+            frame.dtype, np.integer) else 1.0
+        if self.selection.grey:
+            frame = sum(weight * frame[..., c].astype(np.float64)
+                        for c, weight in enumerate(_GREY_WEIGHTS))
+            return top - frame if self.selection.invert else frame
+        if self._movie.colour:
+            frame = np.ascontiguousarray(frame[..., self.selection.index()])
+        if self.selection.invert:
+            frame = frame ^ top if np.issubdtype(frame.dtype, np.integer) \
+                else top - frame
+        return frame
+
+    def identity(self):
+        base = self._movie.identity()
+        if base is None:
+            return None
+        return dict(base, channel=self.selection.index(),
+                    grey=bool(self.selection.grey),
+                    invert=bool(self.selection.invert))
+
+    def close(self):
+        self._movie.close()

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..io.frames import as_kernel_image
-from ..io.movies import open_movie
+from ..io.movies import FrameSelection, open_movie
 from ..solvers.scratch import Scratch
 from .chunk import numba_threads, refine_read_chunk
 from .memory import keep_freed_memory
@@ -113,17 +113,19 @@ def check_client(client):
 @dataclass(frozen=True)
 class MovieSpec:
     """How a worker opens the movie: its path, the frame dimensionality,
-    and the identity the client saw (a worker that sees another file at
+    what of each frame is refined (channel, luminance, inverted), and the
+    identity the client saw (a worker that sees another file at
     that path refuses to work on it)."""
 
     path: str
     frame_ndim: int
     identity: str  # JSON of the movie's identity() on the client
+    selection: FrameSelection = FrameSelection()
 
     @classmethod
-    def of(cls, path, frame_ndim, movie):
+    def of(cls, path, frame_ndim, movie, selection=FrameSelection()):
         return cls(os.path.abspath(path), int(frame_ndim),
-                   _identity_text(movie))
+                   _identity_text(movie), selection)
 
     def open(self):
         """The movie and its read lock, cached per worker process."""
@@ -133,7 +135,11 @@ class MovieSpec:
                 _MOVIES.move_to_end(self)
             else:
                 try:
-                    movie = open_movie(self.path, frame_ndim=self.frame_ndim)
+                    movie = open_movie(
+                        self.path, frame_ndim=self.frame_ndim,
+                        channel=self.selection.channel,
+                        grey=self.selection.grey,
+                        invert=self.selection.invert)
                 except (OSError, ValueError) as exc:
                     raise ValueError(f"a Dask worker cannot open the movie: "
                                      f"{exc}") from None

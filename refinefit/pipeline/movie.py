@@ -31,7 +31,7 @@ from ..io.frames import (
     frame_numbers,
     frames_outside,
 )
-from ..io.movies import open_movie
+from ..io.movies import FrameSelection, open_movie
 from ..io.tables import (
     TableStream,
     check_output_path,
@@ -92,6 +92,7 @@ class RunSummary:
 
 
 def refine_movie(movie, features, out=None, *, diameter, separation=None,
+                 channel=None, grey=False, invert=False,
                  chunk_frames=None, threads=None, progress=None, quiet=False,
                  prefetch=True, lanes=None, client=None, return_table=True,
                  **options):
@@ -121,6 +122,21 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         results go to ``OUT.parts/`` until the run completes.
     diameter, separation
         As in :func:`refinefit.refine_leastsq`.
+    channel : int or {'r', 'g', 'b'}, optional
+        For colour frames (a last axis of 3 or 4 samples: RGB, RGBA): the
+        channel to refine. A colour movie needs ``channel`` or ``grey``.
+    grey : bool
+        For colour frames: refine the luminance, ``0.2125 R + 0.7154 G +
+        0.0721 B`` (as ``pims.as_grey``), in float64.
+    invert : bool
+        Dark features on a bright background: refine the inverted frames,
+        inverted as ``trackpy.locate(..., invert=True)`` does: integer
+        frames XOR their dtype's maximum (for unsigned types, the maximum
+        minus the value), float frames 1 minus the value (frames scaled
+        0..1; other float frames give a negative background, which the
+        default bounds refuse); the luminance of integer frames, their
+        dtype's maximum minus it. The refined ``background`` and ``signal``
+        then refer to the inverted image.
     chunk_frames : int, optional
         Frames per chunk. Default: as many frames as fit in 16 MiB and hold
         at most 10,000 features (at least one frame, at most 64), per two
@@ -263,7 +279,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             table_identity(table, path=features)
         pos_columns = options.get("pos_columns") or (
             ["z", "y", "x"] if "z" in table else ["y", "x"])
-        frames_movie = open_movie(movie, frame_ndim=len(pos_columns))
+        frames_movie = open_movie(movie, frame_ndim=len(pos_columns),
+                                  channel=channel, grey=grey, invert=invert)
         table, features_in, index = _index_features(
             table, features_in, features, t_column, frames_movie, movie)
         window = FrameWindow(frames_movie)
@@ -271,7 +288,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
         n_features = index.n_features
         spec = None if client is None else MovieSpec.of(
-            movie, len(pos_columns), frames_movie)
+            movie, len(pos_columns), frames_movie,
+            FrameSelection(channel, grey, invert))
         limits = _chunk_limits(chunk_frames, frames_movie, _chunk_scale(
             threads, client, options.get("param_mode")))
         show = (not quiet and (sys.stderr.isatty() if progress is None
