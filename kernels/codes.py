@@ -33,6 +33,7 @@ RMS_TOO_HIGH = 7
 INVALID_START = 8
 SIGNAL_AT_FLOOR = 9
 POSITION_AT_BOUND = 10
+OUTSIDE_FRAME = 11
 
 STATUS_NAMES = {
     CONVERGED: "converged",
@@ -46,6 +47,7 @@ STATUS_NAMES = {
     INVALID_START: "invalid_start",
     SIGNAL_AT_FLOOR: "signal_at_floor",
     POSITION_AT_BOUND: "position_at_bound",
+    OUTSIDE_FRAME: "outside_frame",
 }
 
 STATUS_MESSAGES = {
@@ -63,6 +65,7 @@ STATUS_MESSAGES = {
     POSITION_AT_BOUND: ("degenerate: a position ended at its bound (by "
                         "default the edge of the mask), so the data do not "
                         "determine it"),
+    OUTSIDE_FRAME: "the feature's mask lies entirely outside the frame",
 }
 
 # The kinds the summary line counts: a fit converged, stopped at the
@@ -79,4 +82,5 @@ STATUS_KINDS = {
     INVALID_START: "failed",
     SIGNAL_AT_FLOOR: "degenerate",
     POSITION_AT_BOUND: "degenerate",
+    OUTSIDE_FRAME: "failed",
 }

@@ -119,6 +119,10 @@ def main(argv=None):
 def _build_parser():
     parser = _Parser(prog="refinefit", description="Fast least-squares "
                      "refinement of feature positions.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version",
+                        version=f"refinefit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=_Parser)
     refine = sub.add_parser(
@@ -143,6 +147,16 @@ def _build_parser():
     refine.add_argument("--fit-function", metavar="NAME",
                         help="gauss (default), disc, hat, ring, "
                         "inv_series_<n>")
+    refine.add_argument("--pos-columns", metavar="COLS", type=_names,
+                        help="position columns, comma-separated (default "
+                        "z,y,x when FEATURES has a z column, else y,x)")
+    refine.add_argument("--t-column", metavar="NAME",
+                        help="frame column (default frame)")
+    refine.add_argument("--compute-error", action="store_true", default=None,
+                        help="add <param>_std standard errors")
+    refine.add_argument("--max-iter", metavar="N", type=int,
+                        help="at most N solves while re-centring the masks "
+                        "(default 10)")
     refine.add_argument("--param-mode", metavar="NAME=MODE", action="append",
                         default=[], help="var, const, cluster, global, "
                         "particle or frame; repeatable")
@@ -196,6 +210,14 @@ def _add_frame_options(parser):
     parser.add_argument("--invert", action="store_true", default=None,
                         help="dark features on a bright background: use the "
                         "inverted frames (as trackpy.locate's invert)")
+
+
+def _names(text):
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated column names, got {text!r}")
+    return names
 
 
 def _channel(text):
@@ -254,7 +276,9 @@ def _options(args):
     flags = dict(diameter=args.diameter, separation=args.separation,
                  fit_function=args.fit_function, threads=args.threads,
                  chunk_frames=args.chunk_frames, channel=args.channel,
-                 grey=args.grey, invert=args.invert)
+                 grey=args.grey, invert=args.invert,
+                 pos_columns=args.pos_columns, t_column=args.t_column,
+                 compute_error=args.compute_error, max_iter=args.max_iter)
     options.update({k: v for k, v in flags.items() if v is not None})
     for key, entries, parse in (("param_mode", args.param_mode, str),
                                 ("param_val", args.param_val, _number),

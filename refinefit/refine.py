@@ -19,8 +19,8 @@ from .kernels.codes import (
     INVALID_START,
     MODE_CONST,
     MODE_PARTICLE,
-    NO_PIXELS,
     NOT_FINITE,
+    OUTSIDE_FRAME,
 )
 from .problem.bounds import bound_spec, compute_bounds, degenerate
 from .problem.clustering import cluster_features
@@ -156,7 +156,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
          0  converged            the fit converged
          1  max_iter             stopped at the evaluation limit
          2  not_finite           the cost became NaN or infinite
-         3  no_pixels            a mask holds no valid pixel (e.g. off the image)
+         3  no_pixels            a mask holds no valid pixel (all NaN)
          4  blank                every pixel of the cluster's mask is equal
          5  constraint_unmet     no positions near the start meet the constraints
          6  singular             the normal equations stayed singular
@@ -166,6 +166,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
                                  (or below a thousandth of its start)
         10  position_at_bound    degenerate: a position ended at its bound at
                                  the edge of the mask (or beyond)
+        11  outside_frame        the mask lies entirely outside the frame
         ==  ===================  ===============================================
 
         Codes 9 and 10 are fits the data do not determine: the feature
@@ -221,7 +222,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     if source.ndim != ndim:
         raise ValueError(f"the image is {source.ndim}D but the features have "
                          f"{ndim} position columns {pos_columns}; pass "
-                         "pos_columns to match the image")
+                         "pos_columns (--pos-columns) to match the image")
     diameter = _per_axis("diameter", diameter, ndim)
     separation = diameter if separation is None else _per_axis(
         "separation", separation, ndim)
@@ -229,6 +230,10 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     if min(radius) < 1:
         raise ValueError(f"diameter {diameter} gives a mask radius below 1 "
                          "pixel; use a diameter of at least 2")
+    if any(d > n for d, n in zip(diameter, source.frame_shape)):
+        raise ValueError(f"diameter {diameter} is larger than the frames "
+                         f"(shape {tuple(source.frame_shape)}); the diameter "
+                         "is that of one feature's mask, in pixels")
     isotropic = len(set(diameter)) == 1
     layout = make_layout(model, pos_columns, isotropic, param_mode)
     spec = bound_spec(bounds, layout, radius)
@@ -257,7 +262,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
 
     valid = np.isfinite(params).all(axis=1)
     source.check_frames(np.unique(frames[valid]))
-    status = np.where(valid, NO_PIXELS, INVALID_START)
+    status = np.where(valid, OUTSIDE_FRAME, INVALID_START)
     valid &= _touches_image(params[:, 2:2 + ndim], radius, source, frames)
     labels, sizes = cluster_features(params[:, 2:2 + ndim], frames,
                                      separation, valid)
@@ -380,7 +385,8 @@ def _pos_columns(f, pos_columns):
     missing = [col for col in pos_columns if col not in f]
     if missing:
         raise KeyError(f"position column(s) {missing} not in the DataFrame "
-                       f"(columns: {list(f.columns)}); pass pos_columns")
+                       f"(columns: {list(f.columns)}); pass pos_columns "
+                       "(--pos-columns on the command line)")
     return pos_columns
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from .kernels.codes import STATUS_KINDS, STATUS_MESSAGES, STATUS_NAMES
 
 __all__ = ["STATUS_NAMES", "STATUS_MESSAGES", "STATUS_KINDS", "count_status",
-           "describe_status"]
+           "describe_status", "degenerate_hint"]
 
 _N_CODES = max(STATUS_NAMES) + 1
 
@@ -33,3 +33,20 @@ def describe_status(counts):
                                      for code in codes if counts[code]) + ")"
         parts.append(text)
     return ", ".join(parts)
+
+
+def degenerate_hint(counts):
+    """What to try when most fits ended degenerate (None otherwise): the
+    usual causes are dark features refined as bright ones, and a mask
+    diameter that does not fit the features."""
+    degenerate = sum(int(counts[code]) for code, kind in STATUS_KINDS.items()
+                     if kind == "degenerate")
+    fitted = degenerate + sum(int(counts[code]) for code, kind
+                              in STATUS_KINDS.items()
+                              if kind in ("converged", "stopped"))
+    if not fitted or degenerate <= fitted / 2:
+        return None
+    return (f"most fits ({degenerate:,} of {fitted:,}) are degenerate: their "
+            "signal vanished or their position ran to the edge of the mask. "
+            "Dark features on a bright background need --invert (invert="
+            "True); check too that the diameter fits the features")

@@ -111,7 +111,8 @@ def check_frame_column(columns, t_column):
     """KeyError unless the features have the frame column."""
     if t_column not in columns:
         raise KeyError(f"features have no frame column {t_column!r} (columns: "
-                       f"{[str(c) for c in columns]}); pass t_column")
+                       f"{[str(c) for c in columns]}); pass t_column "
+                       "(--t-column on the command line)")
 
 
 def frame_numbers(values, t_column):

@@ -6,6 +6,7 @@ Formats are chosen by the file's extension. Parquet needs pyarrow
 missing.
 """
 import bz2
+import glob
 import gzip
 import lzma
 import os
@@ -77,6 +78,43 @@ def read_features(path):
         raise
     except Exception as exc:  # a parser error: say which file and why
         raise _unreadable(path, exc) from exc
+
+
+def has_index_column(path):
+    """Whether the features file ``path`` stores an index: a CSV whose first
+    header cell is empty, a Parquet file with a stored index. The output
+    then keeps one, so that it reads back as the input was read."""
+    try:
+        kind = table_format(Path(path), "features")
+        if kind == "csv":
+            return _csv_index_col(path) == 0
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).pandas_metadata or {}
+            return any(not isinstance(index, dict)
+                       for index in metadata.get("index_columns", []))
+    except Exception:  # unreadable: read_features says why, elsewhere
+        return False
+    return False
+
+
+def check_not_an_input(out, inputs):
+    """ValueError when the output ``out`` is one of the ``inputs`` (paths,
+    globs of paths): the same path or the same file by another name."""
+    out = Path(out)
+    for name, given in inputs.items():
+        if not isinstance(given, (str, os.PathLike)):
+            continue
+        paths = [Path(p) for p in glob.glob(str(given))] if any(
+            c in str(given) for c in "*?[") else [Path(given)]
+        for path in paths:
+            same = os.path.abspath(path) == os.path.abspath(out) or (
+                out.exists() and path.exists() and os.path.samefile(path, out))
+            if same:
+                raise ValueError(f"output {str(out)!r} is the {name} "
+                                 f"{str(path)!r}: it would be overwritten; "
+                                 "choose another output path")
 
 
 def _unreadable(path, exc):
@@ -358,14 +396,16 @@ def _read_hdf(path):
     raise ValueError(f"expected one table, found keys {keys}")
 
 
-def write_table(table, path, kind, final_name=None):
+def write_table(table, path, kind, final_name=None, keep_index=None):
     """Write ``table`` to ``path`` as ``kind`` ('csv' or 'parquet').
 
-    The index is written only when it is not the default 0..n-1 range, so a
-    table read from a file round-trips with its columns only. CSV
-    compression follows the extension of ``final_name`` (default ``path``).
+    The index is written with ``keep_index``, by default only when it is not
+    the default 0..n-1 range, so a table read from a file round-trips with
+    its columns only. CSV compression follows the extension of
+    ``final_name`` (default ``path``).
     """
-    keep_index = writes_index(table)
+    if keep_index is None:
+        keep_index = writes_index(table)
     if kind == "parquet":
         table.to_parquet(path, index=keep_index,
                          use_dictionary=_dictionary_columns(table))
@@ -523,13 +563,15 @@ def streamable(path, kind):
 _OPENERS = {None: open, "gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 
 
-def write_table_atomically(table, path, kind):
+def write_table_atomically(table, path, kind, keep_index=None):
     """Write to a temporary name in the destination directory, flush it to
-    disk and rename it to ``path``: ``path`` is either absent or complete."""
+    disk and rename it to ``path``: ``path`` is either absent or complete
+    (``keep_index`` as for :func:`write_table`)."""
     path = Path(path)
     temporary = _temporary_name(path)
     try:
-        write_table(table, temporary, kind, final_name=path)
+        write_table(table, temporary, kind, final_name=path,
+                    keep_index=keep_index)
         flush_and_rename(temporary, path)
     finally:
         if temporary.exists():

@@ -12,6 +12,7 @@ import hashlib
 import numbers
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -34,7 +35,9 @@ from ..io.frames import (
 from ..io.movies import FrameSelection, open_movie
 from ..io.tables import (
     TableStream,
+    check_not_an_input,
     check_output_path,
+    has_index_column,
     open_streamed_features,
     read_features,
     remove_stale_temporaries,
@@ -44,7 +47,7 @@ from ..io.tables import (
 )
 from ..kernels.codes import MODE_FRAME, MODE_GLOBAL, MODE_PARTICLE
 from ..refine import refine_features, refine_leastsq
-from ..status import count_status, describe_status
+from ..status import count_status, degenerate_hint, describe_status
 from .checkpoint import (
     OrderedOutput,
     PartStore,
@@ -262,6 +265,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                          "would go nowhere")
     if client is not None:
         _check_remote(client, movie)
+    if out is not None:
+        check_not_an_input(out, {"movie": movie, "features file": features})
     kind = check_output_path(out) if out is not None else None
     _check_threads(threads)
     n_lanes = lane_count(lanes, threads, fit_options)
@@ -277,6 +282,11 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             and not _couples_frames(options.get("param_mode")))
         table_id = None if isinstance(features, pd.DataFrame) else \
             table_identity(table, path=features)
+        # an index stored in the features file is written out again, so
+        # that the output reads back as the input was read
+        keep_index = writes_index(table) or (
+            not isinstance(features, pd.DataFrame)
+            and has_index_column(features))
         pos_columns = options.get("pos_columns") or (
             ["z", "y", "x"] if "z" in table else ["y", "x"])
         frames_movie = open_movie(movie, frame_ndim=len(pos_columns),
@@ -287,6 +297,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
         n_features = index.n_features
+        _check_diameter(table, diameter, pos_columns)
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie,
             FrameSelection(channel, grey, invert))
@@ -326,7 +337,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                                       threads=threads)
                 stream = None
                 if store is not None and streams and index.order is None:
-                    stream = TableStream(out, kind, writes_index(table))
+                    stream = TableStream(out, kind, keep_index)
                 if features_in is not None:
                     # every column is in the chunk results (NumPy types):
                     # the output needs only the index, 0..n-1
@@ -335,7 +346,8 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
                     results, table, chunks, fit_options, store, show, quiet,
                     stream)
         if out is not None and refined is not None:
-            write_table_atomically(refined, out, kind)
+            write_table_atomically(refined, out, kind,
+                                   keep_index or writes_index(refined))
         if store is not None:
             store.remove()
     finally:
@@ -345,14 +357,17 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             frames_movie.close()
         if features_in is not None:
             features_in.close()
+    refined_now, n_chunks, resumed, status_counts = counts
     if not quiet:
-        refined_now, n_chunks, resumed, status_counts = counts
         summary = RunSummary(
             features=n_features, status_counts=status_counts,
             frames=len(index.present),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
         _report(summary.line())
+    hint = degenerate_hint(status_counts)
+    if hint is not None:
+        warnings.warn(hint, RuntimeWarning, stacklevel=2)
     return refined if return_table else None
 
 
@@ -572,6 +587,26 @@ def _read_ahead(read, labels, prefetch):
             pending = (reader.submit(read, labels[i + 1])
                        if i + 1 < len(labels) else None)
             yield label, value
+
+
+def _check_diameter(table, diameter, pos_columns):
+    """Warn when the mask radius is far from the features' ``size`` (as
+    trackpy.locate measures it, the radius of gyration): smaller than the
+    size, the mask cuts the feature; over six sizes, it is mostly
+    background and neighbours."""
+    if "size" not in table or not len(table):
+        return
+    size = pd.to_numeric(table["size"], errors="coerce").median()
+    radius = min(np.broadcast_to(np.asarray(diameter, dtype=float),
+                                 (len(pos_columns),))) // 2
+    if not np.isfinite(size) or size <= 0:
+        return
+    if radius < size or radius > 6 * size:
+        warnings.warn(
+            f"the mask radius (diameter // 2 = {radius:g} px) is far from the "
+            f"features' size (median {size:.3g} px): a radius of about two "
+            f"to three sizes, diameter {2 * round(2.5 * size) + 1}, fits "
+            "them", RuntimeWarning, stacklevel=3)
 
 
 def _report(line):
