@@ -5,6 +5,7 @@ output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
 from . import config
 from .fit_functions import FitFunctions
+from .locate import locate_movie
 from .pipeline.dask import ClusterError
 from .pipeline.movie import refine_movie
 from .problem.constraints import dimer, dimer_global, tetramer, trimer, wrap_constraint
@@ -15,6 +16,6 @@ from .train import train_leastsq
 
 __all__ = ["refine_leastsq", "train_leastsq", "refine_movie", "vect_from_params",
            "vect_to_params", "dimer", "trimer", "tetramer", "dimer_global",
-           "wrap_constraint", "FitFunctions", "ClusterError", "config",
+           "wrap_constraint", "FitFunctions", "ClusterError", "config", "locate_movie",
            "STATUS_NAMES", "STATUS_MESSAGES"]
 __version__ = "0.2.0"

@@ -1,4 +1,5 @@
-"""The ``refinefit`` command line: ``refinefit refine`` and ``refinefit demo``.
+"""The ``refinefit`` command line: ``refinefit locate``, ``refinefit refine``,
+``refinefit inspect`` and ``refinefit demo``.
 
 ``refine`` is a thin wrapper over :func:`refinefit.refine_movie`. Options
 come from a TOML file (``--config``) and flags, flags winning. Every error
@@ -187,6 +188,75 @@ def _build_parser():
                         "scheduler after this long (default 10)")
     refine.set_defaults(run=_refine)
 
+    locate = sub.add_parser(
+        "locate", help="find features with trackpy.locate, frame by frame",
+        description="Locate the features of every frame of MOVIE with "
+        "trackpy.locate and write\nFEATURES (CSV or Parquet), ready for "
+        "'refinefit refine'. Needs:\npip install 'refinefit[locate]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    locate.add_argument("movie", metavar="MOVIE")
+    locate.add_argument("-o", "--out", metavar="FEATURES", required=True,
+                        help="output table, .csv or .parquet")
+    locate.add_argument("--diameter", metavar="D", required=True,
+                        type=_number_or_tuple, help="feature diameter in "
+                        "pixels, odd (11, or 5,11,11 for 3D frames)")
+    for flag, metavar, kind, text in (
+            ("--minmass", "M", float, "minimum integrated brightness"),
+            ("--separation", "S", _number_or_tuple, "minimum distance "
+             "between features (default: diameter + 1)"),
+            ("--percentile", "P", float, "features must be brighter than "
+             "this percentile of the frame (default 64)"),
+            ("--topn", "N", int, "keep the N brightest features"),
+            ("--noise-size", "S", float, "band-pass: width of the Gaussian "
+             "blur (default 1)"),
+            ("--smoothing-size", "S", float, "band-pass: size of the "
+             "boxcar (default: the diameter)"),
+            ("--threshold", "T", float, "band-pass: clip below this"),
+            ("--maxsize", "S", float, "maximum radius of gyration"),
+            ("--max-iterations", "N", int, "centroid iterations "
+             "(default 10)")):
+        locate.add_argument(flag, metavar=metavar, type=kind, help=text)
+    locate.add_argument("--no-preprocess", dest="preprocess",
+                        action="store_false", default=None,
+                        help="no band-pass filter before locating")
+    locate.add_argument("--no-characterize", dest="characterize",
+                        action="store_false", default=None,
+                        help="no size, ecc and signal columns")
+    locate.add_argument("--engine", choices=("auto", "python", "numba"))
+    _add_frame_options(locate)
+    locate.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary line")
+    locate.set_defaults(run=_locate)
+
+    inspect = sub.add_parser(
+        "inspect", help="a picture of the fit on one frame",
+        description="Draw one frame of MOVIE with the refined positions of "
+        "REFINED (the output\nof 'refinefit refine'), the model and the "
+        "residual on its masks, histograms\nof the cost, of the sub-pixel "
+        "positions and of the standard errors, and\nthe counts by status; "
+        "write it to OUT (.png, .pdf or .svg). Needs:\npip install "
+        "'refinefit[plot]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    inspect.add_argument("movie", metavar="MOVIE")
+    inspect.add_argument("refined", metavar="REFINED")
+    inspect.add_argument("--frame", metavar="N", type=int, required=True,
+                         help="the frame to draw")
+    inspect.add_argument("-o", "--out", metavar="OUT", required=True,
+                         help="the picture, .png, .pdf or .svg")
+    inspect.add_argument("--diameter", metavar="D", type=_number_or_tuple,
+                         required=True, help="the mask diameter of the "
+                         "refinement")
+    inspect.add_argument("--features", metavar="FEATURES",
+                         help="the features refined, for their initial "
+                         "positions")
+    inspect.add_argument("--fit-function", metavar="NAME", default="gauss")
+    inspect.add_argument("--pos-columns", metavar="COLS", type=_names)
+    inspect.add_argument("--t-column", metavar="NAME", default="frame")
+    inspect.add_argument("--region", metavar="Y0:Y1,X0:X1", type=_region,
+                         help="zoom the image panels to this region")
+    _add_frame_options(inspect)
+    inspect.set_defaults(run=_inspect)
+
     demo = sub.add_parser("demo", help="refine a synthetic movie with ground "
                           "truth and report accuracy and speed")
     demo.add_argument("--frames", type=int, default=40,
@@ -197,6 +267,97 @@ def _build_parser():
                       "the features go to the same folder")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _locate(args):
+    from .locate import locate_movie
+
+    options = {name: getattr(args, name) for name in (
+        "minmass", "separation", "percentile", "topn", "noise_size",
+        "smoothing_size", "threshold", "maxsize", "max_iterations",
+        "preprocess", "characterize", "engine")
+        if getattr(args, name, None) is not None}
+    selection = {name: getattr(args, name) for name in (
+        "channel", "grey", "invert") if getattr(args, name) is not None}
+    return _run_quietly(lambda: locate_movie(
+        args.movie, args.out, diameter=args.diameter, quiet=args.quiet,
+        return_table=False, **selection, **options))
+
+
+def _inspect(args):
+    from .io.movies import open_movie
+    from .io.tables import check_not_an_input, read_features
+    from .plot import inspect_frame
+    from .status import count_status, describe_status
+
+    def draw():
+        out = Path(args.out)
+        if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"output {args.out!r}: use .png, .pdf or .svg")
+        check_not_an_input(out, {"movie": args.movie,
+                                 "refined table": args.refined,
+                                 "features file": args.features})
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"output directory {str(out.parent)!r} "
+                                    "does not exist")
+        refined = read_features(args.refined)
+        features = None if args.features is None else read_features(
+            args.features)
+        movie = open_movie(args.movie, frame_ndim=2, channel=args.channel,
+                           grey=bool(args.grey), invert=bool(args.invert))
+        try:
+            if not 0 <= args.frame < len(movie):
+                raise ValueError(f"--frame {args.frame}: the movie has "
+                                 f"{len(movie)} frames")
+            frame = movie.read([args.frame])[0]
+        finally:
+            movie.close()
+        temporary = out.with_name(f".{out.name}.tmp{out.suffix}")
+        try:
+            _, panels = inspect_frame(
+                frame, refined, args.diameter, features=features,
+                frame_no=args.frame, fit_function=args.fit_function,
+                pos_columns=args.pos_columns, t_column=args.t_column,
+                region=args.region, out=temporary)
+            os.replace(temporary, out)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+        summary = panels["summary"]
+        print(f"refinefit: frame {args.frame}: "
+              f"{describe_status(count_status(refined['status']))}; "
+              f"median cost {summary['median_cost']:.3g}, pixel noise / "
+              f"maximum {summary['noise_ratio']:.3g}; wrote {out}")
+
+    return _run_quietly(draw)
+
+
+def _run_quietly(work):
+    """Run ``work``: a user's error is one line and exit status 2; warnings
+    are printed once each, after it (not the libraries' deprecation
+    notices, which are for their callers' developers)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            work()
+        except _USER_ERRORS as exc:
+            return _fail(exc)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"refinefit: warning: {' '.join(message.split())}",
+              file=sys.stderr)
+    return 0
+
+
+def _region(text):
+    try:
+        rows, columns = text.split(",")
+        return tuple(_number(v) for part in (rows, columns)
+                     for v in part.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected Y0:Y1,X0:X1, got {text!r}") from None
 
 
 def _add_frame_options(parser):

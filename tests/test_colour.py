@@ -172,3 +172,37 @@ def test_colour_files(colour_movie, tmp_path, writer):
     expected = refinefit.refine_leastsq(
         features, 255 - frames[..., 1], DIAMETER)
     pd.testing.assert_frame_equal(refined, expected, check_exact=True)
+
+
+def test_locate_refine_inspect_a_colour_movie(colour_movie, tmp_path):
+    """The whole path on the dark spots of the green channel."""
+    folder, _, truth, _ = colour_movie
+    frames = str(folder / "frame_*.png")
+    steps = [
+        ["locate", frames, "-o", tmp_path / "found.csv", "--diameter", 9,
+         "--minmass", 300, "--channel", "g", "--invert"],
+        ["refine", frames, tmp_path / "found.csv", "-o",
+         tmp_path / "refined.csv", "--diameter", DIAMETER, "--channel", "g",
+         "--invert"],
+        ["inspect", frames, tmp_path / "refined.csv", "--frame", 1, "-o",
+         tmp_path / "report.png", "--diameter", DIAMETER, "--features",
+         tmp_path / "found.csv", "--channel", "g", "--invert"],
+    ]
+    for step in steps:
+        result = subprocess.run([sys.executable, "-m", "refinefit",
+                                 *map(str, step)], capture_output=True,
+                                text=True)
+        assert result.returncode == 0, (step[0], result.stderr)
+    refined = pd.read_csv(tmp_path / "refined.csv")
+    # every true spot found once, and refined near the truth
+    assert len(refined) == len(truth)
+    errors = []
+    for t, spots in truth.groupby("frame"):
+        found = refined[refined["frame"] == t]
+        d2 = ((found[["y", "x"]].to_numpy()[:, None]
+               - spots[["y", "x"]].to_numpy()[None]) ** 2).sum(axis=2)
+        errors.append(np.sqrt(d2.min(axis=0)))
+    errors = np.concatenate(errors)
+    assert (refined["status"] == CONVERGED).all()
+    assert np.sqrt(np.mean(errors ** 2)) < 0.08
+    assert (tmp_path / "report.png").stat().st_size > 10_000

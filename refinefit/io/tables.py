@@ -6,6 +6,7 @@ Formats are chosen by the file's extension. Parquet needs pyarrow
 missing.
 """
 import bz2
+import fnmatch
 import glob
 import gzip
 import lzma
@@ -101,13 +102,20 @@ def has_index_column(path):
 
 def check_not_an_input(out, inputs):
     """ValueError when the output ``out`` is one of the ``inputs`` (paths,
-    globs of paths): the same path or the same file by another name."""
+    globs of paths): the same path, the same file by another name, or a
+    name the glob matches (the next run would read it as a frame)."""
     out = Path(out)
     for name, given in inputs.items():
         if not isinstance(given, (str, os.PathLike)):
             continue
-        paths = [Path(p) for p in glob.glob(str(given))] if any(
-            c in str(given) for c in "*?[") else [Path(given)]
+        pattern = any(c in str(given) for c in "*?[")
+        if pattern and fnmatch.fnmatch(os.path.abspath(out),
+                                       os.path.abspath(given)):
+            raise ValueError(f"output {str(out)!r} is matched by the {name} "
+                             f"{str(given)!r}: the movie would take it for "
+                             "a frame; choose another output path")
+        paths = [Path(p) for p in glob.glob(str(given))] if pattern \
+            else [Path(given)]
         for path in paths:
             same = os.path.abspath(path) == os.path.abspath(out) or (
                 out.exists() and path.exists() and os.path.samefile(path, out))

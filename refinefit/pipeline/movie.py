@@ -364,7 +364,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             frames=len(index.present),
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
-        _report(summary.line())
+        report(summary.line())
     hint = degenerate_hint(status_counts)
     if hint is not None:
         warnings.warn(hint, RuntimeWarning, stacklevel=2)
@@ -486,7 +486,7 @@ def _refine_chunks(results, table, chunks, fit_options, store, show, quiet,
         done = store.open()
         remove_stale_temporaries(store.out)
         if not quiet and store.discarded:
-            _report(f"refinefit: {store.folder.name} held chunks of a run "
+            report(f"refinefit: {store.folder.name} held chunks of a run "
                     "with another movie, features or options; starting afresh")
     todo = [k for k in range(len(chunks)) if k not in done]
     output = None if stream is None else OrderedOutput(
@@ -568,11 +568,11 @@ def _refine_here(movie, prefetch, lanes, table, chunks, todo, fit_options,
         return refine_read_chunk(movie, frame_ids, frames, rows, chunk_table,
                                  fit_options, scratch)
 
-    yield from refine_in_lanes(refine, _read_ahead(read, todo, prefetch),
+    yield from refine_in_lanes(refine, read_ahead(read, todo, prefetch),
                                lanes)
 
 
-def _read_ahead(read, labels, prefetch):
+def read_ahead(read, labels, prefetch):
     """Yield ``(label, read(label))`` per label, in order, reading the next
     in a background thread while the caller works on this one."""
     if not prefetch:
@@ -609,7 +609,7 @@ def _check_diameter(table, diameter, pos_columns):
             "them", RuntimeWarning, stacklevel=3)
 
 
-def _report(line):
+def report(line):
     """Print a line of news to stdout; a reader that went away (``| head``)
     does not stop the run."""
     try:
