@@ -7,6 +7,7 @@ import threading
 import time
 
 import dask
+import numpy as np
 import pandas as pd
 import pytest
 import tifffile
@@ -97,6 +98,18 @@ def test_shared_size_equal_to_one_process(client, movie, mode,
         assert got["size"].nunique() == 1
         assert got["size"].iloc[0] == pytest.approx(truth["size"].iloc[0],
                                                     abs=0.1)
+
+
+def test_a_channel_inverted_on_the_workers(client, movie, tmp_path):
+    """channel and invert reach the workers, which open the movie
+    themselves: the inverted green channel of this RGB movie is the grey
+    movie, and so are the results."""
+    path, frames, _, guess = movie
+    rgb = np.stack([frames // 2, 255 - frames, frames], axis=-1)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    got = run(tmp_path / "rgb.tif", guess, diameter=DIAMETER, channel="g",
+              invert=True, client=client)
+    assert_bitwise(got, run(path, guess, diameter=DIAMETER))
 
 
 def test_shared_size_runs_chunks_on_the_workers(client, movie, monkeypatch):
