@@ -153,7 +153,8 @@ def _build_parser():
                         "z,y,x when FEATURES has a z column, else y,x)")
     refine.add_argument("--t-column", metavar="NAME",
                         help="frame column (default frame)")
-    refine.add_argument("--compute-error", action="store_true", default=None,
+    refine.add_argument("--compute-error",
+                        action=argparse.BooleanOptionalAction, default=None,
                         help="add <param>_std standard errors")
     refine.add_argument("--max-iter", metavar="N", type=int,
                         help="at most N solves while re-centring the masks "
@@ -324,8 +325,9 @@ def _inspect(args):
             if temporary.exists():
                 temporary.unlink()
         summary = panels["summary"]
+        on_frame = refined[refined[args.t_column] == args.frame]
         print(f"refinefit: frame {args.frame}: "
-              f"{describe_status(count_status(refined['status']))}; "
+              f"{describe_status(count_status(on_frame['status']))}; "
               f"median cost {summary['median_cost']:.3g}, pixel noise / "
               f"maximum {summary['noise_ratio']:.3g}; wrote {out}")
 
@@ -365,10 +367,12 @@ def _add_frame_options(parser):
     parser.add_argument("--channel", metavar="C", type=_channel,
                         help="colour frames: the channel to use, an index "
                         "(0, 1, ...) or r, g, b")
-    parser.add_argument("--grey", action="store_true", default=None,
+    parser.add_argument("--grey", action=argparse.BooleanOptionalAction,
+                        default=None,
                         help="colour frames: use the luminance "
                         "(0.2125 R + 0.7154 G + 0.0721 B)")
-    parser.add_argument("--invert", action="store_true", default=None,
+    parser.add_argument("--invert", action=argparse.BooleanOptionalAction,
+                        default=None,
                         help="dark features on a bright background: use the "
                         "inverted frames (as trackpy.locate's invert)")
 
@@ -401,9 +405,9 @@ def _refine(args):
     # library warnings and log lines are held back: an error is one line
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    client = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+
+    def work():
+        client = None
         try:
             if args.scheduler:
                 from .pipeline.dask import connect
@@ -412,15 +416,11 @@ def _refine(args):
             refine_movie(args.movie, args.features, args.out,
                          quiet=args.quiet, client=client, return_table=False,
                          **run, **options)
-        except _USER_ERRORS as exc:
-            return _fail(exc)
         finally:
             if client is not None:
                 client.close()
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        print(f"refinefit: warning: {' '.join(message.split())}",
-              file=sys.stderr)
-    return 0
+
+    return _run_quietly(work)
 
 
 def _fail(exc):
@@ -440,6 +440,9 @@ def _options(args):
                  grey=args.grey, invert=args.invert,
                  pos_columns=args.pos_columns, t_column=args.t_column,
                  compute_error=args.compute_error, max_iter=args.max_iter)
+    if args.channel is not None or args.grey:  # one replaces the other
+        options.pop("channel", None)
+        options.pop("grey", None)
     options.update({k: v for k, v in flags.items() if v is not None})
     for key, entries, parse in (("param_mode", args.param_mode, str),
                                 ("param_val", args.param_val, _number),

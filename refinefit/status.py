@@ -35,10 +35,10 @@ def describe_status(counts):
     return ", ".join(parts)
 
 
-def degenerate_hint(counts):
+def degenerate_hint(counts, inverted=False):
     """What to try when most fits ended degenerate (None otherwise): the
-    usual causes are dark features refined as bright ones, and a mask
-    diameter that does not fit the features."""
+    usual causes are dark features refined as bright ones (or bright ones
+    ``inverted``), and a mask diameter that does not fit the features."""
     degenerate = sum(int(counts[code]) for code, kind in STATUS_KINDS.items()
                      if kind == "degenerate")
     fitted = degenerate + sum(int(counts[code]) for code, kind
@@ -46,7 +46,10 @@ def degenerate_hint(counts):
                               if kind in ("converged", "stopped"))
     if not fitted or degenerate <= fitted / 2:
         return None
+    advice = ("bright features on a dark background need no --invert "
+              "(invert=False)" if inverted else "dark features on a bright "
+              "background need --invert (invert=True)")
     return (f"most fits ({degenerate:,} of {fitted:,}) are degenerate: their "
-            "signal vanished or their position ran to the edge of the mask. "
-            "Dark features on a bright background need --invert (invert="
-            "True); check too that the diameter fits the features")
+            f"signal vanished or their position ran to the edge of the mask. "
+            f"{advice[0].upper() + advice[1:]}; check too that the diameter "
+            "fits the features")

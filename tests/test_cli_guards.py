@@ -83,10 +83,51 @@ def test_an_index_in_is_an_index_out(movie, tmp_path, suffix):
     pd.testing.assert_index_equal(back.index, read_in.index)
     # without an index in, none out
     plain = tmp_path / ("plain" + suffix)
-    command("refine", folder / "movie.npy", folder / "features.csv", "-o",
-            plain, "--diameter", DIAMETER, "--quiet")
+    result = command("refine", folder / "movie.npy", folder / "features.csv",
+                     "-o", plain, "--diameter", DIAMETER, "--quiet")
+    assert result.returncode == 0, result.stderr
     if suffix == ".csv":
         assert pd.read_csv(plain).columns[0] == "frame"
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_schema(plain).names[0] == "frame"
+        assert "__index_level_0__" not in pq.read_schema(plain).names
+
+
+def test_outputs_beside_a_glob_are_not_inputs(tmp_path):
+    from refinefit.io.tables import check_not_an_input
+
+    frames = tmp_path / "frames"
+    (frames / "plots").mkdir(parents=True)
+    (frames / "img_0.png").write_bytes(b"")
+    (tmp_path / "feat[1].csv").write_text("frame,y,x\n")
+    movie = str(frames / "img_*")
+    check_not_an_input(frames / "plots" / "f0.png", {"movie": movie})
+    check_not_an_input(tmp_path / "img_results" / "out.csv", {"movie": movie})
+    with pytest.raises(ValueError, match="matched by the movie"):
+        check_not_an_input(frames / "img_out.csv", {"movie": movie})
+    with pytest.raises(ValueError, match="is the features file"):
+        check_not_an_input(tmp_path / "feat[1].csv",
+                           {"features file": str(tmp_path / "feat[1].csv")})
+
+
+def test_flags_override_the_config(movie, tmp_path):
+    """--grey replaces a config file's channel; --no-invert its invert."""
+    folder, frames, features = movie
+    rgb = np.stack([frames] * 3, axis=-1)
+    np.save(tmp_path / "rgb.npy", rgb)
+    (tmp_path / "fit.toml").write_text('channel = "g"\ninvert = true\n')
+    out = tmp_path / "refined.csv"
+    result = command("refine", tmp_path / "rgb.npy", folder / "features.csv",
+                     "-o", out, "--diameter", DIAMETER, "--config",
+                     tmp_path / "fit.toml", "--grey", "--no-invert",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    expected = refinefit.refine_movie(rgb, features, diameter=DIAMETER,
+                                      grey=True, quiet=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out), expected,
+                                  check_exact=False, rtol=1e-12)
 
 
 def test_flags_users_need_most(movie, tmp_path):
@@ -147,3 +188,8 @@ def test_dark_features_without_invert_get_a_hint(movie, tmp_path):
                        DIAMETER, "--invert")
     assert inverted.returncode == 0 and inverted.stderr == ""
     assert f"{len(features)} converged" in inverted.stdout
+    # bright features inverted: the hint says so
+    bright = command("refine", folder / "movie.npy", folder / "features.csv",
+                     "-o", tmp_path / "bright.csv", "--diameter", DIAMETER,
+                     "--invert")
+    assert "need no --invert" in bright.stderr

@@ -65,7 +65,10 @@ def test_refine_equals_the_api(walked):
 def test_inspect_draws_the_frame(walked):
     folder, (_, _, inspected) = walked
     assert inspected.returncode == 0, inspected.stderr
-    assert "refinefit: frame 2: " in inspected.stdout
+    refined = pd.read_csv(folder / "refined.csv")
+    on_frame = refined[refined["frame"] == 2]
+    assert f"refinefit: frame 2: {(on_frame['status'] == 0).sum()} " \
+        "converged" in inspected.stdout
     assert "median cost" in inspected.stdout
     picture = matplotlib.image.imread(folder / "report.png")
     assert picture.shape[:2] == (900, 1400)

@@ -135,6 +135,18 @@ def test_bad_channel_options_exit_2_and_write_nothing(colour_movie, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_selection_is_part_of_the_movies_identity(colour_movie):
+    """A run resumed with another channel or inversion starts afresh: the
+    checkpoint's fingerprint holds the movie's identity."""
+    folder, _, _, _ = colour_movie
+    pattern = str(folder / "frame_*.png")
+    identities = {str(open_movie(pattern, 2, **selection).identity())
+                  for selection in (dict(channel="g"), dict(channel=0),
+                                    dict(channel="g", invert=True),
+                                    dict(grey=True))}
+    assert len(identities) == 4
+
+
 def test_a_channel_of_a_grey_movie_is_refused(tmp_path):
     movie = np.zeros((2,) + SHAPE, dtype=np.uint16)
     with pytest.raises(ValueError, match="greyscale .* drop --channel"):

@@ -108,9 +108,9 @@ def test_degenerate_marks_only_converged_fits_at_their_limits():
     # bounds of the user's own, narrower than the defaults, hold the fit
     # deliberately: a signal at 2e-7, x at 0.5 px from its start
     own_lower, own_upper = lower.copy(), upper.copy()
-    own_lower[:, 1] = 2e-7
+    own_lower[:, 1] = 0.0
     own_upper[:, 3] = start[:, 3] + 0.5
-    params[1, 1] = 2e-7
+    params[1, 1] = 0.0
     params[3, 3] = start[3, 3] + 0.5
     assert degenerate(status, params, start, own_lower, own_upper, layout,
                       radius)[:4].tolist() == [CONVERGED] * 4

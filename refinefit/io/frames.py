@@ -5,6 +5,8 @@ Frames are read one at a time, when the engine asks for them.
 import numpy as np
 import pandas as pd
 
+from .movies import is_colour, is_colour_frame
+
 _KERNEL_DTYPES = {np.dtype(t) for t in (
     np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
     np.float32, np.float64)}
@@ -94,17 +96,13 @@ def frame_source(reader, n_pos):
 
 def colour_frames(reader, n_pos):
     """The frame shape when ``reader`` holds colour frames for ``n_pos``
-    position columns (one axis more, of 3 or 4 samples, last), else None."""
+    position columns (see :func:`refinefit.io.movies.is_colour`), else
+    None."""
     shape = getattr(reader, "frame_shape", None)
     if shape is not None:
-        candidates = (tuple(shape),)
-    else:  # an ndarray: one colour image, or a movie of them
-        shape = tuple(np.shape(reader))
-        candidates = (shape, shape[1:])
-    for frame in candidates:
-        if len(frame) == n_pos + 1 and frame[-1] in (3, 4):
-            return frame
-    return None
+        return tuple(shape) if is_colour_frame(shape, n_pos) else None
+    shape = tuple(np.shape(reader))  # an image, or a movie of them
+    return shape[-n_pos - 1:] if is_colour(shape, n_pos) else None
 
 
 def check_frame_column(columns, t_column):

@@ -163,9 +163,7 @@ class ReaderMovie(Movie):
         self.path = None if path is None else Path(path)
         if hasattr(reader, "frame_shape"):
             self.frame_shape = tuple(int(n) for n in reader.frame_shape)
-            self.colour = (frame_ndim is not None
-                           and len(self.frame_shape) == frame_ndim + 1
-                           and self.frame_shape[-1] in _COLOUR_SAMPLES)
+            self.colour = is_colour_frame(self.frame_shape, frame_ndim)
         elif isinstance(reader, np.ndarray) and reader.ndim >= 2:
             self.colour = is_colour(reader.shape, frame_ndim)
             n_frames, self.frame_shape = movie_shape(
@@ -231,7 +229,7 @@ def open_movie(movie, frame_ndim=None, *, channel=None, grey=False,
     selection.check()
     opened = _open(movie, frame_ndim)
     try:
-        return selection.apply(opened)
+        return selection.apply(opened, owns=opened is not movie)
     except ValueError:
         if opened is not movie:
             opened.close()
@@ -260,11 +258,18 @@ def _open(movie, frame_ndim):
                          f"{_one_line(exc)}") from exc
 
 
+def is_colour_frame(frame_shape, frame_ndim):
+    """Whether frames of ``frame_shape`` are colour frames of ``frame_ndim``
+    dimensions: one axis more, of 3 or 4 samples (RGB, RGBA), last."""
+    return (frame_ndim is not None and len(frame_shape) == frame_ndim + 1
+            and int(frame_shape[-1]) in _COLOUR_SAMPLES)
+
+
 def is_colour(shape, frame_ndim):
-    """Whether data of ``shape`` (frames first) hold colour frames of
-    ``frame_ndim`` dimensions: one more axis, of 3 or 4 samples, last."""
-    return (frame_ndim is not None and len(shape) >= frame_ndim + 2
-            and int(shape[-1]) in _COLOUR_SAMPLES)
+    """Whether data of ``shape`` hold colour frames of ``frame_ndim``
+    dimensions: one colour image, or a movie of them (frames first)."""
+    return frame_ndim is not None and len(shape) > frame_ndim and \
+        is_colour_frame(tuple(shape)[-frame_ndim - 1:], frame_ndim)
 
 
 def movie_shape(shape, frame_ndim=None):
@@ -287,6 +292,10 @@ def _open_tiff(path, frame_ndim):
         if not tif.series or not tif.pages:
             raise ValueError("the file holds no images")
         colour = tif.series[0].axes.endswith("S")
+        if colour and tif.series[0].shape[-1] not in _COLOUR_SAMPLES:
+            raise ValueError(f"frames with {tif.series[0].shape[-1]} samples "
+                             "per pixel are not supported: colour frames "
+                             "have 3 (RGB) or 4 (RGBA)")
         if colour and (tif.series[0].dataoffset is None
                        or len(tif.series) > 1):
             raise ValueError("colour (RGB) frames are read from uncompressed "
@@ -306,7 +315,7 @@ def _open_tiff(path, frame_ndim):
 def _mapped(path, mapped, frame_ndim, colour):
     """A :class:`MappedMovie` of the map's byte range; colour frames keep
     their samples axis."""
-    colour = colour and frame_ndim is not None and mapped.ndim > frame_ndim
+    colour = colour and is_colour(mapped.shape, frame_ndim)
     n_frames, frame_shape = movie_shape(
         mapped.shape, frame_ndim + colour if frame_ndim else None)
     movie = MappedMovie(path, mapped.offset, (n_frames,) + frame_shape,
@@ -394,8 +403,9 @@ class FrameSelection:
             raise ValueError("channel and grey exclude each other: refine one "
                              "channel or the luminance")
 
-    def apply(self, movie):
-        """``movie`` itself, or a :class:`SelectedMovie` of it."""
+    def apply(self, movie, owns=True):
+        """``movie`` itself, or a :class:`SelectedMovie` of it (which closes
+        ``movie`` when it ``owns`` it)."""
         if not movie.colour:
             if self.channel is not None or self.grey:
                 option = "channel" if self.channel is not None else "grey"
@@ -403,7 +413,7 @@ class FrameSelection:
                     f"{option}: the movie is greyscale (frames of shape "
                     f"{tuple(movie.frame_shape)}), it has no colour channels; "
                     f"drop --{option} / {option}=")
-            return SelectedMovie(movie, self) if self.invert else movie
+            return SelectedMovie(movie, self, owns) if self.invert else movie
         samples = movie.frame_shape[-1]
         if self.channel is None and not self.grey:
             raise ValueError(
@@ -415,7 +425,7 @@ class FrameSelection:
         if index is not None and not 0 <= index < samples:
             raise ValueError(f"channel={self.channel!r}: the frames have "
                              f"{samples} channels (0 to {samples - 1})")
-        return SelectedMovie(movie, self)
+        return SelectedMovie(movie, self, owns)
 
     def index(self):
         """The channel's index, or None."""
@@ -435,9 +445,10 @@ class SelectedMovie(Movie):
     minus the luminance for integer frames (255 for 8 bits), 1 minus it
     for float frames."""
 
-    def __init__(self, movie, selection):
+    def __init__(self, movie, selection, owns=True):
         self._movie = movie
         self.selection = selection
+        self._owns = owns
         self.path = movie.path
         self.n_frames = len(movie)
         self.frame_shape = tuple(movie.frame_shape[:-1]) if movie.colour \
@@ -472,4 +483,5 @@ class SelectedMovie(Movie):
                     invert=bool(self.selection.invert))
 
     def close(self):
-        self._movie.close()
+        if self._owns:  # not a movie the caller opened and still holds
+            self._movie.close()

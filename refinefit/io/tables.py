@@ -109,13 +109,12 @@ def check_not_an_input(out, inputs):
         if not isinstance(given, (str, os.PathLike)):
             continue
         pattern = any(c in str(given) for c in "*?[")
-        if pattern and fnmatch.fnmatch(os.path.abspath(out),
-                                       os.path.abspath(given)):
+        if pattern and _glob_matches(out, given):
             raise ValueError(f"output {str(out)!r} is matched by the {name} "
                              f"{str(given)!r}: the movie would take it for "
                              "a frame; choose another output path")
-        paths = [Path(p) for p in glob.glob(str(given))] if pattern \
-            else [Path(given)]
+        paths = [Path(given)] + ([Path(p) for p in glob.glob(str(given))]
+                                 if pattern else [])
         for path in paths:
             same = os.path.abspath(path) == os.path.abspath(out) or (
                 out.exists() and path.exists() and os.path.samefile(path, out))
@@ -123,6 +122,16 @@ def check_not_an_input(out, inputs):
                 raise ValueError(f"output {str(out)!r} is the {name} "
                                  f"{str(path)!r}: it would be overwritten; "
                                  "choose another output path")
+
+
+def _glob_matches(path, pattern):
+    """Whether ``glob.glob(pattern)`` would list ``path`` were it there:
+    the same number of path parts, each matching (``*`` stays within one
+    folder)."""
+    parts = Path(os.path.abspath(path)).parts
+    wanted = Path(os.path.abspath(pattern)).parts
+    return len(parts) == len(wanted) and all(
+        fnmatch.fnmatchcase(part, want) for part, want in zip(parts, wanted))
 
 
 def _unreadable(path, exc):

@@ -297,7 +297,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
         n_features = index.n_features
-        _check_diameter(table, diameter, pos_columns)
+        _check_diameter(_sizes(table, features_in), diameter, pos_columns)
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie,
             FrameSelection(channel, grey, invert))
@@ -365,7 +365,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             seconds=time.perf_counter() - started, refined_now=refined_now,
             chunks=n_chunks, resumed_chunks=resumed)
         report(summary.line())
-    hint = degenerate_hint(status_counts)
+    hint = degenerate_hint(status_counts, inverted=bool(invert))
     if hint is not None:
         warnings.warn(hint, RuntimeWarning, stacklevel=2)
     return refined if return_table else None
@@ -589,14 +589,25 @@ def read_ahead(read, labels, prefetch):
             yield label, value
 
 
-def _check_diameter(table, diameter, pos_columns):
-    """Warn when the mask radius is far from the features' ``size`` (as
-    trackpy.locate measures it, the radius of gyration): smaller than the
+def _sizes(table, features_in):
+    """The features' ``size`` column (the first batch of a streamed file),
+    or None."""
+    if features_in is not None:
+        if "size" not in features_in.head:
+            return None
+        with closing(features_in.column_batches("size", 100_000)) as batches:
+            return next(batches, None)
+    return table["size"].to_numpy() if "size" in table else None
+
+
+def _check_diameter(sizes, diameter, pos_columns):
+    """Warn when the mask radius is far from the features' ``sizes`` (as
+    trackpy.locate measures them, radii of gyration): smaller than the
     size, the mask cuts the feature; over six sizes, it is mostly
     background and neighbours."""
-    if "size" not in table or not len(table):
+    if sizes is None or not len(sizes):
         return
-    size = pd.to_numeric(table["size"], errors="coerce").median()
+    size = pd.to_numeric(pd.Series(sizes), errors="coerce").median()
     radius = min(np.broadcast_to(np.asarray(diameter, dtype=float),
                                  (len(pos_columns),))) // 2
     if not np.isfinite(size) or size <= 0:

@@ -108,7 +108,7 @@ def degenerate(status, params, start, lower, upper, layout, radius):
     fitted = np.asarray(layout.modes) != MODE_CONST
     signal = layout.index("signal")
     if fitted[signal]:
-        floor = lower[:, signal] <= POSITIVE_FLOOR
+        floor = lower[:, signal] == POSITIVE_FLOOR  # not a bound of one's own
         collapsed = floor & (params[:, signal] <= np.maximum(
             POSITIVE_FLOOR * 1.001, COLLAPSED * start[:, signal]))
         status[converged & collapsed] = SIGNAL_AT_FLOOR
