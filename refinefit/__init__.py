@@ -3,7 +3,7 @@
 A drop-in, much faster ``trackpy.refine_leastsq``: the same arguments and
 output, computed by a Levenberg-Marquardt engine compiled with Numba.
 """
-from . import config
+from . import compile_notice, config  # noqa: F401 (the notice listens)
 from .fit_functions import FitFunctions
 from .locate import locate_movie
 from .pipeline.dask import ClusterError

@@ -1,7 +1,12 @@
 """Fixtures shared by the test modules."""
 import contextlib
+import os
 
 import pytest
+
+# the compile notice (refinefit/compile_notice.py) would be one more line on
+# the stderr the command-line tests read; tests of the notice turn it on
+os.environ["REFINEFIT_COMPILE_NOTICE"] = "0"
 
 import refinefit
 
