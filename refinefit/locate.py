@@ -24,6 +24,7 @@ from .io.tables import (
     TableStream,
     check_not_an_input,
     check_output_path,
+    check_return_table,
     streamable,
     write_table_atomically,
 )
@@ -141,12 +142,7 @@ def locate_movie(movie, out=None, *, diameter, minmass=None, channel=None,
     locate = _trackpy_locate()
     _check_options(locate, locate_options)
     diameter = _check_diameter(diameter)
-    if not isinstance(return_table, bool):
-        raise TypeError(f"return_table must be True or False, got "
-                        f"{return_table!r}")
-    if not return_table and out is None:
-        raise ValueError("return_table=False needs out: the features would "
-                         "go nowhere")
+    check_return_table(return_table, out, "the features")
     kind = None
     if out is not None:
         kind = check_output_path(out)

@@ -100,6 +100,17 @@ def has_index_column(path):
     return False
 
 
+def check_return_table(return_table, out, what):
+    """``return_table`` must be a bool, and False only with an ``out`` for
+    ``what`` (the table that would otherwise go nowhere)."""
+    if not isinstance(return_table, bool):
+        raise TypeError(f"return_table must be True or False, got "
+                        f"{return_table!r}")
+    if not return_table and out is None:
+        raise ValueError(f"return_table=False needs out: {what} would go "
+                         "nowhere")
+
+
 def check_not_an_input(out, inputs):
     """ValueError when the output ``out`` is one of the ``inputs`` (paths,
     globs of paths): the same path, the same file by another name, or a

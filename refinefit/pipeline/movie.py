@@ -37,6 +37,7 @@ from ..io.tables import (
     TableStream,
     check_not_an_input,
     check_output_path,
+    check_return_table,
     has_index_column,
     open_streamed_features,
     read_features,
@@ -257,12 +258,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     """
     started = time.perf_counter()
     fit_options = dict(options, diameter=diameter, separation=separation)
-    if not isinstance(return_table, bool):
-        raise TypeError(f"return_table must be True or False, got "
-                        f"{return_table!r}")
-    if not return_table and out is None:
-        raise ValueError("return_table=False needs out: the refined table "
-                         "would go nowhere")
+    check_return_table(return_table, out, "the refined table")
     if client is not None:
         _check_remote(client, movie)
     if out is not None:
