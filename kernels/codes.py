@@ -60,10 +60,11 @@ STATUS_MESSAGES = {
     SINGULAR: "the normal equations stayed singular however damped",
     RMS_TOO_HIGH: "the rms residual of the fit exceeds max_rms_dev",
     INVALID_START: "a start parameter is NaN or infinite",
-    SIGNAL_AT_FLOOR: ("degenerate: the signal ended at its floor, so the "
-                      "data do not determine the position"),
-    POSITION_AT_BOUND: ("degenerate: a position ended at its bound (by "
-                        "default the edge of the mask), so the data do not "
+    SIGNAL_AT_FLOOR: ("degenerate: the signal collapsed to its floor (or "
+                      "below a thousandth of its start), so the data do not "
+                      "determine the position"),
+    POSITION_AT_BOUND: ("degenerate: a position ended at a bound at the edge "
+                        "of the mask or beyond, so the data do not "
                         "determine it"),
     OUTSIDE_FRAME: "the feature's mask lies entirely outside the frame",
 }

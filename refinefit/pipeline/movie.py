@@ -293,7 +293,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
         # options and columns are checked before anything is written
         empty = refine_leastsq(table.iloc[:0], window, **fit_options)
         n_features = index.n_features
-        _check_diameter(_sizes(table, features_in), diameter, pos_columns)
+        _warn_if_diameter_misfits(_sizes(table, features_in), diameter, pos_columns)
         spec = None if client is None else MovieSpec.of(
             movie, len(pos_columns), frames_movie,
             FrameSelection(channel, grey, invert))
@@ -596,7 +596,7 @@ def _sizes(table, features_in):
     return table["size"].to_numpy() if "size" in table else None
 
 
-def _check_diameter(sizes, diameter, pos_columns):
+def _warn_if_diameter_misfits(sizes, diameter, pos_columns):
     """Warn when the mask radius is far from the features' ``sizes`` (as
     trackpy.locate measures them, radii of gyration): smaller than the
     size, the mask cuts the feature; over six sizes, it is mostly
