@@ -28,6 +28,10 @@ README_ROWS = (
     ("W1, refinefit, features/s", "W1 refinefit features/s"),
     ("W1, trackpy `refine_leastsq`, features/s", "W1 trackpy features/s"),
     ("W1, refinefit / trackpy", "W1 ratio refinefit / trackpy"),
+    ("First call in a fresh install (empty compile cache), s",
+     "first call, cold compile cache (s)"),
+    ("5 features on one frame, trackpy / refinefit (median of calls)",
+     "small call (quiet) ratio trackpy / refinefit (median)"),
     ("W2 (`dimer` constraint), refinefit / trackpy",
      "W2 ratio refinefit / trackpy"),
     ("`refinefit refine` on the long movie / `refine_leastsq` in process",
@@ -38,6 +42,8 @@ README_ROWS = (
 # the summary figures, grouped by the benchmark file that records them
 GROUPS = (
     ("W1 and start-up (`test_bench_w1.py`)", ("W1 ", "first call", "one cluster")),
+    ("Latency: first result per model, small calls (`test_bench_latency.py`)",
+     ("first result", "small call")),
     ("W2, constrained dimers (`test_bench_constraints.py`)", ("W2 ",)),
     ("`global` size (`test_bench_shared.py`)", ("global size",)),
     ("Kernels (`test_bench_kernels.py`)", ("kernel:",)),

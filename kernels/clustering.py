@@ -13,9 +13,9 @@ plain float64, as NumPy sums it, so that pairs at exactly the separation
 join or not as a plain computation says.
 """
 import numpy as np
-from numba import prange
 
-from .jit import exact_kernel, exact_parallel_kernel
+from .jit import exact_kernel
+from .threads import OverChunks
 
 
 @exact_kernel
@@ -27,39 +27,53 @@ def _root(parent, i):
 
 
 @exact_kernel
-def _join_frame(scaled, valid, lo, hi, parent):
-    """Union every valid pair of rows ``lo..hi-1`` within distance 1."""
-    rows = np.arange(lo, hi)
-    rows = rows[valid[lo:hi]]
-    if len(rows) < 2:
-        return
+def _join_frames(frame_ids, scaled, rows, row_bounds, axes, parent):
+    """Union every pair of rows of frame ``f`` within distance 1, for each
+    ``f`` of ``frame_ids``: the frame's rows to join are
+    ``rows[row_bounds[f]:row_bounds[f + 1]]``, sorted along axis
+    ``axes[f]``. Frames hold disjoint rows, so they may run in parallel."""
     n_dim = scaled.shape[1]
-    axis, widest = 0, -1.0
-    for d in range(n_dim):
-        spread = scaled[rows, d].max() - scaled[rows, d].min()
-        if spread > widest:
-            axis, widest = d, spread
-    rows = rows[np.argsort(scaled[rows, axis], kind="mergesort")]
-    for a in range(len(rows)):
-        i = rows[a]
-        for b in range(a + 1, len(rows)):
-            j = rows[b]
-            if scaled[j, axis] - scaled[i, axis] > 1.0:
-                break
-            dist2 = 0.0
-            for d in range(n_dim):
-                step = scaled[j, d] - scaled[i, d]
-                dist2 += step * step
-            if dist2 <= 1.0:
-                ri = _root(parent, i)
-                rj = _root(parent, j)
-                if ri < rj:
-                    parent[rj] = ri
-                elif rj < ri:
-                    parent[ri] = rj
+    for i in range(frame_ids.shape[0]):
+        f = frame_ids[i]
+        axis = axes[f]
+        for a in range(row_bounds[f], row_bounds[f + 1]):
+            r = rows[a]
+            for b in range(a + 1, row_bounds[f + 1]):
+                q = rows[b]
+                if scaled[q, axis] - scaled[r, axis] > 1.0:
+                    break
+                dist2 = 0.0
+                for d in range(n_dim):
+                    step = scaled[q, d] - scaled[r, d]
+                    dist2 += step * step
+                if dist2 <= 1.0:
+                    rr = _root(parent, r)
+                    rq = _root(parent, q)
+                    if rr < rq:
+                        parent[rq] = rr
+                    elif rq < rr:
+                        parent[rr] = rq
 
 
-@exact_parallel_kernel
+_join_all = OverChunks(_join_frames, min_chunk=8, ids="frame_ids")
+
+
+@exact_kernel
+def _label_roots(parent):
+    """0, 1, ... in order of each component's first row."""
+    n = parent.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    n_labels = 0
+    for i in range(n):
+        root = _root(parent, i)
+        if root == i:
+            labels[i] = n_labels
+            n_labels += 1
+        else:
+            labels[i] = labels[root]  # root < i: already labelled
+    return labels
+
+
 def label_components(scaled, valid, frame_bounds):
     """Cluster labels of features within distance 1 of each other.
 
@@ -77,18 +91,35 @@ def label_components(scaled, valid, frame_bounds):
     labels : (n,) int64
         0, 1, ... in order of each component's first row.
     """
-    n = scaled.shape[0]
-    parent = np.arange(n)
-    for f in prange(len(frame_bounds) - 1):
-        _join_frame(scaled, valid, frame_bounds[f], frame_bounds[f + 1],
-                    parent)
-    labels = np.empty(n, dtype=np.int64)
-    n_labels = 0
-    for i in range(n):
-        root = _root(parent, i)
-        if root == i:
-            labels[i] = n_labels
-            n_labels += 1
-        else:
-            labels[i] = labels[root]  # root < i: already labelled
-    return labels
+    rows, row_bounds, axes = _sweep_order(scaled, valid, frame_bounds)
+    parent = np.arange(scaled.shape[0])
+    frame_ids = np.arange(len(frame_bounds) - 1, dtype=np.int64)
+    _join_all(frame_ids, scaled, rows, row_bounds, axes, parent)
+    return _label_roots(parent)
+
+
+def _sweep_order(scaled, valid, frame_bounds):
+    """The valid rows of each frame sorted (stably) along the axis on which
+    they spread widest, with each frame's bounds in them and that axis.
+
+    In NumPy: one sort for the whole batch, and no sorting code to compile.
+    """
+    n_frames = len(frame_bounds) - 1
+    frame_of = np.repeat(np.arange(n_frames), np.diff(frame_bounds))
+    rows = np.flatnonzero(valid)
+    counts = np.bincount(frame_of[rows], minlength=n_frames)
+    row_bounds = np.zeros(n_frames + 1, dtype=np.int64)
+    np.cumsum(counts, out=row_bounds[1:])
+    axes = np.zeros(n_frames, dtype=np.int64)
+    if len(rows) == 0:
+        return rows.astype(np.int64), row_bounds, axes
+    # spread of each frame's valid rows per axis; the first widest wins
+    present = np.flatnonzero(counts)
+    at = row_bounds[present]
+    values = scaled[rows]
+    spread = (np.maximum.reduceat(values, at, axis=0)
+              - np.minimum.reduceat(values, at, axis=0))
+    axes[present] = np.argmax(spread, axis=1)
+    key = scaled[rows, axes[frame_of[rows]]]
+    order = np.lexsort((key, frame_of[rows]))
+    return rows[order].astype(np.int64), row_bounds, axes

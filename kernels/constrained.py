@@ -6,21 +6,22 @@ unknowns x, A and h the constraint Jacobian and values. Solved through the
 Schur complement on the constraints:
 ``M = J^T J + lam D``, ``y = -M^-1 J^T r``, ``Y = M^-1 A^T``,
 ``(A Y) mu = A y + h``, ``d = y - Y mu``.
-One cluster per ``prange`` iteration; the constraint values and Jacobian come
+One cluster after another (chunks in parallel, see :mod:`.threads`); the
+constraint values and Jacobian come
 from Python, evaluated for the whole batch at once.
 """
 import math
 
 import numba
 import numpy as np
-from numba import prange
 
-from .jit import Specialized, kernel, parallel_kernel
+from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .residuals import column_table, diag_scale, evaluate, evaluation_buffers, layout
+from .threads import OverChunks
 
 
-@kernel
+@inline_kernel
 def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
                       feat_entry_off, cluster_feat_off, params, modes, ndim,
                       n_size, model_id, continuous, x, jac_con, con, lam,
@@ -118,7 +119,7 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
         std[u] = math.sqrt(variance * max(total, 0.0))
 
 
-@parallel_kernel
+@kernel
 def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                        entry_pix, feat_entry_off, cluster_feat_off, params,
                        modes, ndim, n_size, model_id, continuous, x, jac_con,
@@ -137,7 +138,7 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
-    for g in prange(cluster_ids.shape[0]):
+    for g in range(cluster_ids.shape[0]):
         _constrained_step(cluster_ids[g], g, pix_val, pix_coord,
                           cluster_pix_off, entry_pix, feat_entry_off,
                           cluster_feat_off, params, modes, ndim, n_size,
@@ -145,4 +146,6 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                           cost_out, with_error, std_out)
 
 
-constrained_steps = Specialized(_constrained_steps)
+constrained_steps = OverChunks(
+    Specialized(_constrained_steps), min_chunk=16,
+    rows=("x", "jac_con", "con", "lam", "step", "cost_out", "std_out"))

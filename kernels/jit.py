@@ -7,11 +7,15 @@ failed fits carry NaN); ``reassoc`` lets the dot products of the normal
 equations vectorise. The vector width is fixed at compile time, so results
 still do not depend on the number of threads.
 
+Kernels are serial and release the GIL (``nogil``); :mod:`.threads` runs
+an entry kernel over chunks of clusters in parallel.
+
 Entry kernels call ``numba.literally`` on the arguments named in
-``LITERALS``: they select loops and branches in the per-pixel code, and as
-compile-time constants LLVM folds them away, several times faster per pixel
-term. Each combination compiles once and is cached to disk.
-(``literally`` must be called in the entry kernel itself, not in a helper.)
+``LITERALS`` (and :class:`Specialized` compiles them for those literal
+values): they select loops and branches in the per-pixel code, and as
+compile-time constants LLVM folds them away, faster per pixel term;
+overloads on them (``models.shape_at``) compile only the branch taken.
+Each combination compiles once and is cached to disk.
 """
 import inspect
 
@@ -22,7 +26,6 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 
 SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH,
               error_model="numpy")
-PARALLEL = dict(SERIAL, parallel=True)
 # the arguments entry kernels specialise on (see the module docstring)
 LITERALS = ("ndim", "n_size", "model_id", "continuous")
 
@@ -36,40 +39,38 @@ def kernel(func):
     return numba.njit(**SERIAL)(func)
 
 
-def parallel_kernel(func):
-    """Kernel whose ``prange`` loops run on Numba's thread pool."""
-    return numba.njit(**PARALLEL)(func)
-
-
 def exact_kernel(func):
     """Serial kernel without fastmath (see EXACT)."""
     return numba.njit(**EXACT)(func)
 
 
-def exact_parallel_kernel(func):
-    """Parallel kernel without fastmath (see EXACT)."""
-    return numba.njit(parallel=True, **EXACT)(func)
-
-
 def inline_kernel(func):
-    """Kernel inlined into its callers at Numba IR level: for per-pixel
-    helpers whose runtime switches (model id) would otherwise stop LLVM from
-    inlining them and cost a full call per pixel."""
+    """Kernel inlined into its callers at Numba IR level.
+
+    For per-pixel helpers whose runtime switches (model id) would otherwise
+    stop LLVM from inlining them and cost a full call per pixel, and for the
+    per-cluster body of an entry kernel: a function compiled on its own is
+    optimised and turned into machine code once for itself and again inside
+    every caller, so one level less is seconds less of a first call."""
     return numba.njit(inline="always", **SERIAL)(func)
 
 
 class Specialized:
     """Call a kernel that specialises on some arguments with ``literally``.
 
-    Numba re-runs type inference on every call of such a kernel, which
-    costs far more than a small batch's solve. After the first call for a
-    combination of literal values and argument types, this wrapper calls
-    the compiled entry point directly. ``literals`` names the specialising
-    arguments; their positions come from the kernel's signature.
+    The compiled version for the literal values and argument types is
+    compiled (or loaded from the cache) directly for that signature, and
+    then called without Numba's dispatch: a plain call would first type the
+    kernel with ordinary integers, inline its helpers and only then find the
+    ``literally`` (seconds, on every first call in a process), and it re-runs
+    type inference on every call, which costs more than a small batch's
+    solve. ``literals`` names the specialising arguments; their positions
+    come from the kernel's signature.
     """
 
     def __init__(self, dispatcher, literals=LITERALS):
         self.dispatcher = dispatcher
+        self.py_func = dispatcher.py_func
         names = list(inspect.signature(dispatcher.py_func).parameters)
         missing = [name for name in literals if name not in names]
         if missing:
@@ -88,18 +89,13 @@ class Specialized:
         key = tuple(args[i] for i in self.literal_at) + tuple(
             _fingerprint(a) for a in args)
         entry = self._entries.get(key)
-        if entry is not None:
-            return entry(*args)
-        arg_types = tuple(numba.typeof(a) for a in args)
-        result = self.dispatcher(*args)
-        for sig, cres in self.dispatcher.overloads.items():
-            if all(isinstance(sig[i], numba.types.Literal)
-                   and sig[i].literal_value == args[i] for i in self.literal_at) \
-                    and all(sig[i] == t for i, t in enumerate(arg_types)
-                            if i not in self.literal_at):
-                self._entries[key] = cres.entry_point
-                break
-        return result
+        if entry is None:
+            literal_at = set(self.literal_at)
+            signature = tuple(
+                numba.types.literal(a) if i in literal_at else numba.typeof(a)
+                for i, a in enumerate(args))
+            entry = self._entries[key] = self.dispatcher.compile(signature)
+        return entry(*args)
 
 
 def _fingerprint(value):

@@ -1,4 +1,8 @@
-"""Small dense linear algebra without BLAS, so results never depend on threads."""
+"""Small dense linear algebra without BLAS, so results never depend on threads.
+
+Plain loops over indices, no array views or NumPy calls: each kind of
+view or NumPy function a kernel uses compiles its own machine code on a
+first call."""
 import math
 
 import numpy as np
@@ -38,6 +42,49 @@ def cholesky_solve(factor, n, b):
         for k in range(i + 1, n):
             t -= factor[k, i] * b[k]
         b[i] = t / factor[i, i]
+
+
+@kernel
+def block_cholesky(a, k, n):
+    """:func:`cholesky_inplace` of ``a[k, :n, :n]``."""
+    for j in range(n):
+        s = a[k, j, j]
+        for m in range(j):
+            s -= a[k, j, m] * a[k, j, m]
+        if not s > 0.0:
+            return False
+        s = math.sqrt(s)
+        a[k, j, j] = s
+        for i in range(j + 1, n):
+            t = a[k, i, j]
+            for m in range(j):
+                t -= a[k, i, m] * a[k, j, m]
+            a[k, i, j] = t / s
+    return True
+
+
+@kernel
+def block_cholesky_solve(factors, k, n, b, at):
+    """Solve ``L L^T x = b[at:at + n]`` in place, ``L = factors[k, :n, :n]``."""
+    for i in range(n):
+        t = b[at + i]
+        for m in range(i):
+            t -= factors[k, i, m] * b[at + m]
+        b[at + i] = t / factors[k, i, i]
+    for i in range(n - 1, -1, -1):
+        t = b[at + i]
+        for m in range(i + 1, n):
+            t -= factors[k, m, i] * b[at + m]
+        b[at + i] = t / factors[k, i, i]
+
+
+@kernel
+def dot(a, b):
+    """Sum of ``a[i] * b[i]`` in index order."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += a[i] * b[i]
+    return total
 
 
 @kernel

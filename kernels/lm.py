@@ -1,7 +1,8 @@
 """Bounded Levenberg-Marquardt over flattened cluster masks.
 
-One cluster per ``prange`` iteration, each writing only its own slice of the
-outputs, so results are identical for any number of threads. The unknowns
+One cluster after another, each writing only its own slice of the outputs;
+:mod:`.threads` runs chunks of clusters in parallel, so results are
+identical for any number of threads. The unknowns
 and the normal equations of a cluster are those of :mod:`.residuals`.
 
 Small clusters solve the damped normal equations densely (Cholesky). Large
@@ -19,19 +20,28 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
+from numba import types
+from numba.extending import overload
 
 from .codes import (
     BLANK,
     CONVERGED,
     MAX_ITER,
+    MODE_CLUSTER,
     MODE_VAR,
     NO_PIXELS,
     NOT_FINITE,
     SINGULAR,
 )
-from .jit import Specialized, kernel, parallel_kernel
-from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
+from .jit import LITERALS, SERIAL, Specialized, inline_kernel, kernel
+from .linalg import (
+    block_cholesky,
+    block_cholesky_solve,
+    cholesky_inplace,
+    cholesky_solve,
+    dot,
+    inverse_diagonal,
+)
 from .residuals import (
     column,
     column_table,
@@ -44,12 +54,14 @@ from .residuals import (
     start_values,
     unpack,
 )
+from .threads import OverChunks
 
 _LAMBDA_START = 1e-3
 _LAMBDA_MAX = 1e16
 _CG_TOL = 1e-10
 _MAX_RELATIVE_STEP = 0.5  # signal and sizes change by at most 50% a step
 _MAX_RATE = 0.9  # largest linear convergence rate the stop tests allow for
+_INLINE = dict(SERIAL, inline="always")
 
 
 @kernel
@@ -68,34 +80,37 @@ def _solve_dense(normal, grad, lam, scale, free, mat, rhs, index, step):
     if not cholesky_inplace(mat, n_free):
         return False
     cholesky_solve(mat, n_free, rhs)
-    step[:] = 0.0
+    for i in range(step.shape[0]):
+        step[i] = 0.0
     for a in range(n_free):
         step[index[a]] = rhs[a]
     return True
 
 
 @kernel
-def _factor_block(block, at, lam, scale, free, out):
-    """Damped diagonal block with fixed variables replaced by identity."""
-    n = block.shape[0]
+def _factor_block(blocks, k, at, lam, scale, free, out):
+    """Damped diagonal block ``blocks[k]`` (unknowns from ``at``) with fixed
+    variables replaced by identity, Cholesky-factored into ``out[k]``."""
+    n = blocks.shape[1]
     for i in range(n):
         for j in range(n):
             if free[at + i] and free[at + j]:
-                out[i, j] = block[i, j]
+                out[k, i, j] = blocks[k, i, j]
             else:
-                out[i, j] = 0.0
-        out[i, i] = out[i, i] + lam * scale[at + i] if free[at + i] else 1.0
-    return cholesky_inplace(out, n)
+                out[k, i, j] = 0.0
+        out[k, i, i] = (out[k, i, i] + lam * scale[at + i] if free[at + i]
+                        else 1.0)
+    return block_cholesky(out, k, n)
 
 
 @kernel
 def _apply_precond(r, z, fac_cl, fac_blocks, n_cl, n_var, n_feat):
-    z[:] = r
+    for i in range(r.shape[0]):
+        z[i] = r[i]
     if n_cl > 0:
-        cholesky_solve(fac_cl, n_cl, z[:n_cl])
+        block_cholesky_solve(fac_cl, 0, n_cl, z, 0)
     for k in range(n_feat):
-        at = n_cl + k * n_var
-        cholesky_solve(fac_blocks[k], n_var, z[at:at + n_var])
+        block_cholesky_solve(fac_blocks, k, n_var, z, n_cl + k * n_var)
 
 
 @kernel
@@ -105,22 +120,25 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
                   pix_scratch, step):
     """Damped step by preconditioned conjugate gradients."""
     n = grad.shape[0]
-    if n_cl > 0 and not _factor_block(block_cl, 0, lam, scale, free, fac_cl):
+    if n_cl > 0 and not _factor_block(block_cl, 0, 0, lam, scale, free,
+                                      fac_cl):
         return False
     for k in range(n_feat):
-        if not _factor_block(blocks[k], n_cl + k * n_var, lam, scale, free,
-                             fac_blocks[k]):
+        if not _factor_block(blocks, k, n_cl + k * n_var, lam, scale, free,
+                             fac_blocks):
             return False
     r = np.empty(n)
     for i in range(n):
         r[i] = -grad[i] if free[i] else 0.0
     z = np.empty(n)
     _apply_precond(r, z, fac_cl, fac_blocks, n_cl, n_var, n_feat)
-    p = z.copy()
+    p = np.empty(n)
     ap = np.empty(n)
-    step[:] = 0.0
-    rz = np.dot(r, z)
-    r0 = math.sqrt(np.dot(r, r))
+    for i in range(n):
+        p[i] = z[i]
+        step[i] = 0.0
+    rz = dot(r, z)
+    r0 = math.sqrt(dot(r, r))
     if r0 == 0.0:
         return True
     for _ in range(4 * n + 10):
@@ -129,17 +147,20 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
                        excluded, entry_deriv, jac_cl)
         for i in range(n):
             ap[i] = ap[i] + lam * scale[i] * p[i] if free[i] else 0.0
-        pap = np.dot(p, ap)
+        pap = dot(p, ap)
         if not pap > 0.0:
             return False
         alpha = rz / pap
-        step += alpha * p
-        r -= alpha * ap
-        if math.sqrt(np.dot(r, r)) <= _CG_TOL * r0:
+        for i in range(n):
+            step[i] += alpha * p[i]
+            r[i] -= alpha * ap[i]
+        if math.sqrt(dot(r, r)) <= _CG_TOL * r0:
             break
         _apply_precond(r, z, fac_cl, fac_blocks, n_cl, n_var, n_feat)
-        rz_new = np.dot(r, z)
-        p = z + (rz_new / rz) * p
+        rz_new = dot(r, z)
+        beta = rz_new / rz
+        for i in range(n):
+            p[i] = z[i] + beta * p[i]
         rz = rz_new
     return True
 
@@ -152,9 +173,13 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
 def _unknown_std(normal, variance, std):
     """sqrt(variance * diag(normal^-1)); NaN when normal is singular."""
     n = std.shape[0]
-    factor = normal[:n, :n].copy()
+    factor = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            factor[i, j] = normal[i, j]
     if not cholesky_inplace(factor, n):
-        std[:] = math.nan
+        for i in range(n):
+            std[i] = math.nan
         return
     inverse_diagonal(factor, n, std)
     for i in range(n):
@@ -180,11 +205,11 @@ def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size):
 
 
 
-@kernel
+@inline_kernel
 def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                   feat_entry_off, cluster_feat_off, params, lower, upper,
                   modes, ndim, n_size, model_id, continuous, tol, max_eval,
-                  dense_limit, params_out, sumsq_out, status_out, n_eval_out,
+                  dense, params_out, sumsq_out, status_out, n_eval_out,
                   with_error, std_out):
     """Refine cluster ``c``; write its parameters, cost and status, and with
     ``with_error`` the standard errors of its fitted parameters."""
@@ -196,9 +221,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     e_base = feat_entry_off[f0]
     n_entries = feat_entry_off[f0 + n_feat] - e_base
     for k in range(n_feat):
-        params_out[f0 + k] = params[f0 + k]
-        if with_error:
-            std_out[f0 + k] = math.nan
+        for j in range(n_params):
+            params_out[f0 + k, j] = params[f0 + k, j]
+            if with_error:
+                std_out[f0 + k, j] = math.nan
     sumsq_out[c] = math.nan
     n_eval_out[c] = 0
 
@@ -217,13 +243,15 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
 
     slot, n_cl, n_var = layout(modes)
     n_unk = n_cl + n_feat * n_var
-    dense = n_unk <= dense_limit
     x, lo, hi = start_values(params, lower, upper, f0, n_feat, modes, slot,
                              n_cl, n_var)
     relative = _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim,
                                n_size)
 
-    work = params[f0:f0 + n_feat].copy()
+    work = np.empty((n_feat, n_params))
+    for k in range(n_feat):
+        for j in range(n_params):
+            work[k, j] = params[f0 + k, j]
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
@@ -248,7 +276,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     mat = np.empty((n_dense, n_dense))
     rhs = np.empty(n_dense)
     index = np.empty(n_dense, dtype=np.int64)
-    fac_cl = np.empty((n_cl, n_cl))
+    fac_cl = np.empty((1, n_cl, n_cl))
     fac_blocks = np.empty((n_sparse_f, n_var, n_var))
     pix_scratch = np.empty(n_pix)
 
@@ -271,15 +299,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             free[i] = not ((x[i] <= lo[i] and grad[i] > 0.0)
                            or (x[i] >= hi[i] and grad[i] < 0.0))
         diag_scale(b.normal, b.blocks, b.block_cl, dense, n_cl, n_var, scale)
-        if dense:
-            ok = _solve_dense(b.normal, grad, lam, scale, free, mat, rhs, index,
-                              step)
-        else:
-            ok = _solve_sparse(grad, lam, scale, free, modes, slot, n_cl,
-                               n_var, entry_pix, feat_entry_off, f0, n_feat,
-                               pix_base, b.excluded, b.entry_deriv, b.jac_cl,
-                               b.blocks, b.block_cl,
-                               fac_cl, fac_blocks, pix_scratch, step)
+        ok = _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index,
+                          step, modes, slot, n_cl, n_var, entry_pix,
+                          feat_entry_off, f0, n_feat, pix_base, fac_cl,
+                          fac_blocks, pix_scratch)
         if not ok:
             lam *= nu
             nu *= 2.0
@@ -328,7 +351,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             rho = actual / predicted if predicted > 0.0 else 0.0
             old_cost = cost
             cost = trial_cost
-            x[:] = trial
+            for i in range(n_unk):
+                x[i] = trial[i]
             cur = 1 - cur
             lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
@@ -352,39 +376,128 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                 break
     unpack(x, work, cols)
     for k in range(n_feat):
-        params_out[f0 + k] = work[k]
+        for j in range(n_params):
+            params_out[f0 + k, j] = work[k, j]
     sumsq_out[c] = cost
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
-    if with_error and status_out[c] == CONVERGED:
-        b = bufs[cur]
+    if status_out[c] == CONVERGED:
+        _standard_errors(with_error, dense, bufs[cur], cost, n_unk, n_pix,
+                         modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
+                         f0, n_feat, pix_base, cols, std_out)
+
+
+def _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
+                 modes, slot, n_cl, n_var, entry_pix, feat_entry_off, f0,
+                 n_feat, pix_base, fac_cl, fac_blocks, pix_scratch):
+    """The damped step of a dense or a sparse cluster (see the overload)."""
+    raise NotImplementedError("callable only from kernels")
+
+
+@overload(_damped_step, prefer_literal=True, jit_options=_INLINE)
+def _damped_step_overload(dense, b, grad, lam, scale, free, mat, rhs, index,
+                          step, modes, slot, n_cl, n_var, entry_pix,
+                          feat_entry_off, f0, n_feat, pix_base, fac_cl,
+                          fac_blocks, pix_scratch):
+    # with a literal ``dense`` only one path is compiled: a batch of small
+    # clusters never compiles the conjugate gradients
+    def dense_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
+                   modes, slot, n_cl, n_var, entry_pix, feat_entry_off, f0,
+                   n_feat, pix_base, fac_cl, fac_blocks, pix_scratch):
+        return _solve_dense(b.normal, grad, lam, scale, free, mat, rhs, index,
+                            step)
+
+    def sparse_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
+                    modes, slot, n_cl, n_var, entry_pix, feat_entry_off, f0,
+                    n_feat, pix_base, fac_cl, fac_blocks, pix_scratch):
+        return _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
+                             entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                             b.excluded, b.entry_deriv, b.jac_cl, b.blocks,
+                             b.block_cl, fac_cl, fac_blocks, pix_scratch, step)
+
+    if not isinstance(dense, types.BooleanLiteral):
+        raise TypeError("_damped_step needs a literal 'dense'")
+    return dense_step if dense.literal_value else sparse_step
+
+
+def _standard_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
+                     n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
+                     pix_base, cols, std_out):
+    """Standard errors of a converged cluster's fitted parameters into
+    ``std_out`` (see the overload)."""
+    raise NotImplementedError("callable only from kernels")
+
+
+@overload(_standard_errors, prefer_literal=True, jit_options=_INLINE)
+def _standard_errors_overload(with_error, dense, b, cost, n_unk, n_pix, modes,
+                              slot, n_cl, n_var, entry_pix, feat_entry_off,
+                              f0, n_feat, pix_base, cols, std_out):
+    def no_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
+                  n_var, entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
+                  std_out):
+        return
+
+    def errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
+               n_var, entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
+               std_out):
         n_valid = 0
         for q in range(n_pix):
             n_valid += 0 if b.excluded[q] else 1
-        if n_valid > n_unk:
-            # covariance s^2 (J^T J)^-1 with s^2 the residual variance
-            if dense:
-                normal = b.normal
-            else:
-                normal = dense_normal(n_unk, modes, slot, n_cl, n_var,
-                                      entry_pix, feat_entry_off, f0, n_feat,
-                                      pix_base, b.excluded, b.entry_deriv,
-                                      b.jac_cl, n_pix)
-            unknown_std = np.empty(n_unk)
-            _unknown_std(normal, cost / (n_valid - n_unk), unknown_std)
-            for k in range(n_feat):
-                for j in range(n_params):
-                    if cols[k, j] >= 0:
-                        std_out[f0 + k, j] = unknown_std[cols[k, j]]
+        if n_valid <= n_unk:
+            return
+        # covariance s^2 (J^T J)^-1 with s^2 the residual variance
+        if dense:
+            normal = b.normal
+        else:
+            normal = dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix,
+                                  feat_entry_off, f0, n_feat, pix_base,
+                                  b.excluded, b.entry_deriv, b.jac_cl, n_pix)
+        unknown_std = np.empty(n_unk)
+        _unknown_std(normal, cost / (n_valid - n_unk), unknown_std)
+        for k in range(cols.shape[0]):
+            for j in range(cols.shape[1]):
+                if cols[k, j] >= 0:
+                    std_out[f0 + k, j] = unknown_std[cols[k, j]]
+
+    if not isinstance(with_error, types.BooleanLiteral):
+        raise TypeError("_standard_errors needs a literal 'with_error'")
+    return errors if with_error.literal_value else no_errors
 
 
-@parallel_kernel
+@kernel
 def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
+                    upper, modes, ndim, n_size, model_id, continuous, tol,
+                    max_eval, dense, params_out, sumsq_out, status_out,
+                    n_eval_out, with_error, std_out):
+    """:func:`solve_clusters` for clusters that are all dense or all sparse
+    (``dense``)."""
+    numba.literally(ndim)  # specialise: see kernels/jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    numba.literally(dense)
+    numba.literally(with_error)
+    for i in range(cluster_ids.shape[0]):
+        solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
+                      entry_pix, feat_entry_off, cluster_feat_off, params,
+                      lower, upper, modes, ndim, n_size, model_id, continuous,
+                      tol, max_eval, dense, params_out, sumsq_out,
+                      status_out, n_eval_out, with_error, std_out)
+
+
+# (solve_cluster is inlined here: one compiled function, optimised once)
+_solve_in_parallel = OverChunks(
+    Specialized(_solve_clusters, LITERALS + ("dense", "with_error")),
+    min_chunk=16)
+
+
+def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                    upper, modes, ndim, n_size, model_id, continuous, tol,
                    max_eval, dense_limit, params_out, sumsq_out, status_out,
                    n_eval_out, with_error, std_out):
-    """Refine the clusters ``cluster_ids`` of a flattened batch in parallel.
+    """Refine the clusters ``cluster_ids`` of a flattened batch.
 
     Parameters are read from ``params`` (features x parameters) and written
     to ``params_out``; ``sumsq_out`` receives the final sum of squared
@@ -392,18 +505,20 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     number of model evaluations. With ``with_error``, ``std_out`` (features x
     parameters) receives the standard error of every fitted parameter
     (``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual variance), NaN
-    for constants and failed fits.
+    for constants and failed fits. Clusters with more than ``dense_limit``
+    unknowns take the sparse path (see the module docstring); each path is
+    compiled when a batch first needs it.
     """
-    numba.literally(ndim)  # specialise: see kernels/jit.py
-    numba.literally(n_size)
-    numba.literally(model_id)
-    numba.literally(continuous)
-    for i in prange(cluster_ids.shape[0]):
-        solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
-                      entry_pix, feat_entry_off, cluster_feat_off, params,
-                      lower, upper, modes, ndim, n_size, model_id, continuous,
-                      tol, max_eval, dense_limit, params_out, sumsq_out,
-                      status_out, n_eval_out, with_error, std_out)
-
-
-solve_clusters = Specialized(_solve_clusters)
+    n_cl = int(np.count_nonzero(modes == MODE_CLUSTER))
+    n_var = int(np.count_nonzero(modes == MODE_VAR))
+    n_feat = cluster_feat_off[cluster_ids + 1] - cluster_feat_off[cluster_ids]
+    dense = n_cl + n_feat * n_var <= dense_limit
+    with_error = bool(with_error)
+    for path, ids in ((True, cluster_ids[dense]), (False, cluster_ids[~dense])):
+        if len(ids):
+            _solve_in_parallel(
+                np.ascontiguousarray(ids), pix_val, pix_coord,
+                cluster_pix_off, entry_pix, feat_entry_off, cluster_feat_off,
+                params, lower, upper, modes, ndim, n_size, model_id,
+                continuous, tol, max_eval, path, params_out, sumsq_out,
+                status_out, n_eval_out, with_error, std_out)

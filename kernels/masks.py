@@ -11,9 +11,9 @@ single set of loops serves both.
 import math
 
 import numpy as np
-from numba import prange
 
-from .jit import kernel, parallel_kernel
+from .jit import inline_kernel, kernel
+from .threads import OverChunks
 
 
 @kernel
@@ -23,8 +23,8 @@ def _center3(coords, feat, ndim, d):
     return 0.0 if d == 0 else coords[feat, d - 1]
 
 
-@kernel
-def _walk_cluster(image, shape3, ndim, coords, f0, f1, radius3, fill,
+@inline_kernel
+def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3, fill,
                   pix_base, feat_entry_off, pix_val, pix_coord, entry_pix,
                   feat_n_entries):
     """Visit the mask pixels of features f0..f1; return the pixel count.
@@ -35,17 +35,25 @@ def _walk_cluster(image, shape3, ndim, coords, f0, f1, radius3, fill,
     n_feat = f1 - f0
     lo = np.empty((n_feat, 3), dtype=np.int64)
     hi = np.empty((n_feat, 3), dtype=np.int64)
-    box_lo = np.full(3, np.iinfo(np.int64).max, dtype=np.int64)
-    box_hi = np.full(3, -1, dtype=np.int64)
+    # (loops and indices rather than NumPy calls and views: see linalg)
+    box_lo = np.empty(3, dtype=np.int64)
+    box_hi = np.empty(3, dtype=np.int64)
+    for d in range(3):
+        box_lo[d] = np.iinfo(np.int64).max
+        box_hi[d] = -1
     for k in range(n_feat):
         for d in range(3):
             c = _center3(coords, f0 + k, ndim, d)
             lo[k, d] = max(int(math.ceil(c - radius3[d])), 0)
-            hi[k, d] = min(int(math.floor(c + radius3[d])), shape3[d] - 1)
+            hi[k, d] = min(int(math.floor(c + radius3[d])), shapes3[im, d] - 1)
             box_lo[d] = min(box_lo[d], lo[k, d])
             box_hi[d] = max(box_hi[d], hi[k, d])
-    extent = np.maximum(box_hi - box_lo + 1, 0)
-    labels = np.full(extent[0] * extent[1] * extent[2], -1, dtype=np.int64)
+    extent = np.empty(3, dtype=np.int64)
+    for d in range(3):
+        extent[d] = max(box_hi[d] - box_lo[d] + 1, 0)
+    labels = np.empty(extent[0] * extent[1] * extent[2], dtype=np.int64)
+    for i in range(labels.shape[0]):
+        labels[i] = -1
     n_pix = 0
     for k in range(n_feat):
         feat = f0 + k
@@ -57,12 +65,12 @@ def _walk_cluster(image, shape3, ndim, coords, f0, f1, radius3, fill,
             tz = (z - cz) / radius3[0]
             for y in range(lo[k, 1], hi[k, 1] + 1):
                 ty = (y - cy) / radius3[1]
-                row = (z * shape3[1] + y) * shape3[2]
+                row = image_base + (z * shapes3[im, 1] + y) * shapes3[im, 2]
                 for x in range(lo[k, 2], hi[k, 2] + 1):
                     tx = (x - cx) / radius3[2]
                     if tz * tz + ty * ty + tx * tx > 1.0:
                         continue
-                    value = image[row + x]
+                    value = pixels[row + x]
                     if value != value:  # NaN pixels are ignored
                         continue
                     at = ((z - box_lo[0]) * extent[1]
@@ -87,7 +95,30 @@ def _walk_cluster(image, shape3, ndim, coords, f0, f1, radius3, fill,
     return n_pix
 
 
-@parallel_kernel
+@kernel
+def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
+                coords, cluster_feat_off, radius3, fill, cluster_n_pix,
+                feat_n_entries, cluster_pix_off, feat_entry_off, pix_val,
+                pix_coord, entry_pix):
+    """:func:`_walk_cluster` for each cluster of ``cluster_ids``: counting
+    (``fill`` False) or filling. One kernel for both: one compilation."""
+    for i in range(cluster_ids.shape[0]):
+        c = cluster_ids[i]
+        im = cluster_image[c]
+        n_pix = _walk_cluster(
+            pixels, image_off[im], shapes3, im, ndim, coords,
+            cluster_feat_off[c], cluster_feat_off[c + 1], radius3, fill,
+            cluster_pix_off[c] if fill else 0, feat_entry_off, pix_val,
+            pix_coord, entry_pix, feat_n_entries)
+        if not fill:
+            cluster_n_pix[c] = n_pix
+
+
+# a cluster's mask takes about a microsecond: chunks of a few hundred
+_walk_in_parallel = OverChunks(_walk_masks, min_chunk=256)
+_NONE = np.empty(0, dtype=np.int64)
+
+
 def count_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim, coords,
                       cluster_feat_off, cluster_ids, radius3, cluster_n_pix,
                       feat_n_entries):
@@ -95,33 +126,20 @@ def count_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim, coords,
 
     The images are concatenated in ``pixels`` (each C-ordered, image ``i``
     from ``image_off[i]`` with shape ``shapes3[i]``); cluster ``c`` lies in
-    image ``cluster_image[c]``. One parallel loop serves a whole chunk.
+    image ``cluster_image[c]``.
     """
-    dummy_val = np.empty(0)
-    dummy_coord = np.empty((0, ndim))
-    dummy_int = np.empty(0, dtype=np.int64)
-    for i in prange(cluster_ids.shape[0]):
-        c = cluster_ids[i]
-        im = cluster_image[c]
-        image = pixels[image_off[im]:image_off[im + 1]]
-        cluster_n_pix[c] = _walk_cluster(
-            image, shapes3[im], ndim, coords, cluster_feat_off[c],
-            cluster_feat_off[c + 1], radius3, False, 0, dummy_int, dummy_val,
-            dummy_coord, dummy_int, feat_n_entries)
+    _walk_in_parallel(cluster_ids, pixels, image_off, shapes3, cluster_image,
+                      ndim, coords, cluster_feat_off, radius3, False,
+                      cluster_n_pix, feat_n_entries, _NONE, _NONE,
+                      np.empty(0), np.empty((0, ndim)), _NONE)
 
 
-@parallel_kernel
 def fill_mask_pixels(pixels, image_off, shapes3, cluster_image, ndim, coords,
                      cluster_feat_off, cluster_ids, radius3, cluster_pix_off,
                      feat_entry_off, pix_val, pix_coord, entry_pix):
     """Write pixel values, coordinates and entries for ``cluster_ids``
     (images as in :func:`count_mask_pixels`)."""
-    dummy_int = np.empty(0, dtype=np.int64)
-    for i in prange(cluster_ids.shape[0]):
-        c = cluster_ids[i]
-        im = cluster_image[c]
-        image = pixels[image_off[im]:image_off[im + 1]]
-        _walk_cluster(image, shapes3[im], ndim, coords, cluster_feat_off[c],
-                      cluster_feat_off[c + 1], radius3, True,
-                      cluster_pix_off[c], feat_entry_off, pix_val, pix_coord,
-                      entry_pix, dummy_int)
+    _walk_in_parallel(cluster_ids, pixels, image_off, shapes3, cluster_image,
+                      ndim, coords, cluster_feat_off, radius3, True, _NONE,
+                      _NONE, cluster_pix_off, feat_entry_off, pix_val,
+                      pix_coord, entry_pix)

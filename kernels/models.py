@@ -9,8 +9,11 @@ optimising the per-pixel loop, which then ran many times slower.
 """
 import math
 
+from numba import types
+from numba.extending import overload
+
 from .custom import CUSTOM_BASE, custom_shape
-from .jit import inline_kernel, kernel
+from .jit import SERIAL, inline_kernel, kernel
 
 GAUSS = 0
 DISC = 1
@@ -75,13 +78,18 @@ def _inv_series(r2, params, row, at, dextra):
     return mult * inv, -mult * dpoly * inv * inv
 
 
-@inline_kernel
 def shape_at(model_id, r2, params, row, at, ndim, dextra):
     """``(f, df/dr2)`` with the extra parameters at ``params[row, at:]``.
 
     Indices rather than a view: a view per pixel would cost two atomic
-    reference-count updates.
+    reference-count updates. Resolved by its overload inside kernels: for a
+    literal ``model_id`` (the entry kernels specialise on it) only that
+    shape is compiled; otherwise a runtime switch over every shape.
     """
+    raise NotImplementedError("shape_at is only callable from kernels")
+
+
+def _switch(model_id, r2, params, row, at, ndim, dextra):
     if model_id == GAUSS:
         return _gauss(r2, ndim)
     if model_id == DISC:
@@ -93,6 +101,38 @@ def shape_at(model_id, r2, params, row, at, ndim, dextra):
     if model_id >= CUSTOM_BASE:
         return custom_shape(model_id, r2, params, row, at, ndim, dextra)
     return math.nan, math.nan
+
+
+def _gauss_at(model_id, r2, params, row, at, ndim, dextra):
+    return _gauss(r2, ndim)
+
+
+def _disc_at(model_id, r2, params, row, at, ndim, dextra):
+    return _disc(r2, params[row, at], ndim, dextra)
+
+
+def _ring_at(model_id, r2, params, row, at, ndim, dextra):
+    return _ring(r2, params[row, at], ndim, dextra)
+
+
+def _inv_series_at(model_id, r2, params, row, at, ndim, dextra):
+    return _inv_series(r2, params, row, at, dextra)
+
+
+def _custom_at(model_id, r2, params, row, at, ndim, dextra):
+    return custom_shape(model_id, r2, params, row, at, ndim, dextra)
+
+
+@overload(shape_at, prefer_literal=True,
+          jit_options=dict(SERIAL, inline="always"))
+def _shape_at(model_id, r2, params, row, at, ndim, dextra):
+    if not isinstance(model_id, types.IntegerLiteral):
+        return _switch
+    value = model_id.literal_value
+    if value >= CUSTOM_BASE:
+        return _custom_at
+    return {GAUSS: _gauss_at, DISC: _disc_at, RING: _ring_at,
+            INV_SERIES: _inv_series_at}.get(value, _switch)
 
 
 @kernel

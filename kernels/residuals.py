@@ -27,15 +27,17 @@ Evaluation = namedtuple("Evaluation", [
     "jac_cl",       # sparse: derivatives of the cluster unknowns per pixel
     "normal",       # dense: J^T J
     "blocks",       # sparse: diagonal blocks of J^T J, one per feature
-    "block_cl",     # sparse: the cluster unknowns' block of J^T J
+    "block_cl",     # sparse: the cluster unknowns' block of J^T J (1 x n x n)
     "grad",         # J^T r
 ])
 
 @kernel
 def layout(modes):
     """Slot of each parameter within the cluster block or a feature block."""
-    slot = np.full(modes.shape[0], -1, dtype=np.int64)
+    slot = np.empty(modes.shape[0], dtype=np.int64)
     n_cl = 0
+    for j in range(modes.shape[0]):
+        slot[j] = -1
     for j in range(modes.shape[0]):
         if modes[j] == MODE_CLUSTER:
             slot[j] = n_cl
@@ -79,9 +81,13 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
     from the lowest lower bound to the highest upper bound, as in trackpy.
     """
     n_unk = n_cl + n_feat * n_var
-    x = np.zeros(n_unk)
-    lo = np.full(n_unk, -np.inf)
-    hi = np.full(n_unk, np.inf)
+    x = np.empty(n_unk)
+    lo = np.empty(n_unk)
+    hi = np.empty(n_unk)
+    for i in range(n_unk):
+        x[i] = 0.0
+        lo[i] = -np.inf
+        hi[i] = np.inf
     for j in range(modes.shape[0]):
         if modes[j] == MODE_CLUSTER:
             col = slot[j]
@@ -118,7 +124,7 @@ def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
         jac_cl=np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
         normal=np.empty((n_dense, n_dense)),
         blocks=np.empty((1 if dense else n_feat, n_var, n_var)),
-        block_cl=np.empty((n_cl, n_cl)),
+        block_cl=np.empty((1, n_cl, n_cl)),
         grad=np.empty(n_unk))
 
 @kernel
@@ -150,13 +156,19 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     n_pix = model.shape[0]
     n_unk = grad.shape[0]
     e_base = feat_entry_off[f0]
-    model[:] = work[0, 0]
-    excluded[:] = False
+    # (loops rather than slice assignments: see linalg)
+    for q in range(n_pix):
+        model[q] = work[0, 0]
+        excluded[q] = False
     if with_jac:
         if dense:
-            jac_dense[:, :] = 0.0
+            for i in range(jac_dense.shape[0]):
+                for q in range(jac_dense.shape[1]):
+                    jac_dense[i, q] = 0.0
         else:
-            jac_cl[:, :] = 0.0
+            for q in range(jac_cl.shape[0]):
+                for i in range(jac_cl.shape[1]):
+                    jac_cl[q, i] = 0.0
     for k in range(n_feat):
         feat = f0 + k
         for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
@@ -189,7 +201,8 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     if not with_jac:
         return cost
     bg_col = cols[0, 0]
-    grad[:] = 0.0
+    for i in range(n_unk):
+        grad[i] = 0.0
     if dense:
         for q in range(n_pix):
             if excluded[q]:
@@ -209,8 +222,13 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                 normal[i, j] = acc
                 normal[j, i] = acc
         return cost
-    block_cl[:, :] = 0.0
-    blocks[:, :, :] = 0.0
+    for i in range(n_cl):
+        for j in range(n_cl):
+            block_cl[0, i, j] = 0.0
+    for k in range(blocks.shape[0]):
+        for i in range(n_var):
+            for j in range(n_var):
+                blocks[k, i, j] = 0.0
     for q in range(n_pix):
         if excluded[q]:
             continue
@@ -220,7 +238,7 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
         for i in range(n_cl):
             grad[i] += jac_cl[q, i] * r
             for j in range(n_cl):
-                block_cl[i, j] += jac_cl[q, i] * jac_cl[q, j]
+                block_cl[0, i, j] += jac_cl[q, i] * jac_cl[q, j]
     for k in range(n_feat):
         feat = f0 + k
         at = n_cl + k * n_var
@@ -264,7 +282,8 @@ def sparse_matvec(v, out, w, modes, slot, n_cl, n_var, entry_pix,
                 if modes[j] == MODE_VAR:
                     s += entry_deriv[e - e_base, j] * v[at + slot[j]]
             w[q] += s
-    out[:] = 0.0
+    for i in range(out.shape[0]):
+        out[i] = 0.0
     for q in range(w.shape[0]):
         if excluded[q]:
             continue
@@ -287,7 +306,7 @@ def diag_scale(normal, blocks, block_cl, dense, n_cl, n_var, scale):
         if dense:
             scale[i] = normal[i, i]
         elif i < n_cl:
-            scale[i] = block_cl[i, i]
+            scale[i] = block_cl[0, i, i]
         else:
             k = (i - n_cl) // n_var
             s = (i - n_cl) - k * n_var
@@ -304,7 +323,9 @@ def dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
                   f0, n_feat, pix_base, excluded, entry_deriv, jac_cl, n_pix):
     """J^T J of a sparse-path cluster as a dense matrix, column by column."""
     normal = np.empty((n_unk, n_unk))
-    unit = np.zeros(n_unk)
+    unit = np.empty(n_unk)
+    for i in range(n_unk):
+        unit[i] = 0.0
     column = np.empty(n_unk)
     scratch = np.empty(n_pix)
     for i in range(n_unk):
@@ -312,6 +333,7 @@ def dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
         sparse_matvec(unit, column, scratch, modes, slot, n_cl, n_var,
                        entry_pix, feat_entry_off, f0, n_feat, pix_base,
                        excluded, entry_deriv, jac_cl)
-        normal[:, i] = column
+        for j in range(n_unk):
+            normal[j, i] = column[j]
         unit[i] = 0.0
     return normal

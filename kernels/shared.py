@@ -21,9 +21,8 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
 
-from .jit import Specialized, kernel, parallel_kernel
+from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .residuals import (
     column_table,
@@ -33,12 +32,13 @@ from .residuals import (
     layout,
     start_values,
 )
+from .threads import OverChunks
 
 STAGE_SYSTEM = 0
 STAGE_STD = 1
 
 
-@kernel
+@inline_kernel
 def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                     feat_entry_off, cluster_feat_off, params, lower, upper,
                     kernel_modes, shared_index, ndim, n_size, model_id,
@@ -169,7 +169,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                 std_out[f0 + k, j] = col_std[cols[k, j]]
 
 
-@parallel_kernel
+@kernel
 def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                      entry_pix, feat_entry_off, cluster_feat_off, params,
                      lower, upper, kernel_modes, shared_index, ndim, n_size,
@@ -198,7 +198,7 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
-    for i in prange(cluster_ids.shape[0]):
+    for i in range(cluster_ids.shape[0]):
         _reduce_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
                         entry_pix, feat_entry_off, cluster_feat_off, params,
                         lower, upper, kernel_modes, shared_index, ndim, n_size,
@@ -208,4 +208,4 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                         std_out)
 
 
-reduce_clusters = Specialized(_reduce_clusters)
+reduce_clusters = OverChunks(Specialized(_reduce_clusters), min_chunk=16)

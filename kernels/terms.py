@@ -7,10 +7,10 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
 
-from .jit import Specialized, inline_kernel, parallel_kernel
+from .jit import Specialized, inline_kernel, kernel
 from .models import shape_at
+from .threads import OverChunks
 
 
 @inline_kernel
@@ -57,11 +57,12 @@ def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
     return signal * f
 
 
-@parallel_kernel
-def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
+@kernel
+def _evaluate_model(cluster_ids, pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
                    cluster_feat_off, params, ndim, n_size, model_id,
                    continuous, model, excluded, entry_deriv):
-    """Model image and per-entry derivatives over a flattened batch.
+    """Model image and per-entry derivatives of the clusters ``cluster_ids``
+    (see :func:`evaluate_model`).
 
     ``model[p]`` = background of the cluster's first feature + the sum of the
     terms of the features whose mask holds pixel ``p``; ``excluded[p]`` marks
@@ -72,9 +73,9 @@ def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
-    n_clusters = cluster_feat_off.shape[0] - 1
     n_extra = max(params.shape[1] - 2 - ndim - n_size, 1)
-    for c in prange(n_clusters):
+    for i in range(cluster_ids.shape[0]):
+        c = cluster_ids[i]
         dextra = np.empty(n_extra)
         deriv = np.empty(params.shape[1])
         f0 = cluster_feat_off[c]
@@ -97,4 +98,21 @@ def _evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
 
 
 
-evaluate_model = Specialized(_evaluate_model)
+_evaluate_clusters = OverChunks(Specialized(_evaluate_model), min_chunk=256)
+
+
+def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
+                   cluster_feat_off, params, ndim, n_size, model_id,
+                   continuous, model, excluded, entry_deriv):
+    """Model image and per-entry derivatives of the clusters ``cluster_ids``
+    (see :func:`evaluate_model`).
+
+    ``model[p]`` = background of the cluster's first feature + the sum of the
+    terms of the features whose mask holds pixel ``p``; ``excluded[p]`` marks
+    pixels ignored by a non-continuous model; ``entry_deriv[e]`` holds the
+    derivatives of entry ``e``'s term (background column 0 is 1).
+    """
+    cluster_ids = np.arange(len(cluster_feat_off) - 1, dtype=np.int64)
+    _evaluate_clusters(cluster_ids, pix_coord, cluster_pix_off, entry_pix,
+                       feat_entry_off, cluster_feat_off, params, ndim, n_size,
+                       model_id, continuous, model, excluded, entry_deriv)

@@ -23,10 +23,8 @@ DELAY = 1.0  # seconds
 
 class _Notice(event.Listener):
     """Prints :data:`MESSAGE` once, when a compilation of a refinefit kernel
-    is still running after :data:`DELAY` seconds: a kernel that specialises
-    on literal arguments starts (and abandons within milliseconds) a
-    compilation on every first call, even when its machine code is then
-    loaded from the cache."""
+    is still running after :data:`DELAY` seconds (small helpers compile in
+    a fraction of a second, and a load from the cache is no compilation)."""
 
     def __init__(self):
         self._told = False

@@ -251,14 +251,14 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
                          or custom is not None)) or any(
         mixes_clusters(c, len(layout.names)) for c in constraints)
 
-    out = f.copy()
-    frames = _frame_numbers(out, source, t_column)
-    out["cluster"] = np.zeros(len(out), dtype=np.int64)
-    out["cluster_size"] = np.zeros(len(out), dtype=np.int64)
-    _assign_params(out, layout, model, param_val)
-    params = out[list(layout.names)].to_numpy(dtype=np.float64, copy=True)
+    # the columns the output adds or replaces, written into a copy of f at
+    # the end in one step (a column at a time costs more than a small fit)
+    written = {}
+    frames = _frame_numbers(f, source, t_column, written)
+    written["cluster"] = written["cluster_size"] = None
+    params = _start_params(f, layout, model, param_val, written)
     fitted = [j for j, mode in enumerate(layout.modes) if mode != MODE_CONST]
-    std = np.full((len(out), len(fitted)), np.nan)
+    std = np.full((len(f), len(fitted)), np.nan)
 
     valid = np.isfinite(params).all(axis=1)
     source.check_frames(np.unique(frames[valid]))
@@ -266,9 +266,9 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     valid &= _touches_image(params[:, 2:2 + ndim], radius, source, frames)
     labels, sizes = cluster_features(params[:, 2:2 + ndim], frames,
                                      separation, valid)
-    out["cluster"] = labels
-    out["cluster_size"] = sizes
-    cost = np.full(len(out), np.nan)
+    written["cluster"] = labels
+    written["cluster_size"] = sizes
+    cost = np.full(len(f), np.nan)
 
     fit = np.nonzero(valid)[0]
     order = fit[np.argsort(labels[fit], kind="stable")]
@@ -320,12 +320,34 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
         cost[order] = np.where(ok, feature_cost, np.nan)
         status[order] = feature_status
     for j, name in enumerate(layout.names):
-        out[name] = params[:, j]
+        written[name] = params[:, j]
     if compute_error:
         for i, j in enumerate(fitted):
-            out[layout.names[j] + "_std"] = std[:, i]
-    out["cost"] = cost
-    out["status"] = status
+            written[layout.names[j] + "_std"] = std[:, i]
+    written["cost"] = cost
+    written["status"] = status
+    return _with_columns(f, written)
+
+
+def _with_columns(f, written):
+    """A copy of ``f`` with the columns of ``written`` (name: array or
+    scalar) replacing its own or, for new names, appended in their order.
+
+    One DataFrame built from arrays: setting columns one at a time costs
+    more than the fit of a few features."""
+    n = len(f)
+    written = {name: np.full(n, value) if np.ndim(value) == 0 else value
+               for name, value in written.items()}
+    if f.columns.is_unique and f.columns.nlevels == 1:
+        columns = {name: written.pop(name) if name in written
+                   else f[name].array for name in f.columns}
+        columns.update(written)
+        out = pd.DataFrame(columns, index=f.index)
+        out.columns.name = f.columns.name
+        return out.__finalize__(f)
+    out = f.copy()  # repeated column names: the slow way keeps them
+    for name, value in written.items():
+        out[name] = value
     return out
 
 
@@ -401,42 +423,59 @@ def _per_axis(name, value, ndim):
     return values
 
 
-def _frame_numbers(out, source, t_column):
-    """Frame number of every feature; adds ``t_column`` for a single image."""
+def _frame_numbers(f, source, t_column, written):
+    """Frame number of every feature; for a single image without
+    ``t_column`` its frame number goes to ``written[t_column]``."""
     if source.is_single:
-        if t_column in out and len(out):
-            present = pd.unique(out[t_column])
+        if t_column in f and len(f):
+            present = pd.unique(f[t_column])
             if len(present) > 1 or (source.single_frame is not None
                                     and present[0] != source.single_frame):
                 raise ValueError(
                     f"reader is a single image but column {t_column!r} holds "
                     f"frames {list(present[:5])}; pass a movie or one frame")
-        elif t_column not in out:
-            out[t_column] = source.single_frame or 0
-        return np.zeros(len(out), dtype=np.int64)
-    check_frame_column(out.columns, t_column)
-    return frame_numbers(out[t_column], t_column)
+        elif t_column not in f:
+            written[t_column] = source.single_frame or 0
+        return np.zeros(len(f), dtype=np.int64)
+    check_frame_column(f.columns, t_column)
+    return frame_numbers(f[t_column], t_column)
 
 
-def _assign_params(out, layout, model, param_val):
+def _start_params(f, layout, model, param_val, written):
+    """Start values (features x parameters, float64) from the columns of
+    ``f``, ``param_val`` and the model's defaults, in that order of
+    precedence reversed; ``param_val`` and the defaults not in ``f`` go to
+    ``written`` (param_val's first, as trackpy adds them)."""
     if param_val is None:
         param_val = {}
     if not isinstance(param_val, dict):
         raise TypeError("param_val must be a dict such as {'size': 2.5}, got "
                         f"{type(param_val).__name__}")
     for name, value in param_val.items():
-        out[name] = value
+        written[name] = value
     defaults = dict(background=0.0, **model.default)
-    for name in layout.names:
-        if name not in out:
-            if name not in defaults:
-                raise KeyError(f"parameter {name!r} is neither a column of the "
-                               f"DataFrame nor in param_val; add it, e.g. "
-                               f"param_val={{'{name}': ...}}")
-            out[name] = defaults[name]
-        elif not np.issubdtype(out[name].dtype, np.number):
-            raise TypeError(f"column {name!r} must be numeric, got "
-                            f"{out[name].dtype}")
+    params = np.empty((len(f), len(layout.names)))
+    for j, name in enumerate(layout.names):
+        if name in param_val:
+            value = param_val[name]
+            try:
+                params[:, j] = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"param_val[{name!r}] must be a number (or one "
+                                f"per feature), got {value!r}") from None
+        elif name in f:
+            column = f[name]
+            if not np.issubdtype(column.dtype, np.number):
+                raise TypeError(f"column {name!r} must be numeric, got "
+                                f"{column.dtype}")
+            params[:, j] = column.to_numpy(dtype=np.float64)
+        elif name in defaults:
+            written[name] = params[:, j] = defaults[name]
+        else:
+            raise KeyError(f"parameter {name!r} is neither a column of the "
+                           f"DataFrame nor in param_val; add it, e.g. "
+                           f"param_val={{'{name}': ...}}")
+    return params
 
 
 def _touches_image(coords, radius, source, frames):

@@ -171,13 +171,8 @@ def test_refine_in_lanes_keeps_order_and_stops_on_error():
     assert max(started) < next_unread
 
 
-def _not_started():
-    raise ValueError("Threading layer is not initialized.")
-
-
-@pytest.mark.parametrize("layer", [lambda: "workqueue", _not_started])
-def test_a_layer_without_concurrent_calls_gets_one_lane(monkeypatch, layer):
-    monkeypatch.setattr(lanes_module.numba, "threading_layer", layer)
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_run_in_their_own_threads_in_order(lanes):
     threads = []
 
     def refine(k, item, scratch):
@@ -185,8 +180,14 @@ def test_a_layer_without_concurrent_calls_gets_one_lane(monkeypatch, layer):
         return item
 
     assert [k for k, _ in lanes_module.refine_in_lanes(
-        refine, [(k, k) for k in range(5)], 2)] == list(range(5))
-    assert set(threads) == {threading.current_thread().name}
+        refine, [(k, k) for k in range(5)], lanes)] == list(range(5))
+    # the first chunk on the calling thread, the others in the lanes
+    caller = threading.current_thread().name
+    assert threads[0] == caller
+    if lanes == 1:
+        assert set(threads) == {caller}
+    else:
+        assert all(name.startswith("refinefit-lane") for name in threads[1:])
 
 
 def test_consecutive_frames_are_viewed_not_copied(tmp_path):

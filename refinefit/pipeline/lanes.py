@@ -1,19 +1,18 @@
 """Chunks refined side by side, each on a share of the Numba threads.
 
-One ``refine_leastsq`` call keeps every Numba thread busy only inside its
-parallel kernels; between them (clustering, building the masks, packing the
-result) one thread works and the others wait, so two threads make a call
-well under twice as fast. Two chunks
-refined at once, one Numba thread each, fill those gaps: each chunk's serial
-Python parts run while the other's kernels (which release the GIL) compute.
+One ``refine_leastsq`` call keeps every thread busy only inside its kernels
+(:mod:`refinefit.kernels.threads`); between them (clustering, building the
+masks, packing the result) one thread works and the others wait, so two
+threads make a call well under twice as fast. Two chunks refined at once,
+one Numba thread each, fill those gaps: each chunk's serial Python parts
+run while the other's kernels (which release the GIL) compute.
 
 Each lane is a thread with its own Numba thread count (Numba keeps it per
-thread) and its own :class:`refinefit.solvers.scratch.Scratch`. A chunk's result
-does not depend on the number of threads, so lanes change no result. They
-need a threading layer that allows parallel kernels launched from several
-threads at once ('omp' or 'tbb'; not 'workqueue'), and only the Numba
-engine's own code: no user callables (custom fit functions, constraints)
-and no scipy solver, which would run in two threads at once.
+thread) and its own :class:`refinefit.solvers.scratch.Scratch`. A chunk's
+result does not depend on the number of threads, so lanes change no
+result. They need only the Numba engine's own code: no user callables
+(custom fit functions, constraints) and no scipy solver, which would run in
+two threads at once.
 """
 import numbers
 import queue
@@ -57,31 +56,21 @@ def _allows_lanes(fit_options):
             and fit_options.get("method") is None)
 
 
-def _layer_allows_lanes():
-    """Whether Numba's threading layer, once started, takes parallel
-    calls from several threads at once."""
-    try:
-        return numba.threading_layer() != "workqueue"
-    except ValueError:  # not started: no parallel kernel has run
-        return False
-
-
 def refine_in_lanes(refine, reads, lanes):
     """Yield ``(k, refine(k, item, scratch))`` for every ``(k, item)`` of
     ``reads``, in that order, refining up to ``lanes`` items at once.
 
     The first item is refined on the calling thread with all its Numba
-    threads (which starts Numba's threading layer); the others in
-    ``lanes`` threads that share the caller's Numba threads, if the layer
-    allows it, else on the calling thread too. ``reads`` is consumed on the
-    calling thread only.
+    threads (compiling or loading the kernels once); the others in
+    ``lanes`` threads that share the caller's Numba threads. ``reads`` is
+    consumed on the calling thread only.
     """
     reads = iter(reads)
     scratch = Scratch()
     for k, item in reads:
         yield k, refine(k, item, scratch)
         break
-    if lanes < 2 or not _layer_allows_lanes():
+    if lanes < 2:
         for k, item in reads:
             yield k, refine(k, item, scratch)
         return

@@ -36,7 +36,7 @@ from .result import Solution, empty_solution
 
 def solve_batch_numba(batch, start, lower, upper, cluster_ids, settings):
     """Bounded Levenberg-Marquardt on the CPU (``kernels.lm``), the
-    clusters in parallel on Numba's threads."""
+    clusters in parallel (kernels.threads)."""
     n_clusters = len(batch.cluster_feat_off) - 1
     result = empty_solution(start, n_clusters, BLANK)
     solver = settings.solver
