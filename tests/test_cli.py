@@ -331,8 +331,8 @@ def test_demo(tmp_path):
     for name in ("movie.tif", "features.csv", "refined.csv"):
         assert (tmp_path / name).exists()
     for line in ("singles  rms position error", "trimers  rms position error",
-                 "features/s", "on the 275 features of frame 0, in this run: "
-                 "refinefit "):
+                 "features/s", "on the 550 features of frames 0-1, frame by "
+                 "frame, in this run: refinefit "):
         assert line in result.stdout
     ratio = result.stdout.rsplit("features/s, ", 1)[1].split("x")[0]
     assert float(ratio.replace(",", "")) > 1

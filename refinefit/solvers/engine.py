@@ -414,7 +414,8 @@ def refine_sorted(source, cluster_frames, cluster_feat_off, params, lower,
 def _frame_max(image):
     if image.size == 0:
         return np.nan
-    if np.issubdtype(image.dtype, np.floating):
+    top = float(image.max())  # NaN where any pixel is NaN
+    if top != top:
         with np.errstate(invalid="ignore"):
             return float(np.nanmax(image)) if not np.all(np.isnan(image)) else np.nan
-    return float(image.max())
+    return top
