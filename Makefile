@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/refinefit demo
 
+# the tests in one process per core (pytest-xdist): a fresh clone spends
+# much of its run compiling kernels, which then happens on every core
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # Full-size benchmarks with timings (W1 against trackpy, compile times, large
 # cluster, the command, Dask); the figures in docs/performance.md and the
