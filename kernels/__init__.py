@@ -2,7 +2,8 @@
 
 Installed as ``refinefit.kernels``. Every kernel works on a batch of
 clusters flattened into contiguous arrays (see ``masks``) and loops over the
-clusters in parallel, each writing only its own slice of the outputs.
+clusters it is given, each writing only its own slice of the outputs;
+``threads`` runs chunks of clusters in parallel.
 
 - ``codes``: parameter modes and fit status codes (shared with Python);
 - ``masks``: flatten the masks of clusters into pixel and entry arrays;
@@ -13,7 +14,8 @@ clusters in parallel, each writing only its own slice of the outputs.
 - ``constrained``, ``shared``, ``objective``: steps under equality
   constraints, reduced normal equations of shared parameters, cost and
   gradient for general optimisers;
-- ``clustering``, ``linalg``, ``jit``: helpers and compile flags.
+- ``clustering``, ``linalg``, ``jit``, ``threads``: helpers, compile flags
+  and the thread pool.
 """
 from .codes import (
     BLANK,

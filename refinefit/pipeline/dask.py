@@ -14,8 +14,8 @@ Two kinds of work are sent:
   client sums the returned reduced normal equations in chunk order, as one
   process does, so the answer is the same.
 
-A worker process runs one engine call at a time (the Numba thread pool is
-shared by the whole process); several Dask threads on a worker overlap their
+A worker process runs one engine call at a time (the engine's thread pool
+is shared by the whole process); several Dask threads on a worker overlap their
 reads with the engine. The first refinefit task on a worker raises its glibc
 ``malloc`` thresholds (:mod:`refinefit.pipeline.memory`): Dask starts workers
 with settings that make every chunk fault its memory in anew. A worker also
