@@ -2,9 +2,9 @@
 
 ``scipy.optimize.minimize`` (constraints, ``method=``) evaluates its objective
 and gradient through this kernel, one call per cluster batch: no Python runs
-per cluster or per pixel. The kernel is serial: it is called once per
-optimiser step on a few clusters, where starting a parallel region (and
-waiting for every thread) costs more than the work.
+per cluster or per pixel. The kernel runs on the calling thread: it is
+called once per optimiser step on a few clusters, where handing chunks to
+other threads costs more than the work.
 """
 import math
 

@@ -14,6 +14,7 @@ pool. The number of threads is Numba's (``numba.set_num_threads``, the
 ``NUMBA_NUM_THREADS`` environment variable), read in the calling thread.
 """
 import inspect
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,16 @@ CHUNKS_PER_THREAD = 4  # several chunks a thread: clusters differ in cost
 
 _pools = {}
 _pools_lock = threading.Lock()
+
+
+def _forget_pools():
+    """In a forked child: the parent's pool threads do not exist there."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _pool(n_threads):
