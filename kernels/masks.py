@@ -35,6 +35,7 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3
     n_feat = f1 - f0
     lo = np.empty((n_feat, 3), dtype=np.int64)
     hi = np.empty((n_feat, 3), dtype=np.int64)
+    centre = np.empty((n_feat, 3))
     # (loops and indices rather than NumPy calls and views: see linalg)
     box_lo = np.empty(3, dtype=np.int64)
     box_hi = np.empty(3, dtype=np.int64)
@@ -43,7 +44,7 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3
         box_hi[d] = -1
     for k in range(n_feat):
         for d in range(3):
-            c = _center3(coords, f0 + k, ndim, d)
+            c = centre[k, d] = _center3(coords, f0 + k, ndim, d)
             lo[k, d] = max(int(math.ceil(c - radius3[d])), 0)
             hi[k, d] = min(int(math.floor(c + radius3[d])), shapes3[im, d] - 1)
             box_lo[d] = min(box_lo[d], lo[k, d])
@@ -57,9 +58,10 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3
     n_pix = 0
     for k in range(n_feat):
         feat = f0 + k
-        cz = _center3(coords, feat, ndim, 0)
-        cy = _center3(coords, feat, ndim, 1)
-        cx = _center3(coords, feat, ndim, 2)
+        # (from the array: a constant axis would compile _center3 again)
+        cz = centre[k, 0]
+        cy = centre[k, 1]
+        cx = centre[k, 2]
         n_entries = 0
         for z in range(lo[k, 0], hi[k, 0] + 1):
             tz = (z - cz) / radius3[0]
