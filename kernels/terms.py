@@ -58,17 +58,10 @@ def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
 
 
 @kernel
-def _evaluate_model(cluster_ids, pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
-                   cluster_feat_off, params, ndim, n_size, model_id,
-                   continuous, model, excluded, entry_deriv):
-    """Model image and per-entry derivatives of the clusters ``cluster_ids``
-    (see :func:`evaluate_model`).
-
-    ``model[p]`` = background of the cluster's first feature + the sum of the
-    terms of the features whose mask holds pixel ``p``; ``excluded[p]`` marks
-    pixels ignored by a non-continuous model; ``entry_deriv[e]`` holds the
-    derivatives of entry ``e``'s term (background column 0 is 1).
-    """
+def _evaluate_model(cluster_ids, pix_coord, cluster_pix_off, entry_pix,
+                    feat_entry_off, cluster_feat_off, params, ndim, n_size,
+                    model_id, continuous, model, excluded, entry_deriv):
+    """:func:`evaluate_model` for the clusters ``cluster_ids``."""
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
@@ -89,13 +82,13 @@ def _evaluate_model(cluster_ids, pix_coord, cluster_pix_off, entry_pix, feat_ent
                                      model_id, continuous, deriv, dextra)
                 if math.isnan(value):
                     excluded[q] = True
-                    entry_deriv[e, :] = 0.0
+                    for j in range(params.shape[1]):
+                        entry_deriv[e, j] = 0.0
                 else:
                     model[q] += value
                     entry_deriv[e, 0] = 1.0
                     for j in range(1, params.shape[1]):
                         entry_deriv[e, j] = deriv[j]
-
 
 
 _evaluate_clusters = OverChunks(Specialized(_evaluate_model), min_chunk=256)
@@ -104,8 +97,7 @@ _evaluate_clusters = OverChunks(Specialized(_evaluate_model), min_chunk=256)
 def evaluate_model(pix_coord, cluster_pix_off, entry_pix, feat_entry_off,
                    cluster_feat_off, params, ndim, n_size, model_id,
                    continuous, model, excluded, entry_deriv):
-    """Model image and per-entry derivatives of the clusters ``cluster_ids``
-    (see :func:`evaluate_model`).
+    """Model image and per-entry derivatives over a flattened batch.
 
     ``model[p]`` = background of the cluster's first feature + the sum of the
     terms of the features whose mask holds pixel ``p``; ``excluded[p]`` marks

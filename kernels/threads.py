@@ -89,7 +89,8 @@ class OverChunks:
                 chunk[i] = args[i][lo:hi]
             self.kernel(*chunk)
 
-        # compile (or load) in this thread, once, before the pool calls it
+        # an empty chunk here compiles (or loads) the kernel before the pool
+        # threads call it
         run(0, 0)
         pool = _pool(n_threads)
         futures = [pool.submit(run, lo, hi)
