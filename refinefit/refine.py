@@ -442,10 +442,10 @@ def _frame_numbers(f, source, t_column, written):
 
 
 def _start_params(f, layout, model, param_val, written):
-    """Start values (features x parameters, float64) from the columns of
-    ``f``, ``param_val`` and the model's defaults, in that order of
-    precedence reversed; ``param_val`` and the defaults not in ``f`` go to
-    ``written`` (param_val's first, as trackpy adds them)."""
+    """Start values (features x parameters, float64): each parameter from
+    ``param_val``, else from its column of ``f``, else the model's default.
+    ``param_val`` and the defaults not in ``f`` go to ``written``
+    (param_val's first, as trackpy adds them)."""
     if param_val is None:
         param_val = {}
     if not isinstance(param_val, dict):
@@ -465,10 +465,11 @@ def _start_params(f, layout, model, param_val, written):
                                 f"per feature), got {value!r}") from None
         elif name in f:
             column = f[name]
-            if not np.issubdtype(column.dtype, np.number):
+            if not pd.api.types.is_numeric_dtype(column.dtype) \
+                    or pd.api.types.is_bool_dtype(column.dtype):
                 raise TypeError(f"column {name!r} must be numeric, got "
                                 f"{column.dtype}")
-            params[:, j] = column.to_numpy(dtype=np.float64)
+            params[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
         elif name in defaults:
             written[name] = params[:, j] = defaults[name]
         else:

@@ -135,6 +135,23 @@ def test_nan_initial_parameters_give_nan_cost(image):
                                atol=EXACT_POS)
 
 
+def test_nullable_columns_with_missing_values_are_invalid_starts(image):
+    """pandas' nullable dtypes (Int64, Float64) are numeric; a missing
+    value is a start the data cannot use, as NaN is."""
+    f = features()
+    f["x"] = pd.array([14, None, 53], dtype="Int64")
+    f["signal"] = pd.array([120.0, 120.0, None], dtype="Float64")
+    out = refine_leastsq(f, image, DIAMETER)
+    assert out["status"].tolist() == [CONVERGED, INVALID_START, INVALID_START]
+    np.testing.assert_allclose(positions(out)[[0]], TRUTH[[0]], atol=EXACT_POS)
+
+
+@pytest.mark.parametrize("column", [["a", "b", "c"], [True, False, True]])
+def test_a_text_or_boolean_parameter_column_is_a_type_error(image, column):
+    with pytest.raises(TypeError, match="column 'x' must be numeric"):
+        refine_leastsq(features().assign(x=column), image, DIAMETER)
+
+
 def test_nan_signal_gives_nan_cost(image):
     f = features()
     f.loc[2, "signal"] = np.nan
