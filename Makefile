@@ -14,19 +14,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Picasso, for the peer benchmark only (benchmarks/test_bench_peers.py):
+# installed without its declared dependencies, which pin pandas<3 and bring a
+# GUI stack; the file lists what the imported modules need instead
+PEERS := benchmarks/requirements-peers.txt
+PEERS_STAMP := $(VENV)/.peers-installed
+
+$(PEERS_STAMP): $(STAMP) $(PEERS)
+	$(PY) -m pip install --quiet --no-deps -r $(PEERS)
+	touch $(PEERS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/refinefit demo
 
 # the tests in one process per core (pytest-xdist): a fresh clone spends
 # much of its run compiling kernels, which then happens on every core
-test: $(STAMP)
+test: $(PEERS_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n auto
 
-# Full-size benchmarks with timings (W1 against trackpy, compile times, large
-# cluster, the command, Dask); the figures in docs/performance.md and the
-# README's table are written from this run, never typed
-bench: $(STAMP)
+# Full-size benchmarks with timings (W1 against trackpy, I1 against Picasso,
+# compile times, large cluster, the command, Dask); the figures in
+# docs/performance.md and the README's table are written from this run,
+# never typed
+bench: $(PEERS_STAMP)
 	mkdir -p .benchmarks
 	REFINEFIT_BENCH=full $(PY) -m pytest benchmarks -q --benchmark-enable \
 		--benchmark-columns=min,median,rounds \

@@ -2,9 +2,9 @@
 
 Quick mode (the default, run by ``make test``) uses tiny inputs so that the
 benchmarks cannot rot; ``REFINEFIT_BENCH=full`` (``make bench``) uses the
-sizes the issues name. Every ratio is measured against trackpy in the same
-run. With ``--benchmark-json``, the JSON also holds the summary figures and
-the library versions, which ``benchmarks/report.py`` turns into
+sizes the issues name. Every ratio is measured against trackpy (or Picasso)
+in the same run. With ``--benchmark-json``, the JSON also holds the summary
+figures and the library versions, which ``benchmarks/report.py`` turns into
 ``docs/performance.md``.
 """
 import json
@@ -26,7 +26,8 @@ def results():
 def pytest_benchmark_update_machine_info(config, machine_info):
     """The versions of the libraries the figures depend on."""
     versions = {}
-    for name in ("refinefit", "numba", "numpy", "pandas", "scipy", "trackpy"):
+    for name in ("refinefit", "numba", "numpy", "pandas", "scipy", "trackpy",
+                 "picassosr"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 BEGIN = "<!-- performance:begin -->"
 END = "<!-- performance:end -->"
-LIBRARIES = ("refinefit", "numba", "numpy", "pandas", "scipy", "trackpy")
+LIBRARIES = ("refinefit", "numba", "numpy", "pandas", "scipy", "trackpy",
+             "picassosr")
 # the README's short table: (label, summary figure); rows whose figure the
 # run did not record are left out
 README_ROWS = (
@@ -42,6 +43,7 @@ README_ROWS = (
 # the summary figures, grouped by the benchmark file that records them
 GROUPS = (
     ("W1 and start-up (`test_bench_w1.py`)", ("W1 ", "first call", "one cluster")),
+    ("I1, isolated spots against Picasso (`test_bench_peers.py`)", ("I1 ",)),
     ("Latency: first result per model, small calls (`test_bench_latency.py`)",
      ("first result", "small call")),
     ("W2, constrained dimers (`test_bench_constraints.py`)", ("W2 ",)),
@@ -58,10 +60,15 @@ Workloads (defined in the benchmarks' docstrings):
   at S/N 10, 275 features per frame (150 singles, 40 dimers, 15 trimers),
   initial positions off by up to 0.6 px; DataFrame in, DataFrame out.
 - W2: 200 touching dimers per frame, refined with `constraints=dimer(5)`.
+- I1: 150 isolated Gaussian spots (standard deviation 1.77 px, peak 160
+  photons, background 16 photons per pixel, Poisson noise) per 512×512
+  frame, starts off by up to 0.6 px; refinefit (11 px masks, size fitted)
+  against Picasso 0.11.3 (11×11 boxes: `gaussmle`, `gausslq` and its
+  current MLE, `fit_spots_gauss`) on as many threads or processes.
 - The command (`CLI`) runs on W1 as a 1,200-frame uint16 TIFF with Parquet
   features and output, and on a long movie of that movie five times over.
-- Ratios against trackpy are measured in the same run, so they hold on a
-  busy machine where absolute times drift.
+- Ratios against trackpy and Picasso are measured in the same run, so they
+  hold on a busy machine where absolute times drift.
 """
 
 
