@@ -31,14 +31,13 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     slot, n_cl, n_var = layout(modes)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]
     work = params[f0:f0 + n_feat].copy()
     cols = column_table(modes, slot, n_cl, n_var, n_feat)
-    b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                           n_unk, True)
+    b = evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                           pix_base, n_pix, n_params, n_cl, n_var, n_unk, True)
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,

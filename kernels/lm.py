@@ -50,6 +50,7 @@ from .residuals import (
     evaluate,
     evaluation_buffers,
     layout,
+    second_buffers,
     sparse_matvec,
     start_values,
     unpack,
@@ -218,8 +219,6 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    e_base = feat_entry_off[f0]
-    n_entries = feat_entry_off[f0 + n_feat] - e_base
     for k in range(n_feat):
         for j in range(n_params):
             params_out[f0 + k, j] = params[f0 + k, j]
@@ -256,8 +255,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
     n_sparse_f = 1 if dense else n_feat
-    bufs = [evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
-                               n_feat, n_unk, dense) for _ in range(2)]
+    first = evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0,
+                               n_feat, pix_base, n_pix, n_params, n_cl, n_var,
+                               n_unk, dense)
+    bufs = [first, second_buffers(first, n_pix, n_unk, dense)]
     cur = 0
     b = bufs[cur]
     cols = column_table(modes, slot, n_cl, n_var, n_feat)

@@ -4,8 +4,8 @@ The unknowns of a cluster are its 'cluster'-mode parameters (one value
 each, background among them) followed by the 'var'-mode parameters of each
 feature (see :func:`layout`). :func:`evaluate` fills an :data:`Evaluation`:
 the model and residuals over the cluster's mask pixels and, on request, the
-Jacobian and J^T J, densely or (large clusters) as per-entry derivatives with
-the diagonal blocks of J^T J.
+Jacobian and J^T J: J^T J whole (small clusters) or (large clusters) J as
+per-entry derivatives with the diagonal blocks of J^T J.
 """
 import math
 from collections import namedtuple
@@ -13,8 +13,8 @@ from collections import namedtuple
 import numpy as np
 
 from .codes import MODE_CLUSTER, MODE_VAR
-from .jit import kernel
-from .terms import feature_term
+from .jit import inline_kernel, kernel
+from .terms import feature_term, feature_terms
 
 # arrays one evaluation fills; the unused path's arrays (dense or sparse)
 # get a minimal size
@@ -22,7 +22,15 @@ Evaluation = namedtuple("Evaluation", [
     "model",        # model value at each mask pixel
     "excluded",     # pixels where a term is NaN (outside a finite model)
     "resid",        # model - data, 0 where excluded
-    "jac_dense",    # dense: J transposed (unknowns x pixels)
+    "entry_coord",  # dense: coordinates of each entry's pixel (ndim x n)
+    "terms",        # dense: per entry (columns), its term (row 0) and the
+                    # term's derivatives by parameter (rows 1..)
+    "entry_resid",  # dense: the residual at each entry's pixel
+    "pair_feat",    # dense: pairs of features whose masks share pixels (p x 2)
+    "pair_off",     # dense: CSR offsets of each pair's shared pixels into
+    "pair_entry",   # dense: the two features' entries there (m x 2)
+    "pair_terms",   # dense: scratch, derivatives of a pair at those pixels
+    "cross",        # dense: scratch, J^T J between features
     "entry_deriv",  # sparse: derivatives of each feature at its entries
     "jac_cl",       # sparse: derivatives of the cluster unknowns per pixel
     "normal",       # dense: J^T J
@@ -110,47 +118,390 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
     return x, lo, hi
 
 @kernel
-def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                        n_unk, dense):
-    """Arrays one evaluation fills (see :func:`_evaluate`); the unused path's
-    arrays get a minimal size."""
+def evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                       pix_base, n_pix, n_params, n_cl, n_var, n_unk, dense):
+    """Arrays one evaluation of a cluster fills (see :func:`evaluate`); the
+    unused path's arrays get a minimal size. For the dense path, also the
+    cluster's geometry: its entries' coordinates and the pixels that
+    several features' masks share, which couple those features in J^T J."""
+    e0 = feat_entry_off[f0]
+    n_entries = feat_entry_off[f0 + n_feat] - e0
     n_dense = n_unk if dense else 1
+    n_coord = n_entries if dense else 1
+    entry_coord = np.empty((pix_coord.shape[1], n_coord))
+    if dense:
+        for el in range(n_entries):
+            for d in range(pix_coord.shape[1]):
+                entry_coord[d, el] = pix_coord[entry_pix[e0 + el], d]
+        pair_feat, pair_off, pair_entry = _feature_pairs(
+            entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix)
+    else:
+        pair_feat = np.empty((0, 2), dtype=np.int64)
+        pair_off = np.zeros(1, dtype=np.int64)
+        pair_entry = np.empty((0, 2), dtype=np.int64)
+    longest = 0
+    for i in range(pair_feat.shape[0]):
+        longest = max(longest, pair_off[i + 1] - pair_off[i])
+    # (sizes first: conditional expressions among this many keyword
+    # arguments are bytecode that Numba does not take)
+    n_rows = n_params if dense else 1
+    n_cols = n_entries if dense else 1
+    n_sparse = 1 if dense else n_entries
+    n_jac_pix = 1 if dense else n_pix
+    n_jac_cl = 1 if dense else max(n_cl, 1)
+    n_blocks = 1 if dense else n_feat
     return Evaluation(
         model=np.empty(n_pix),
         excluded=np.empty(n_pix, dtype=np.bool_),
         resid=np.empty(n_pix),
-        jac_dense=np.empty((n_dense, n_pix if dense else 1)),
-        entry_deriv=np.zeros((1 if dense else n_entries, n_params)),
-        jac_cl=np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
+        entry_coord=entry_coord,
+        terms=np.empty((n_rows, n_cols)),
+        entry_resid=np.empty(n_cols),
+        pair_feat=pair_feat,
+        pair_off=pair_off,
+        pair_entry=pair_entry,
+        pair_terms=np.empty((2, n_params, longest)),
+        cross=np.empty((n_dense, n_dense)),
+        entry_deriv=np.zeros((n_sparse, n_params)),
+        jac_cl=np.empty((n_jac_pix, n_jac_cl)),
         normal=np.empty((n_dense, n_dense)),
-        blocks=np.empty((1 if dense else n_feat, n_var, n_var)),
+        blocks=np.empty((n_blocks, n_var, n_var)),
         block_cl=np.empty((1, n_cl, n_cl)),
         grad=np.empty(n_unk))
 
+
+@kernel
+def second_buffers(buf, n_pix, n_unk, dense):
+    """Buffers for a second point of the same cluster (a solver keeps the
+    accepted point's J^T J while it evaluates a trial): the dense path's
+    geometry and scratch arrays are shared with ``buf``."""
+    if not dense:
+        return Evaluation(
+            model=buf.model,
+            excluded=np.empty(n_pix, dtype=np.bool_),
+            resid=buf.resid,
+            entry_coord=buf.entry_coord,
+            terms=buf.terms,
+            entry_resid=buf.entry_resid,
+            pair_feat=buf.pair_feat,
+            pair_off=buf.pair_off,
+            pair_entry=buf.pair_entry,
+            pair_terms=buf.pair_terms,
+            cross=buf.cross,
+            entry_deriv=np.zeros(buf.entry_deriv.shape),
+            jac_cl=np.empty(buf.jac_cl.shape),
+            normal=np.empty(buf.normal.shape),
+            blocks=np.empty(buf.blocks.shape),
+            block_cl=np.empty(buf.block_cl.shape),
+            grad=np.empty(n_unk))
+    return Evaluation(
+        model=buf.model,
+        excluded=np.empty(n_pix, dtype=np.bool_),
+        resid=buf.resid,
+        entry_coord=buf.entry_coord,
+        terms=buf.terms,
+        entry_resid=buf.entry_resid,
+        pair_feat=buf.pair_feat,
+        pair_off=buf.pair_off,
+        pair_entry=buf.pair_entry,
+        pair_terms=buf.pair_terms,
+        cross=buf.cross,
+        entry_deriv=buf.entry_deriv,
+        jac_cl=buf.jac_cl,
+        normal=np.empty(buf.normal.shape),
+        blocks=buf.blocks,
+        block_cl=buf.block_cl,
+        grad=np.empty(n_unk))
+
+
+@kernel
+def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
+    """The pairs of features (k < k') whose masks share pixels, and for each
+    the entries of both at those pixels (counted from the cluster's first
+    entry), grouped by pair (CSR)."""
+    e0 = feat_entry_off[f0]
+    first = np.full(n_pix, -1, dtype=np.int64)  # an entry at each pixel
+    pair_of = np.full((n_feat, n_feat), -1, dtype=np.int64)
+    count = np.zeros(n_feat * n_feat, dtype=np.int64)
+    # (a pixel in three masks counts once for each of its three pairs:
+    # every later entry pairs with each earlier one, found by walking)
+    n_pairs = 0
+    n_matched = 0
+    later = np.full(feat_entry_off[f0 + n_feat] - e0, -1, dtype=np.int64)
+    for k in range(n_feat):
+        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
+            q = entry_pix[e] - pix_base
+            other = first[q]
+            while other >= 0:
+                ko = _feature_of(feat_entry_off, f0, n_feat, other + e0)
+                if pair_of[ko, k] < 0:
+                    pair_of[ko, k] = n_pairs
+                    n_pairs += 1
+                count[pair_of[ko, k]] += 1
+                n_matched += 1
+                other = later[other]
+            later[e - e0] = first[q]
+            first[q] = e - e0
+    pair_feat = np.empty((n_pairs, 2), dtype=np.int64)
+    for ka in range(n_feat):
+        for kb in range(n_feat):
+            if pair_of[ka, kb] >= 0:
+                pair_feat[pair_of[ka, kb], 0] = ka
+                pair_feat[pair_of[ka, kb], 1] = kb
+    pair_off = np.zeros(n_pairs + 1, dtype=np.int64)
+    for i in range(n_pairs):
+        pair_off[i + 1] = pair_off[i] + count[i]
+    at = np.empty(n_pairs, dtype=np.int64)
+    for i in range(n_pairs):
+        at[i] = pair_off[i]
+    pair_entry = np.empty((n_matched, 2), dtype=np.int64)
+    for q in range(n_pix):
+        first[q] = -1
+    for k in range(n_feat):
+        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
+            q = entry_pix[e] - pix_base
+            other = first[q]
+            while other >= 0:
+                ko = _feature_of(feat_entry_off, f0, n_feat, other + e0)
+                i = pair_of[ko, k]
+                pair_entry[at[i], 0] = other
+                pair_entry[at[i], 1] = e - e0
+                at[i] += 1
+                other = later[other]
+            first[q] = e - e0
+    return pair_feat, pair_off, pair_entry
+
+
+@kernel
+def _feature_of(feat_entry_off, f0, n_feat, e):
+    """The feature (counted from ``f0``) that entry ``e`` belongs to."""
+    lo = 0
+    hi = n_feat - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if feat_entry_off[f0 + mid] <= e:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @kernel
 def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
-              entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-              model_id, continuous, with_jac, dense, deriv, dextra, buf):
+             entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
+             model_id, continuous, with_jac, dense, deriv, dextra, buf):
     """Sum of squared residuals at ``x``; with ``with_jac`` also J^T J, J^T r.
 
-    Dense: J is kept transposed (unknowns x pixels) so that J^T J and J^T r
-    are contiguous dot products, which vectorise; ``normal`` receives J^T J.
-    Sparse: ``entry_deriv`` and ``jac_cl``
-    keep J for matrix-vector products, ``blocks``/``block_cl`` the diagonal
-    blocks of J^T J. ``buf`` is an :data:`Evaluation` (see
-    :func:`evaluation_buffers`); its arrays are filled in place.
+    ``buf`` is an :data:`Evaluation` (see :func:`evaluation_buffers`); its
+    arrays are filled in place. Dense: ``normal`` receives J^T J (see
+    :func:`_evaluate_dense`). Sparse: ``entry_deriv`` and ``jac_cl`` keep J
+    for matrix-vector products, ``blocks``/``block_cl`` the diagonal blocks
+    of J^T J.
     """
+    unpack(x, work, cols)
+    if dense:
+        return _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix,
+                               feat_entry_off, f0, pix_base, ndim, n_size,
+                               model_id, continuous, with_jac, dextra, buf)
+    return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val,
+                            pix_coord, entry_pix, feat_entry_off, f0,
+                            pix_base, ndim, n_size, model_id, continuous,
+                            with_jac, deriv, dextra, buf)
+
+
+@inline_kernel
+def _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix, feat_entry_off,
+                    f0, pix_base, ndim, n_size, model_id, continuous,
+                    with_jac, dextra, buf):
+    """Model, residuals and cost of a dense cluster; J^T J and J^T r.
+
+    A feature's terms and derivatives are computed for all its entries at
+    once (:func:`feature_terms`). J^T J then follows the masks: a pixel that
+    one mask holds adds to the feature's own block (dot products over the
+    feature's entries), and only pixels that several masks share add
+    products between features. Background enters once per pixel, with
+    derivative 1. Each per-pixel loop is a small kernel of its own: inlined
+    into this one, LLVM no longer vectorised them.
+    """
+    terms = buf.terms
+    n_feat = work.shape[0]
+    e0 = feat_entry_off[f0]
+    for k in range(n_feat):
+        feature_terms(buf.entry_coord, feat_entry_off[f0 + k] - e0,
+                      feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
+                      model_id, continuous, terms, dextra)
+    cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
+                                         entry_pix, e0, pix_base, buf.model,
+                                         buf.excluded, buf.resid)
+    if not with_jac:
+        return cost
+    normal = buf.normal
+    grad = buf.grad
+    bg = cols[0, 0]
+    _start_normal(terms, buf.resid, buf.excluded, entry_pix, e0, pix_base,
+                  any_excluded, bg, buf.entry_resid, normal, grad)
+    for k in range(n_feat):
+        _feature_products(terms, buf.entry_resid,
+                          feat_entry_off[f0 + k] - e0,
+                          feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
+                          normal, grad)
+    _pair_products(terms, buf.pair_feat, buf.pair_off, buf.pair_entry,
+                   buf.pair_terms, cols, buf.cross, normal)
+    return cost
+
+
+@kernel
+def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
+                    model, excluded, resid):
+    """Sum the entries' terms (row 0 of ``terms``) into the model at their
+    pixels; residuals and their sum of squares. A NaN term excludes its
+    pixel. Returns the cost and whether any pixel is excluded."""
+    n_pix = model.shape[0]
+    for q in range(n_pix):
+        model[q] = background
+        excluded[q] = False
+    any_excluded = False
+    for el in range(terms.shape[1]):
+        q = entry_pix[e0 + el] - pix_base
+        value = terms[0, el]
+        if math.isnan(value):
+            excluded[q] = True
+            any_excluded = True
+        else:
+            model[q] += value
+    # summed over the kernel's own array: a vectorised sum over pix_val
+    # would start at an alignment that depends on the cluster's place in
+    # the batch, and its last bit on how the movie was chunked
+    cost = 0.0
+    for q in range(n_pix):
+        r = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
+        resid[q] = r
+        cost += r * r
+    return cost, any_excluded
+
+
+@kernel
+def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
+                  any_excluded, bg, entry_resid, normal, grad):
+    """Each entry's residual; derivatives at excluded pixels set to 0 (they
+    add nothing to J); ``normal`` and ``grad`` zeroed but for the
+    background's own terms."""
+    n_entries = terms.shape[1]
+    for el in range(n_entries):
+        entry_resid[el] = resid[entry_pix[e0 + el] - pix_base]
+    if any_excluded:
+        for el in range(n_entries):
+            if excluded[entry_pix[e0 + el] - pix_base]:
+                for j in range(1, terms.shape[0]):
+                    terms[j, el] = 0.0
+    n_unk = grad.shape[0]
+    for i in range(n_unk):
+        grad[i] = 0.0
+        for j in range(n_unk):
+            normal[i, j] = 0.0
+    if bg >= 0:
+        total = 0.0
+        n_valid = 0
+        for q in range(resid.shape[0]):
+            total += resid[q]
+            n_valid += 0 if excluded[q] else 1
+        grad[bg] = total
+        normal[bg, bg] = n_valid
+
+
+@kernel
+def _feature_products(terms, entry_resid, start, end, cols, k, bg, normal,
+                      grad):
+    """Add the products of feature ``k``'s derivatives over its own entries
+    (columns ``start..end`` of ``terms``) to ``grad`` and the upper
+    triangle of ``normal``, and their sums to the background's row."""
+    n_params = terms.shape[0]
+    first = np.uint64(start)  # (unsigned: see feature_terms)
+    stop = np.uint64(end)
+    for j in range(1, n_params):
+        a = cols[k, j]
+        if a < 0:
+            continue
+        acc = 0.0
+        total = 0.0
+        for el in range(first, stop):
+            acc += terms[j, el] * entry_resid[el]
+            total += terms[j, el]
+        grad[a] += acc
+        if bg >= 0:
+            normal[min(a, bg), max(a, bg)] += total
+        for j2 in range(j, n_params):
+            b = cols[k, j2]
+            if b < 0:
+                continue
+            acc = 0.0
+            for el in range(first, stop):
+                acc += terms[j, el] * terms[j2, el]
+            normal[min(a, b), max(a, b)] += acc
+
+
+@kernel
+def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
+                   cross, normal):
+    """Add the products between different features' derivatives at the
+    pixels they share; then mirror the upper triangle of ``normal``.
+
+    For each pair of features, their derivatives at the shared pixels are
+    gathered side by side, and each product is a dot product over those
+    pixels, which vectorises. ``cross`` collects the products of the first
+    feature's derivative columns with the second's; J^T J gains cross plus
+    its transpose.
+    """
+    n_unk = normal.shape[0]
+    n_params = terms.shape[0]
+    if pair_feat.shape[0] > 0:
+        for i in range(n_unk):
+            for j in range(n_unk):
+                cross[i, j] = 0.0
+        for p in range(pair_feat.shape[0]):
+            ka = pair_feat[p, 0]
+            kb = pair_feat[p, 1]
+            m = pair_off[p + 1] - pair_off[p]
+            for i in range(m):
+                ea = pair_entry[pair_off[p] + i, 0]
+                eb = pair_entry[pair_off[p] + i, 1]
+                for j in range(1, n_params):
+                    pair_terms[0, j, i] = terms[j, ea]
+                    pair_terms[1, j, i] = terms[j, eb]
+            for j in range(1, n_params):
+                a = cols[ka, j]
+                if a < 0:
+                    continue
+                for j2 in range(1, n_params):
+                    b = cols[kb, j2]
+                    if b < 0:
+                        continue
+                    acc = 0.0
+                    for i in range(np.uint64(m)):  # (unsigned: feature_terms)
+                        acc += pair_terms[0, j, i] * pair_terms[1, j2, i]
+                    cross[a, b] += acc
+        for i in range(n_unk):
+            normal[i, i] += 2.0 * cross[i, i]
+            for j in range(i + 1, n_unk):
+                normal[i, j] += cross[i, j] + cross[j, i]
+    for i in range(n_unk):
+        for j in range(i + 1, n_unk):
+            normal[j, i] = normal[i, j]
+
+
+@inline_kernel
+def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
+                     entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
+                     model_id, continuous, with_jac, deriv, dextra, buf):
+    """:func:`evaluate` for a sparse cluster."""
     model = buf.model
     excluded = buf.excluded
     resid = buf.resid
-    jac_dense = buf.jac_dense
     entry_deriv = buf.entry_deriv
     jac_cl = buf.jac_cl
-    normal = buf.normal
     blocks = buf.blocks
     block_cl = buf.block_cl
     grad = buf.grad
-    unpack(x, work, cols)
     n_feat = work.shape[0]
     n_params = work.shape[1]
     n_pix = model.shape[0]
@@ -161,14 +512,9 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
         model[q] = work[0, 0]
         excluded[q] = False
     if with_jac:
-        if dense:
-            for i in range(jac_dense.shape[0]):
-                for q in range(jac_dense.shape[1]):
-                    jac_dense[i, q] = 0.0
-        else:
-            for q in range(jac_cl.shape[0]):
-                for i in range(jac_cl.shape[1]):
-                    jac_cl[q, i] = 0.0
+        for q in range(jac_cl.shape[0]):
+            for i in range(jac_cl.shape[1]):
+                jac_cl[q, i] = 0.0
     for k in range(n_feat):
         feat = f0 + k
         for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
@@ -181,20 +527,13 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             model[q] += value
             if not with_jac:
                 continue
-            if dense:
-                for j in range(1, n_params):
-                    if cols[k, j] >= 0:
-                        jac_dense[cols[k, j], q] += deriv[j]
-            else:
-                for j in range(1, n_params):
-                    entry_deriv[e - e_base, j] = deriv[j]
-                    if modes[j] == MODE_CLUSTER:
-                        jac_cl[q, slot[j]] += deriv[j]
+            for j in range(1, n_params):
+                entry_deriv[e - e_base, j] = deriv[j]
+                if modes[j] == MODE_CLUSTER:
+                    jac_cl[q, slot[j]] += deriv[j]
     for q in range(n_pix):
         resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    # summed over the kernel's own array: a vectorised sum over pix_val
-    # would start at an alignment that depends on the cluster's place in
-    # the batch, and its last bit on how the movie was chunked
+    # (summed over the kernel's own array: see _evaluate_dense)
     cost = 0.0
     for q in range(n_pix):
         cost += resid[q] * resid[q]
@@ -203,25 +542,6 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     bg_col = cols[0, 0]
     for i in range(n_unk):
         grad[i] = 0.0
-    if dense:
-        for q in range(n_pix):
-            if excluded[q]:
-                for i in range(n_unk):
-                    jac_dense[i, q] = 0.0
-            elif bg_col >= 0:
-                jac_dense[bg_col, q] = 1.0
-        for i in range(n_unk):
-            acc = 0.0
-            for q in range(n_pix):
-                acc += jac_dense[i, q] * resid[q]
-            grad[i] = acc
-            for j in range(i, n_unk):
-                acc = 0.0
-                for q in range(n_pix):
-                    acc += jac_dense[i, q] * jac_dense[j, q]
-                normal[i, j] = acc
-                normal[j, i] = acc
-        return cost
     for i in range(n_cl):
         for j in range(n_cl):
             block_cl[0, i, j] = 0.0
@@ -257,6 +577,7 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                         blocks[k, slot[j], slot[j2]] += (entry_deriv[ee, j]
                                                          * entry_deriv[ee, j2])
     return cost
+
 
 @kernel
 def sparse_matvec(v, out, w, modes, slot, n_cl, n_var, entry_pix,
