@@ -1,10 +1,11 @@
-"""Kernel cost per pixel, to compare with the machine's arithmetic limit.
+"""Kernel cost per pixel, to compare with what the core can do
+(docs/performance.md, the roofline). Measured on one thread on W1 frames:
 
-The issue puts the limit near 10-20 ns per pixel per model evaluation on one
-core without SIMD exp. Measured single-threaded on W1 frames:
 - the model and its derivatives alone (``evaluate_model``), per entry;
 - the solver, per pixel and model evaluation (Jacobian, normal equations and
-  step included).
+  step included);
+- flattening the masks (counting, then filling pixel values, coordinates
+  and entries into arrays already in memory), per pixel.
 """
 import time
 
@@ -13,12 +14,37 @@ import numpy as np
 import pytest
 from conftest import FULL
 
-from refinefit.kernels import evaluate_model, solve_clusters
-from refinefit.solvers import backend
+from refinefit.kernels import (
+    count_mask_pixels,
+    evaluate_model,
+    fill_mask_pixels,
+    solve_clusters,
+)
+from refinefit.solvers import backend, engine
 from refinefit.synthetic import make_movie
 
 FRAMES = 10 if FULL else 1
 REPEATS = 5 if FULL else 1
+
+
+@pytest.fixture(scope="module")
+def masks_call():
+    """The arguments of the engine's flatten_masks call on W1 frames."""
+    frames, _, guess = make_movie(FRAMES, seed=4)
+    captured = {}
+    original = engine.flatten_masks
+
+    def capture(*args, **kwargs):
+        captured.setdefault("call", (args, kwargs))
+        return original(*args, **kwargs)
+
+    engine.flatten_masks = capture
+    try:
+        import refinefit
+        refinefit.refine_leastsq(guess, frames, 11)
+    finally:
+        engine.flatten_masks = original
+    return captured["call"]
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +119,38 @@ def test_solver_ns_per_pixel_evaluation(batch, results, one_thread):
     results["kernel: model evaluations per cluster (mean)"] = round(
         float(n_eval.mean()), 2)
     assert (status == 0).all()
+
+
+def test_mask_flattening_ns_per_pixel(masks_call, results, one_thread):
+    frames, cluster_image, cluster_feat_off, centres, radius = masks_call[0][:5]
+    batch = engine.flatten_masks(frames, cluster_image, cluster_feat_off,
+                                 centres, radius)
+    frames = engine.concat_frames(frames) if isinstance(frames, list) else frames
+    ndim = centres.shape[1]
+    radius3 = np.array(((1.0,) if ndim == 2 else ()) + tuple(radius), float)
+    ids = np.arange(len(cluster_feat_off) - 1, dtype=np.int64)
+    cluster_image = np.ascontiguousarray(cluster_image, dtype=np.int64)
+    n_pix = np.zeros(len(ids), dtype=np.int64)
+    n_entries = np.zeros(len(centres), dtype=np.int64)
+    pix_val = batch.pix_val.copy()
+    pix_coord = batch.pix_coord.copy()
+    entry_pix = batch.entry_pix.copy()
+
+    def count():
+        count_mask_pixels(frames.values, frames.offsets, frames.shapes3,
+                          cluster_image, ndim, centres, cluster_feat_off, ids,
+                          radius3, n_pix, n_entries)
+
+    def fill():
+        fill_mask_pixels(frames.values, frames.offsets, frames.shapes3,
+                         cluster_image, ndim, centres, cluster_feat_off, ids,
+                         radius3, batch.cluster_pix_off, batch.feat_entry_off,
+                         pix_val, pix_coord, entry_pix)
+
+    count()
+    fill()
+    seconds = _best(count) + _best(fill)
+    results["kernel: mask flattening (ns per pixel, 1 core)"] = round(
+        seconds / len(pix_val) * 1e9, 1)
+    np.testing.assert_array_equal(entry_pix, batch.entry_pix)
+    np.testing.assert_array_equal(n_pix, np.diff(batch.cluster_pix_off))

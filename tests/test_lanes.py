@@ -44,15 +44,27 @@ def test_lane_count_defaults_and_checks():
         count(2, 2, {"constraints": [{"type": "eq"}]})
 
 
-def _spy_on_chunks(monkeypatch):
-    """Record, per chunk refined, its thread and Numba thread count."""
+def _spy_on_chunks(monkeypatch, meet=0):
+    """Record, per chunk refined, its thread and Numba thread count.
+
+    With ``meet``, the first ``meet`` chunks refined off the calling thread
+    wait for each other: lanes are then busy at once whatever the speed of
+    a chunk (a lane that is idle would otherwise take the next chunk, and
+    the executor would start no other)."""
     seen = []
     real = movie_module.refine_leastsq
+    caller = threading.current_thread()
+    barrier = threading.Barrier(meet) if meet else None
+    met = []
 
     def refine(table, *args, **kwargs):
         if len(table):
             seen.append((threading.current_thread().name,
                          numba.get_num_threads()))
+            if barrier is not None and threading.current_thread() is not caller:
+                met.append(1)
+                if len(met) <= meet:
+                    barrier.wait(timeout=60)
         return real(table, *args, **kwargs)
 
     for module in (movie_module, chunk_module):  # check, chunks
@@ -66,7 +78,7 @@ def test_lanes_give_the_same_table(small, monkeypatch, n_lanes):
     frames, guess = small
     expected = refinefit.refine_leastsq(guess, frames, DIAMETER,
                                         compute_error=True)
-    seen = _spy_on_chunks(monkeypatch)
+    seen = _spy_on_chunks(monkeypatch, meet=0 if n_lanes == 1 else 2)
     got = refinefit.refine_movie(frames, guess, diameter=DIAMETER,
                                  chunk_frames=1, threads=2, lanes=n_lanes,
                                  quiet=True, compute_error=True)
