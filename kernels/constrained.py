@@ -17,7 +17,14 @@ import numpy as np
 
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .residuals import column_table, diag_scale, evaluate, evaluation_buffers, layout
+from .residuals import (
+    cluster_workspace,
+    column_table,
+    diag_scale,
+    evaluate,
+    evaluation_buffers,
+    layout,
+)
 from .threads import OverChunks
 
 
@@ -36,14 +43,17 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_con = con.shape[1]
     work = params[f0:f0 + n_feat].copy()
     cols = column_table(modes, slot, n_cl, n_var, n_feat)
-    b = evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                           pix_base, n_pix, n_params, n_cl, n_var, n_unk, True)
+    ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                           pix_base, n_pix, n_params, n_unk, True)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                           n_unk, True)
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                            pix_base, ndim, n_size, model_id, continuous, True,
-                           True, deriv, dextra, b)
+                           True, deriv, dextra, ws, b)
     normal = b.normal
     grad = b.grad
     scale = np.empty(n_unk)

@@ -3,7 +3,8 @@
 The unknowns of a cluster are its 'cluster'-mode parameters (one value
 each, background among them) followed by the 'var'-mode parameters of each
 feature (see :func:`layout`). :func:`evaluate` fills an :data:`Evaluation`:
-the model and residuals over the cluster's mask pixels and, on request, the
+the model and residuals over the cluster's mask pixels (in the cluster's
+:data:`Workspace`) and, on request, the
 Jacobian and J^T J: J^T J whole (small clusters) or (large clusters) J as
 per-entry derivatives with the diagonal blocks of J^T J.
 """
@@ -13,14 +14,13 @@ from collections import namedtuple
 import numpy as np
 
 from .codes import MODE_CLUSTER, MODE_VAR
-from .jit import inline_kernel, kernel
+from .jit import inline_kernel, kernel, leaf_kernel
 from .terms import feature_term, feature_terms
 
-# arrays one evaluation fills; the unused path's arrays (dense or sparse)
-# get a minimal size
-Evaluation = namedtuple("Evaluation", [
+# arrays of a cluster that do not depend on the point evaluated: its
+# geometry, and scratch space any evaluation overwrites
+Workspace = namedtuple("Workspace", [
     "model",        # model value at each mask pixel
-    "excluded",     # pixels where a term is NaN (outside a finite model)
     "resid",        # model - data, 0 where excluded
     "entry_coord",  # dense: coordinates of each entry's pixel (ndim x n)
     "terms",        # dense: per entry (columns), its term (row 0) and the
@@ -29,8 +29,14 @@ Evaluation = namedtuple("Evaluation", [
     "pair_feat",    # dense: pairs of features whose masks share pixels (p x 2)
     "pair_off",     # dense: CSR offsets of each pair's shared pixels into
     "pair_entry",   # dense: the two features' entries there (m x 2)
-    "pair_terms",   # dense: scratch, derivatives of a pair at those pixels
-    "cross",        # dense: scratch, J^T J between features
+    "pair_terms",   # dense: derivatives of a pair at those pixels
+    "cross",        # dense: J^T J between features
+])
+
+# what an evaluation leaves for the solver at its point (a solver keeps two:
+# the accepted point's, and a trial's)
+Evaluation = namedtuple("Evaluation", [
+    "excluded",     # pixels where a term is NaN (outside a finite model)
     "entry_deriv",  # sparse: derivatives of each feature at its entries
     "jac_cl",       # sparse: derivatives of the cluster unknowns per pixel
     "normal",       # dense: J^T J
@@ -118,15 +124,13 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
     return x, lo, hi
 
 @kernel
-def evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                       pix_base, n_pix, n_params, n_cl, n_var, n_unk, dense):
-    """Arrays one evaluation of a cluster fills (see :func:`evaluate`); the
-    unused path's arrays get a minimal size. For the dense path, also the
-    cluster's geometry: its entries' coordinates and the pixels that
-    several features' masks share, which couple those features in J^T J."""
+def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                      pix_base, n_pix, n_params, n_unk, dense):
+    """The :data:`Workspace` of a cluster: for the dense path its entries'
+    coordinates and the pixels that several features' masks share, which
+    couple those features in J^T J; scratch arrays sized for it."""
     e0 = feat_entry_off[f0]
     n_entries = feat_entry_off[f0 + n_feat] - e0
-    n_dense = n_unk if dense else 1
     n_coord = n_entries if dense else 1
     entry_coord = np.empty((pix_coord.shape[1], n_coord))
     if dense:
@@ -142,75 +146,34 @@ def evaluation_buffers(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
     longest = 0
     for i in range(pair_feat.shape[0]):
         longest = max(longest, pair_off[i + 1] - pair_off[i])
-    # (sizes first: conditional expressions among this many keyword
-    # arguments are bytecode that Numba does not take)
     n_rows = n_params if dense else 1
-    n_cols = n_entries if dense else 1
-    n_sparse = 1 if dense else n_entries
-    n_jac_pix = 1 if dense else n_pix
-    n_jac_cl = 1 if dense else max(n_cl, 1)
-    n_blocks = 1 if dense else n_feat
-    return Evaluation(
+    n_dense = n_unk if dense else 1
+    return Workspace(
         model=np.empty(n_pix),
-        excluded=np.empty(n_pix, dtype=np.bool_),
         resid=np.empty(n_pix),
         entry_coord=entry_coord,
-        terms=np.empty((n_rows, n_cols)),
-        entry_resid=np.empty(n_cols),
+        terms=np.empty((n_rows, n_coord)),
+        entry_resid=np.empty(n_coord),
         pair_feat=pair_feat,
         pair_off=pair_off,
         pair_entry=pair_entry,
         pair_terms=np.empty((2, n_params, longest)),
-        cross=np.empty((n_dense, n_dense)),
-        entry_deriv=np.zeros((n_sparse, n_params)),
-        jac_cl=np.empty((n_jac_pix, n_jac_cl)),
-        normal=np.empty((n_dense, n_dense)),
-        blocks=np.empty((n_blocks, n_var, n_var)),
-        block_cl=np.empty((1, n_cl, n_cl)),
-        grad=np.empty(n_unk))
+        cross=np.empty((n_dense, n_dense)))
 
 
 @kernel
-def second_buffers(buf, n_pix, n_unk, dense):
-    """Buffers for a second point of the same cluster (a solver keeps the
-    accepted point's J^T J while it evaluates a trial): the dense path's
-    geometry and scratch arrays are shared with ``buf``."""
-    if not dense:
-        return Evaluation(
-            model=buf.model,
-            excluded=np.empty(n_pix, dtype=np.bool_),
-            resid=buf.resid,
-            entry_coord=buf.entry_coord,
-            terms=buf.terms,
-            entry_resid=buf.entry_resid,
-            pair_feat=buf.pair_feat,
-            pair_off=buf.pair_off,
-            pair_entry=buf.pair_entry,
-            pair_terms=buf.pair_terms,
-            cross=buf.cross,
-            entry_deriv=np.zeros(buf.entry_deriv.shape),
-            jac_cl=np.empty(buf.jac_cl.shape),
-            normal=np.empty(buf.normal.shape),
-            blocks=np.empty(buf.blocks.shape),
-            block_cl=np.empty(buf.block_cl.shape),
-            grad=np.empty(n_unk))
+def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                       n_unk, dense):
+    """Arrays one evaluation leaves (see :func:`evaluate`); the unused
+    path's arrays get a minimal size."""
+    n_dense = n_unk if dense else 1
     return Evaluation(
-        model=buf.model,
         excluded=np.empty(n_pix, dtype=np.bool_),
-        resid=buf.resid,
-        entry_coord=buf.entry_coord,
-        terms=buf.terms,
-        entry_resid=buf.entry_resid,
-        pair_feat=buf.pair_feat,
-        pair_off=buf.pair_off,
-        pair_entry=buf.pair_entry,
-        pair_terms=buf.pair_terms,
-        cross=buf.cross,
-        entry_deriv=buf.entry_deriv,
-        jac_cl=buf.jac_cl,
-        normal=np.empty(buf.normal.shape),
-        blocks=buf.blocks,
-        block_cl=buf.block_cl,
+        entry_deriv=np.zeros((1 if dense else n_entries, n_params)),
+        jac_cl=np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
+        normal=np.empty((n_dense, n_dense)),
+        blocks=np.empty((1 if dense else n_feat, n_var, n_var)),
+        block_cl=np.empty((1, n_cl, n_cl)),
         grad=np.empty(n_unk))
 
 
@@ -219,6 +182,9 @@ def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
     """The pairs of features (k < k') whose masks share pixels, and for each
     the entries of both at those pixels (counted from the cluster's first
     entry), grouped by pair (CSR)."""
+    if n_feat == 1:
+        return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
+                np.empty((0, 2), dtype=np.int64))
     e0 = feat_entry_off[f0]
     first = np.full(n_pix, -1, dtype=np.int64)  # an entry at each pixel
     pair_of = np.full((n_feat, n_feat), -1, dtype=np.int64)
@@ -286,14 +252,15 @@ def _feature_of(feat_entry_off, f0, n_feat, e):
     return lo
 
 
-@kernel
+@leaf_kernel
 def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
              entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-             model_id, continuous, with_jac, dense, deriv, dextra, buf):
+             model_id, continuous, with_jac, dense, deriv, dextra, ws, buf):
     """Sum of squared residuals at ``x``; with ``with_jac`` also J^T J, J^T r.
 
-    ``buf`` is an :data:`Evaluation` (see :func:`evaluation_buffers`); its
-    arrays are filled in place. Dense: ``normal`` receives J^T J (see
+    ``ws`` is the cluster's :data:`Workspace` (:func:`cluster_workspace`),
+    ``buf`` an :data:`Evaluation` (:func:`evaluation_buffers`) whose arrays
+    are filled in place. Dense: ``normal`` receives J^T J (see
     :func:`_evaluate_dense`). Sparse: ``entry_deriv`` and ``jac_cl`` keep J
     for matrix-vector products, ``blocks``/``block_cl`` the diagonal blocks
     of J^T J.
@@ -302,17 +269,18 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     if dense:
         return _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix,
                                feat_entry_off, f0, pix_base, ndim, n_size,
-                               model_id, continuous, with_jac, dextra, buf)
+                               model_id, continuous, with_jac, dextra, ws,
+                               buf)
     return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val,
                             pix_coord, entry_pix, feat_entry_off, f0,
                             pix_base, ndim, n_size, model_id, continuous,
-                            with_jac, deriv, dextra, buf)
+                            with_jac, deriv, dextra, ws, buf)
 
 
 @inline_kernel
 def _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix, feat_entry_off,
                     f0, pix_base, ndim, n_size, model_id, continuous,
-                    with_jac, dextra, buf):
+                    with_jac, dextra, ws, buf):
     """Model, residuals and cost of a dense cluster; J^T J and J^T r.
 
     A feature's terms and derivatives are computed for all its entries at
@@ -323,34 +291,34 @@ def _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix, feat_entry_off,
     derivative 1. Each per-pixel loop is a small kernel of its own: inlined
     into this one, LLVM no longer vectorised them.
     """
-    terms = buf.terms
+    terms = ws.terms
     n_feat = work.shape[0]
     e0 = feat_entry_off[f0]
     for k in range(n_feat):
-        feature_terms(buf.entry_coord, feat_entry_off[f0 + k] - e0,
+        feature_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
                       feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
                       model_id, continuous, terms, dextra)
     cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
-                                         entry_pix, e0, pix_base, buf.model,
-                                         buf.excluded, buf.resid)
+                                         entry_pix, e0, pix_base, ws.model,
+                                         buf.excluded, ws.resid)
     if not with_jac:
         return cost
     normal = buf.normal
     grad = buf.grad
     bg = cols[0, 0]
-    _start_normal(terms, buf.resid, buf.excluded, entry_pix, e0, pix_base,
-                  any_excluded, bg, buf.entry_resid, normal, grad)
+    _start_normal(terms, ws.resid, buf.excluded, entry_pix, e0, pix_base,
+                  any_excluded, bg, ws.entry_resid, normal, grad)
     for k in range(n_feat):
-        _feature_products(terms, buf.entry_resid,
+        _feature_products(terms, ws.entry_resid,
                           feat_entry_off[f0 + k] - e0,
                           feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
                           normal, grad)
-    _pair_products(terms, buf.pair_feat, buf.pair_off, buf.pair_entry,
-                   buf.pair_terms, cols, buf.cross, normal)
+    _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
+                   ws.pair_terms, cols, ws.cross, normal)
     return cost
 
 
-@kernel
+@leaf_kernel
 def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
                     model, excluded, resid):
     """Sum the entries' terms (row 0 of ``terms``) into the model at their
@@ -369,18 +337,19 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
             any_excluded = True
         else:
             model[q] += value
-    # summed over the kernel's own array: a vectorised sum over pix_val
-    # would start at an alignment that depends on the cluster's place in
-    # the batch, and its last bit on how the movie was chunked
+    for q in range(n_pix):
+        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
+    # summed over the kernel's own array, in a loop of its own: a vectorised
+    # sum in a loop that reads pix_val would start at an alignment that
+    # depends on the cluster's place in the batch, and its last bit on how
+    # the movie was chunked
     cost = 0.0
     for q in range(n_pix):
-        r = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-        resid[q] = r
-        cost += r * r
+        cost += resid[q] * resid[q]
     return cost, any_excluded
 
 
-@kernel
+@leaf_kernel
 def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
                   any_excluded, bg, entry_resid, normal, grad):
     """Each entry's residual; derivatives at excluded pixels set to 0 (they
@@ -409,7 +378,7 @@ def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
         normal[bg, bg] = n_valid
 
 
-@kernel
+@leaf_kernel
 def _feature_products(terms, entry_resid, start, end, cols, k, bg, normal,
                       grad):
     """Add the products of feature ``k``'s derivatives over its own entries
@@ -440,7 +409,7 @@ def _feature_products(terms, entry_resid, start, end, cols, k, bg, normal,
             normal[min(a, b), max(a, b)] += acc
 
 
-@kernel
+@leaf_kernel
 def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
                    cross, normal):
     """Add the products between different features' derivatives at the
@@ -492,11 +461,11 @@ def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
 @inline_kernel
 def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                      entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-                     model_id, continuous, with_jac, deriv, dextra, buf):
+                     model_id, continuous, with_jac, deriv, dextra, ws, buf):
     """:func:`evaluate` for a sparse cluster."""
-    model = buf.model
+    model = ws.model
     excluded = buf.excluded
-    resid = buf.resid
+    resid = ws.resid
     entry_deriv = buf.entry_deriv
     jac_cl = buf.jac_cl
     blocks = buf.blocks

@@ -231,16 +231,19 @@ def test_normal_equations_match_numpy(name, ndim, iso, which):
                                              batch.feat_entry_off[f1]] - p0)
         shared_pixels += int(np.sum(counts > 1))
 
-        buf = residuals.evaluation_buffers(
+        ws = residuals.cluster_workspace(
             batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0,
-            n_feat, p0, p1 - p0, n_params, n_cl, n_var, n_unk, True)
+            n_feat, p0, p1 - p0, n_params, n_unk, True)
+        n_entries = batch.feat_entry_off[f1] - batch.feat_entry_off[f0]
+        buf = residuals.evaluation_buffers(p1 - p0, n_entries, n_params, n_cl,
+                                           n_var, n_feat, n_unk, True)
         work = sub.copy()
         cost = residuals.evaluate(
             x, work, cols, modes, slot, n_cl, n_var, batch.pix_val,
             batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0, p0,
             ndim, n_size, model_spec.kernel_id, model_spec.continuous, True,
             True, np.empty(n_params), np.empty(max(n_params - 2 - ndim - n_size, 1)),
-            buf)
+            ws, buf)
         normal = jac.T @ jac
         scale = np.sqrt(np.outer(np.diag(normal), np.diag(normal))) + 1e-300
         assert cost == pytest.approx(resid @ resid, rel=1e-10)
