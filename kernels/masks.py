@@ -10,10 +10,9 @@ single set of loops serves both.
 """
 import math
 
-import numba
 import numpy as np
 
-from .jit import Specialized, exact_kernel, inline_kernel, kernel
+from .jit import exact_kernel, inline_kernel, kernel
 from .threads import OverChunks
 
 
@@ -139,9 +138,10 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
     return n_pix
 
 
-@inline_kernel
+@exact_kernel
 def _inside(z, y, x, cz, cy, cx, rz, ry, rx):
-    """Whether pixel (z, y, x) lies in the mask centred at (cz, cy, cx)."""
+    """Whether pixel (z, y, x) lies in the mask centred at (cz, cy, cx)
+    (a call, not inlined: one copy to compile, not four)."""
     tz = (z - cz) / rz
     ty = (y - cy) / ry
     tx = (x - cx) / rx
@@ -154,9 +154,7 @@ def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
                 feat_n_entries, cluster_pix_off, feat_entry_off, pix_val,
                 pix_coord, entry_pix):
     """:func:`_walk_cluster` for each cluster of ``cluster_ids``: counting
-    (``fill`` False) or filling."""
-    numba.literally(ndim)
-    numba.literally(fill)
+    (``fill`` False) or filling. One kernel for both: one compilation."""
     n_most = 1
     box = 1
     for i in range(cluster_ids.shape[0]):
@@ -201,8 +199,7 @@ def _box_volume(coords, f0, f1, ndim, radius3, shapes3, im):
 
 
 # a cluster's mask takes about a microsecond: chunks of a few hundred
-_walk_in_parallel = OverChunks(Specialized(_walk_masks, ("ndim", "fill")),
-                               min_chunk=256)
+_walk_in_parallel = OverChunks(_walk_masks, min_chunk=256)
 _NONE = np.empty(0, dtype=np.int64)
 
 

@@ -12,9 +12,11 @@ import math
 from collections import namedtuple
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .codes import MODE_CLUSTER, MODE_VAR
-from .jit import inline_kernel, kernel, leaf_kernel
+from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
 from .terms import feature_term, feature_terms
 
 # arrays of a cluster that do not depend on the point evaluated: its
@@ -186,14 +188,21 @@ def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
         return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
                 np.empty((0, 2), dtype=np.int64))
     e0 = feat_entry_off[f0]
-    first = np.full(n_pix, -1, dtype=np.int64)  # an entry at each pixel
-    pair_of = np.full((n_feat, n_feat), -1, dtype=np.int64)
-    count = np.zeros(n_feat * n_feat, dtype=np.int64)
+    # (loops rather than np.full: see linalg)
+    first = np.empty(n_pix, dtype=np.int64)  # an entry at each pixel
+    for q in range(n_pix):
+        first[q] = -1
+    pair_of = np.empty((n_feat, n_feat), dtype=np.int64)
+    count = np.empty(n_feat * n_feat, dtype=np.int64)
+    for ka in range(n_feat):
+        for kb in range(n_feat):
+            pair_of[ka, kb] = -1
+            count[ka * n_feat + kb] = 0
     # (a pixel in three masks counts once for each of its three pairs:
     # every later entry pairs with each earlier one, found by walking)
     n_pairs = 0
     n_matched = 0
-    later = np.full(feat_entry_off[f0 + n_feat] - e0, -1, dtype=np.int64)
+    later = np.empty(feat_entry_off[f0 + n_feat] - e0, dtype=np.int64)
     for k in range(n_feat):
         for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
             q = entry_pix[e] - pix_base
@@ -266,21 +275,70 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     of J^T J.
     """
     unpack(x, work, cols)
-    if dense:
-        return _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix,
+    return _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var,
+                          pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                          pix_base, ndim, n_size, model_id, continuous,
+                          with_jac, deriv, dextra, ws, buf)
+
+
+def _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                   buf):
+    """:func:`_evaluate_dense` or :func:`_evaluate_sparse` (see the
+    overload)."""
+    raise NotImplementedError("callable only from kernels")
+
+
+@overload(_evaluate_path, prefer_literal=True,
+          jit_options=dict(SERIAL, inline="always"))
+def _evaluate_path_overload(dense, work, cols, modes, slot, n_cl, n_var,
+                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                            pix_base, ndim, n_size, model_id, continuous,
+                            with_jac, deriv, dextra, ws, buf):
+    # with a literal ``dense`` (the solver's entry kernel specialises on it)
+    # only that path is compiled
+    def dense_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                   buf):
+        return _evaluate_dense(work, cols, pix_val, entry_pix,
                                feat_entry_off, f0, pix_base, ndim, n_size,
                                model_id, continuous, with_jac, dextra, ws,
                                buf)
-    return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val,
-                            pix_coord, entry_pix, feat_entry_off, f0,
-                            pix_base, ndim, n_size, model_id, continuous,
-                            with_jac, deriv, dextra, ws, buf)
+
+    def sparse_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                    buf):
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, with_jac, deriv, dextra, ws, buf)
+
+    def either_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                    buf):
+        if dense:
+            return _evaluate_dense(work, cols, pix_val, entry_pix,
+                                   feat_entry_off, f0, pix_base, ndim, n_size,
+                                   model_id, continuous, with_jac, dextra, ws,
+                                   buf)
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, with_jac, deriv, dextra, ws, buf)
+
+    if isinstance(dense, types.BooleanLiteral):
+        return dense_path if dense.literal_value else sparse_path
+    return either_path
 
 
 @inline_kernel
-def _evaluate_dense(work, cols, pix_val, pix_coord, entry_pix, feat_entry_off,
-                    f0, pix_base, ndim, n_size, model_id, continuous,
-                    with_jac, dextra, ws, buf):
+def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
+                    pix_base, ndim, n_size, model_id, continuous, with_jac,
+                    dextra, ws, buf):
     """Model, residuals and cost of a dense cluster; J^T J and J^T r.
 
     A feature's terms and derivatives are computed for all its entries at
