@@ -1,7 +1,9 @@
 """Kernel cost per pixel, to compare with what the core can do
 (docs/performance.md, the roofline). Measured on one thread on W1 frames:
 
-- the model and its derivatives alone (``evaluate_model``), per entry;
+- the model and its derivatives alone, per entry: as the solver computes
+  them (``feature_terms``, a feature's entries in one vectorised loop) and
+  one entry at a time (``evaluate_model``, for callers outside the solver);
 - the solver, per pixel and model evaluation (Jacobian, normal equations and
   step included);
 - flattening the masks (counting, then filling pixel values, coordinates
@@ -20,6 +22,8 @@ from refinefit.kernels import (
     fill_mask_pixels,
     solve_clusters,
 )
+from refinefit.kernels.jit import Specialized
+from refinefit.kernels.terms import feature_terms
 from refinefit.solvers import backend, engine
 from refinefit.synthetic import make_movie
 
@@ -101,6 +105,38 @@ def test_model_evaluation_ns_per_entry(batch, results, one_thread):
     ns = _best(run) / len(entry_pix) * 1e9
     results["kernel: model + derivatives (ns per entry, 1 core)"] = round(ns, 1)
     assert np.isfinite(model).all()
+
+
+@numba.njit(nogil=True)
+def _all_feature_terms(entry_coord, feat_entry_off, params, ndim, n_size,
+                       model_id, continuous, terms):
+    numba.literally(ndim)  # as the solver calls it: see kernels/jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    dextra = np.empty(1)
+    for k in range(feat_entry_off.shape[0] - 1):
+        feature_terms(entry_coord, feat_entry_off[k], feat_entry_off[k + 1],
+                      params, k, ndim, n_size, model_id, continuous, terms,
+                      dextra)
+
+
+def test_feature_terms_ns_per_entry(batch, results, one_thread):
+    (_, _, pix_coord, _, entry_pix, feat_entry_off, _, params, _, _, _, ndim,
+     n_size, model_id, continuous, *_) = batch
+    entry_coord = np.ascontiguousarray(pix_coord[entry_pix].T)
+    terms = np.empty((params.shape[1], len(entry_pix)))
+    run_all = Specialized(_all_feature_terms)
+
+    def run():
+        run_all(entry_coord, feat_entry_off, params, ndim, n_size, model_id,
+                continuous, terms)
+
+    run()
+    ns = _best(run) / len(entry_pix) * 1e9
+    results["kernel: feature terms, vectorised (ns per entry, 1 core)"] = \
+        round(ns, 1)
+    assert np.isfinite(terms).all()
 
 
 def test_solver_ns_per_pixel_evaluation(batch, results, one_thread):

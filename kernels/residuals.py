@@ -188,77 +188,59 @@ def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
         return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
                 np.empty((0, 2), dtype=np.int64))
     e0 = feat_entry_off[f0]
+    n_entries = feat_entry_off[f0 + n_feat] - e0
     # (loops rather than np.full: see linalg)
-    first = np.empty(n_pix, dtype=np.int64)  # an entry at each pixel
+    feat_of = np.empty(n_entries, dtype=np.int64)
+    for k in range(n_feat):
+        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
+            feat_of[e - e0] = k
+    # the entries at each pixel, as linked lists (latest first)
+    first = np.empty(n_pix, dtype=np.int64)
     for q in range(n_pix):
         first[q] = -1
-    pair_of = np.empty((n_feat, n_feat), dtype=np.int64)
-    count = np.empty(n_feat * n_feat, dtype=np.int64)
-    for ka in range(n_feat):
-        for kb in range(n_feat):
-            pair_of[ka, kb] = -1
-            count[ka * n_feat + kb] = 0
-    # (a pixel in three masks counts once for each of its three pairs:
-    # every later entry pairs with each earlier one, found by walking)
+    later = np.empty(n_entries, dtype=np.int64)
+    for el in range(n_entries):
+        q = entry_pix[e0 + el] - pix_base
+        later[el] = first[q]
+        first[q] = el
+    # every entry pairs with each earlier entry at its pixel (a pixel in
+    # three masks counts once for each of its three pairs)
+    pair_of = np.empty(n_feat * n_feat, dtype=np.int64)
+    for i in range(n_feat * n_feat):
+        pair_of[i] = -1
+    count = np.zeros(n_feat * n_feat, dtype=np.int64)
     n_pairs = 0
-    n_matched = 0
-    later = np.empty(feat_entry_off[f0 + n_feat] - e0, dtype=np.int64)
-    for k in range(n_feat):
-        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
-            q = entry_pix[e] - pix_base
-            other = first[q]
-            while other >= 0:
-                ko = _feature_of(feat_entry_off, f0, n_feat, other + e0)
-                if pair_of[ko, k] < 0:
-                    pair_of[ko, k] = n_pairs
-                    n_pairs += 1
-                count[pair_of[ko, k]] += 1
-                n_matched += 1
-                other = later[other]
-            later[e - e0] = first[q]
-            first[q] = e - e0
+    for el in range(n_entries):
+        other = later[el]
+        while other >= 0:
+            i = feat_of[other] * n_feat + feat_of[el]
+            if pair_of[i] < 0:
+                pair_of[i] = n_pairs
+                n_pairs += 1
+            count[pair_of[i]] += 1
+            other = later[other]
     pair_feat = np.empty((n_pairs, 2), dtype=np.int64)
-    for ka in range(n_feat):
-        for kb in range(n_feat):
-            if pair_of[ka, kb] >= 0:
-                pair_feat[pair_of[ka, kb], 0] = ka
-                pair_feat[pair_of[ka, kb], 1] = kb
     pair_off = np.zeros(n_pairs + 1, dtype=np.int64)
-    for i in range(n_pairs):
-        pair_off[i + 1] = pair_off[i] + count[i]
+    for i in range(n_feat * n_feat):
+        if pair_of[i] >= 0:
+            pair_feat[pair_of[i], 0] = i // n_feat
+            pair_feat[pair_of[i], 1] = i % n_feat
+    for p in range(n_pairs):
+        pair_off[p + 1] = pair_off[p] + count[pair_of[pair_feat[p, 0] * n_feat
+                                                      + pair_feat[p, 1]]]
     at = np.empty(n_pairs, dtype=np.int64)
-    for i in range(n_pairs):
-        at[i] = pair_off[i]
-    pair_entry = np.empty((n_matched, 2), dtype=np.int64)
-    for q in range(n_pix):
-        first[q] = -1
-    for k in range(n_feat):
-        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
-            q = entry_pix[e] - pix_base
-            other = first[q]
-            while other >= 0:
-                ko = _feature_of(feat_entry_off, f0, n_feat, other + e0)
-                i = pair_of[ko, k]
-                pair_entry[at[i], 0] = other
-                pair_entry[at[i], 1] = e - e0
-                at[i] += 1
-                other = later[other]
-            first[q] = e - e0
+    for p in range(n_pairs):
+        at[p] = pair_off[p]
+    pair_entry = np.empty((pair_off[n_pairs], 2), dtype=np.int64)
+    for el in range(n_entries):
+        other = later[el]
+        while other >= 0:
+            p = pair_of[feat_of[other] * n_feat + feat_of[el]]
+            pair_entry[at[p], 0] = other
+            pair_entry[at[p], 1] = el
+            at[p] += 1
+            other = later[other]
     return pair_feat, pair_off, pair_entry
-
-
-@kernel
-def _feature_of(feat_entry_off, f0, n_feat, e):
-    """The feature (counted from ``f0``) that entry ``e`` belongs to."""
-    lo = 0
-    hi = n_feat - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if feat_entry_off[f0 + mid] <= e:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 @leaf_kernel
