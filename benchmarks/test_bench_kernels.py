@@ -31,44 +31,36 @@ FRAMES = 10 if FULL else 1
 REPEATS = 5 if FULL else 1
 
 
-@pytest.fixture(scope="module")
-def masks_call():
-    """The arguments of the engine's flatten_masks call on W1 frames."""
+def _first_call(module, name):
+    """The arguments of the first call to ``module.name`` while W1 frames
+    are refined: ``(args, kwargs)``."""
     frames, _, guess = make_movie(FRAMES, seed=4)
     captured = {}
-    original = engine.flatten_masks
+    original = getattr(module, name)
 
     def capture(*args, **kwargs):
         captured.setdefault("call", (args, kwargs))
         return original(*args, **kwargs)
 
-    engine.flatten_masks = capture
+    setattr(module, name, capture)
     try:
         import refinefit
         refinefit.refine_leastsq(guess, frames, 11)
     finally:
-        engine.flatten_masks = original
+        setattr(module, name, original)
     return captured["call"]
+
+
+@pytest.fixture(scope="module")
+def masks_call():
+    """The arguments of the engine's flatten_masks call on W1 frames."""
+    return _first_call(engine, "flatten_masks")
 
 
 @pytest.fixture(scope="module")
 def batch():
     """A flattened W1 batch and the solver arguments that refine it."""
-    frames, _, guess = make_movie(FRAMES, seed=4)
-    captured = {}
-    original = backend.solve_clusters
-
-    def capture(*args):
-        captured.setdefault("args", args)
-        return original(*args)
-
-    backend.solve_clusters = capture
-    try:
-        import refinefit
-        refinefit.refine_leastsq(guess, frames, 11)
-    finally:
-        backend.solve_clusters = original
-    return captured["args"]
+    return _first_call(backend, "solve_clusters")[0]
 
 
 def _best(func):
