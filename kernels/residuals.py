@@ -243,7 +243,7 @@ def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
     return pair_feat, pair_off, pair_entry
 
 
-@leaf_kernel
+@kernel
 def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
              entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
              model_id, continuous, with_jac, dense, deriv, dextra, ws, buf):

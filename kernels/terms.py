@@ -8,7 +8,7 @@ import math
 import numba
 import numpy as np
 
-from .jit import Specialized, inline_kernel, kernel, leaf_kernel
+from .jit import Specialized, inline_kernel, kernel
 from .models import shape_at
 from .threads import OverChunks
 
@@ -58,7 +58,7 @@ def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
     return signal * f
 
 
-@leaf_kernel
+@kernel
 def feature_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
                   continuous, terms, dextra):
     """:func:`feature_term` for the entries ``start..end`` of feature

@@ -7,10 +7,9 @@ arithmetic: ``exp(x) = 2**n * exp(f)`` with ``n = round(x / ln 2)`` and
 ``|f| <= ln(2) / 2``, ``exp(f)`` by its Taylor series to degree 13 (error
 below 1e-16 relative), and ``2**n`` put together from its exponent bits.
 Relative error within about 1e-14 of the C library's (the kernels'
-fastmath may regroup the reduction). Arguments are clipped to
-[-708, 709]: below, it returns exp(-708) (about 3e-308) where the C library
-gives a denormal or 0, which no model can tell apart; the models' arguments
-are never positive. NaN stays NaN.
+fastmath may regroup the reduction). Below -708 it returns 0 (the C
+library gives a denormal down to -745, then 0), above 709 infinity; NaN
+stays NaN.
 """
 import math
 
@@ -49,4 +48,9 @@ def exp(x):
                 1.0 / 39916800 + f * (1.0 / 479001600 + f * (
                     1.0 / 6227020800)))))))))))))
     value = p * _two_to(int(n))
+    # beyond the range, what the C library gives (0 in place of its
+    # denormals): a clipped value would not decay, and r2 * f, which the
+    # size derivative holds, would not vanish for a huge r2
+    value = 0.0 if x < _LOWEST else value
+    value = math.inf if x > _HIGHEST else value
     return value if x == x else x
