@@ -44,19 +44,6 @@ def exact_kernel(func):
     return numba.njit(**EXACT)(func)
 
 
-def leaf_kernel(func):
-    """Kernel compiled without reference counting (Numba's ``_nrt=False``).
-
-    For the small per-pixel kernels a solver calls several times per
-    evaluation: each array argument of an ordinary kernel costs an atomic
-    increment and decrement per call. A leaf kernel cannot allocate (Numba
-    refuses to compile one that does); its callers hold the references. It
-    must call nothing that allocates either, user code above all (a custom
-    model): a function compiled for a call from a leaf kernel inherits the
-    missing reference counting, and its allocations then fail."""
-    return numba.njit(_nrt=False, **SERIAL)(func)
-
-
 def inline_kernel(func):
     """Kernel inlined into its callers at Numba IR level.
 

@@ -14,7 +14,6 @@ from numba.extending import overload
 
 from .custom import CUSTOM_BASE, custom_shape
 from .jit import SERIAL, inline_kernel, kernel
-from .vexp import exp
 
 GAUSS = 0
 DISC = 1
@@ -24,7 +23,7 @@ INV_SERIES = 3
 
 @inline_kernel
 def _gauss(r2, ndim):
-    f = exp(-0.5 * ndim * r2)
+    f = math.exp(-0.5 * ndim * r2)
     return f, -0.5 * ndim * f
 
 
@@ -41,7 +40,7 @@ def _disc(r2, disc_size, ndim, dextra):
     r = math.sqrt(r2)
     width = 1.0 - disc_size
     u = (r - disc_size) / width
-    f = exp(-0.5 * ndim * u * u)
+    f = math.exp(-0.5 * ndim * u * u)
     df_du = -ndim * u * f
     if size_is_free:
         dextra[0] = df_du * (r - 1.0) / (width * width)
@@ -52,7 +51,7 @@ def _disc(r2, disc_size, ndim, dextra):
 def _ring(r2, thickness, ndim, dextra):
     r = math.sqrt(r2)
     u = (r - 1.0 + thickness) / thickness
-    f = exp(-0.5 * ndim * u * u)
+    f = math.exp(-0.5 * ndim * u * u)
     df_du = -ndim * u * f
     dextra[0] = df_du * (1.0 - r) / (thickness * thickness)
     if r == 0.0:
