@@ -1,10 +1,13 @@
-"""Kernel cost per pixel, to compare with the machine's arithmetic limit.
+"""Kernel cost per pixel, to compare with what the core can do
+(docs/performance.md, the roofline). Measured on one thread on W1 frames:
 
-The issue puts the limit near 10-20 ns per pixel per model evaluation on one
-core without SIMD exp. Measured single-threaded on W1 frames:
-- the model and its derivatives alone (``evaluate_model``), per entry;
+- the model and its derivatives alone, per entry: as the solver computes
+  them (``feature_terms``, a feature's entries in one vectorised loop) and
+  one entry at a time (``evaluate_model``, for callers outside the solver);
 - the solver, per pixel and model evaluation (Jacobian, normal equations and
-  step included).
+  step included);
+- flattening the masks (counting, then filling pixel values, coordinates
+  and entries into arrays already in memory), per pixel.
 """
 import time
 
@@ -13,32 +16,51 @@ import numpy as np
 import pytest
 from conftest import FULL
 
-from refinefit.kernels import evaluate_model, solve_clusters
-from refinefit.solvers import backend
+from refinefit.kernels import (
+    count_mask_pixels,
+    evaluate_model,
+    fill_mask_pixels,
+    solve_clusters,
+)
+from refinefit.kernels.jit import Specialized
+from refinefit.kernels.terms import feature_terms
+from refinefit.solvers import backend, engine
 from refinefit.synthetic import make_movie
 
 FRAMES = 10 if FULL else 1
 REPEATS = 5 if FULL else 1
 
 
-@pytest.fixture(scope="module")
-def batch():
-    """A flattened W1 batch and the solver arguments that refine it."""
+def _first_call(module, name):
+    """The arguments of the first call to ``module.name`` while W1 frames
+    are refined: ``(args, kwargs)``."""
     frames, _, guess = make_movie(FRAMES, seed=4)
     captured = {}
-    original = backend.solve_clusters
+    original = getattr(module, name)
 
-    def capture(*args):
-        captured.setdefault("args", args)
-        return original(*args)
+    def capture(*args, **kwargs):
+        captured.setdefault("call", (args, kwargs))
+        return original(*args, **kwargs)
 
-    backend.solve_clusters = capture
+    setattr(module, name, capture)
     try:
         import refinefit
         refinefit.refine_leastsq(guess, frames, 11)
     finally:
-        backend.solve_clusters = original
-    return captured["args"]
+        setattr(module, name, original)
+    return captured["call"]
+
+
+@pytest.fixture(scope="module")
+def masks_call():
+    """The arguments of the engine's flatten_masks call on W1 frames."""
+    return _first_call(engine, "flatten_masks")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """A flattened W1 batch and the solver arguments that refine it."""
+    return _first_call(backend, "solve_clusters")[0]
 
 
 def _best(func):
@@ -77,6 +99,38 @@ def test_model_evaluation_ns_per_entry(batch, results, one_thread):
     assert np.isfinite(model).all()
 
 
+@numba.njit(nogil=True)
+def _all_feature_terms(entry_coord, feat_entry_off, params, ndim, n_size,
+                       model_id, continuous, terms):
+    numba.literally(ndim)  # as the solver calls it: see kernels/jit.py
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    dextra = np.empty(1)
+    for k in range(feat_entry_off.shape[0] - 1):
+        feature_terms(entry_coord, feat_entry_off[k], feat_entry_off[k + 1],
+                      params, k, ndim, n_size, model_id, continuous, terms,
+                      dextra)
+
+
+def test_feature_terms_ns_per_entry(batch, results, one_thread):
+    (_, _, pix_coord, _, entry_pix, feat_entry_off, _, params, _, _, _, ndim,
+     n_size, model_id, continuous, *_) = batch
+    entry_coord = np.ascontiguousarray(pix_coord[entry_pix].T)
+    terms = np.empty((params.shape[1], len(entry_pix)))
+    run_all = Specialized(_all_feature_terms)
+
+    def run():
+        run_all(entry_coord, feat_entry_off, params, ndim, n_size, model_id,
+                continuous, terms)
+
+    run()
+    ns = _best(run) / len(entry_pix) * 1e9
+    results["kernel: feature terms, vectorised (ns per entry, 1 core)"] = \
+        round(ns, 1)
+    assert np.isfinite(terms).all()
+
+
 def test_solver_ns_per_pixel_evaluation(batch, results, one_thread):
     args = list(batch)
     # ..., status_out, n_eval_out, with_error, std_out
@@ -93,3 +147,38 @@ def test_solver_ns_per_pixel_evaluation(batch, results, one_thread):
     results["kernel: model evaluations per cluster (mean)"] = round(
         float(n_eval.mean()), 2)
     assert (status == 0).all()
+
+
+def test_mask_flattening_ns_per_pixel(masks_call, results, one_thread):
+    frames, cluster_image, cluster_feat_off, centres, radius = masks_call[0][:5]
+    batch = engine.flatten_masks(frames, cluster_image, cluster_feat_off,
+                                 centres, radius)
+    frames = engine.concat_frames(frames) if isinstance(frames, list) else frames
+    ndim = centres.shape[1]
+    radius3 = np.array(((1.0,) if ndim == 2 else ()) + tuple(radius), float)
+    ids = np.arange(len(cluster_feat_off) - 1, dtype=np.int64)
+    cluster_image = np.ascontiguousarray(cluster_image, dtype=np.int64)
+    n_pix = np.zeros(len(ids), dtype=np.int64)
+    n_entries = np.zeros(len(centres), dtype=np.int64)
+    pix_val = batch.pix_val.copy()
+    pix_coord = batch.pix_coord.copy()
+    entry_pix = batch.entry_pix.copy()
+
+    def count():
+        count_mask_pixels(frames.values, frames.offsets, frames.shapes3,
+                          cluster_image, ndim, centres, cluster_feat_off, ids,
+                          radius3, n_pix, n_entries)
+
+    def fill():
+        fill_mask_pixels(frames.values, frames.offsets, frames.shapes3,
+                         cluster_image, ndim, centres, cluster_feat_off, ids,
+                         radius3, batch.cluster_pix_off, batch.feat_entry_off,
+                         pix_val, pix_coord, entry_pix)
+
+    count()
+    fill()
+    seconds = _best(count) + _best(fill)
+    results["kernel: mask flattening (ns per pixel, 1 core)"] = round(
+        seconds / len(pix_val) * 1e9, 1)
+    np.testing.assert_array_equal(entry_pix, batch.entry_pix)
+    np.testing.assert_array_equal(n_pix, np.diff(batch.cluster_pix_off))

@@ -17,7 +17,14 @@ import numpy as np
 
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .residuals import column_table, diag_scale, evaluate, evaluation_buffers, layout
+from .residuals import (
+    cluster_workspace,
+    column_table,
+    diag_scale,
+    evaluate,
+    evaluation_buffers,
+    layout,
+)
 from .threads import OverChunks
 
 
@@ -31,12 +38,14 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     slot, n_cl, n_var = layout(modes)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]
     work = params[f0:f0 + n_feat].copy()
     cols = column_table(modes, slot, n_cl, n_var, n_feat)
+    ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                           pix_base, n_pix, n_params, n_unk, True)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, True)
     deriv = np.empty(n_params)
@@ -44,7 +53,7 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                            pix_base, ndim, n_size, model_id, continuous, True,
-                           True, deriv, dextra, b)
+                           True, deriv, dextra, ws, b)
     normal = b.normal
     grad = b.grad
     scale = np.empty(n_unk)

@@ -3,9 +3,11 @@
 ``cache=True`` writes compiled machine code next to the sources (or to
 ``NUMBA_CACHE_DIR``) so that a second process does not recompile.
 fastmath is limited to flags that keep NaN and infinity semantics (masks and
-failed fits carry NaN); ``reassoc`` lets the dot products of the normal
-equations vectorise. The vector width is fixed at compile time, so results
-still do not depend on the number of threads.
+failed fits carry NaN) and never reorder a sum (no ``reassoc``): how the
+compiler would reorder one depends on where a function is inlined and on
+whether it was compiled in this process or loaded from the cache, and so
+would the results' last bits. The sums that must vectorise write their
+vector code themselves (:mod:`.sums`).
 
 Kernels are serial and release the GIL (``nogil``); :mod:`.threads` runs
 an entry kernel over chunks of clusters in parallel.
@@ -22,7 +24,7 @@ import inspect
 import numba
 import numpy
 
-FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
+FASTMATH = {"contract", "arcp", "nsz"}
 
 SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH,
               error_model="numpy")
@@ -42,6 +44,19 @@ def kernel(func):
 def exact_kernel(func):
     """Serial kernel without fastmath (see EXACT)."""
     return numba.njit(**EXACT)(func)
+
+
+def leaf_kernel(func):
+    """Kernel compiled without reference counting (Numba's ``_nrt=False``).
+
+    For the small per-pixel kernels a solver calls several times per
+    evaluation: each array argument of an ordinary kernel costs an atomic
+    increment and decrement per call. A leaf kernel cannot allocate (Numba
+    refuses to compile one that does); its callers hold the references. It
+    must call nothing that allocates either, user code above all (a custom
+    model): a function compiled for a call from a leaf kernel inherits the
+    missing reference counting, and its allocations then fail."""
+    return numba.njit(_nrt=False, **SERIAL)(func)
 
 
 def inline_kernel(func):

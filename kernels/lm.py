@@ -43,6 +43,7 @@ from .linalg import (
     inverse_diagonal,
 )
 from .residuals import (
+    cluster_workspace,
     column,
     column_table,
     dense_normal,
@@ -218,8 +219,6 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    e_base = feat_entry_off[f0]
-    n_entries = feat_entry_off[f0 + n_feat] - e_base
     for k in range(n_feat):
         for j in range(n_params):
             params_out[f0 + k, j] = params[f0 + k, j]
@@ -256,6 +255,9 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
     n_sparse_f = 1 if dense else n_feat
+    ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                           pix_base, n_pix, n_params, n_unk, dense)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     bufs = [evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
                                n_feat, n_unk, dense) for _ in range(2)]
     cur = 0
@@ -264,7 +266,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                     n_size, model_id, continuous, True, dense, deriv, dextra,
-                    b)
+                    ws, b)
     n_eval = 1
     # (a maximum, not a sum: exact in any order)
     tiny = 1e-26 * n_pix * max(vmin * vmin, vmax * vmax)
@@ -344,7 +346,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         trial_cost = evaluate(
             trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             entry_pix, feat_entry_off, f0, pix_base, ndim, n_size, model_id,
-            continuous, True, dense, deriv, dextra, nb)
+            continuous, True, dense, deriv, dextra, ws, nb)
         n_eval += 1
         if trial_cost < cost:
             actual = cost - trial_cost

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .jit import inline_kernel, kernel
+from .jit import exact_kernel, inline_kernel, kernel
 from .threads import OverChunks
 
 
@@ -24,37 +24,45 @@ def _center3(coords, feat, ndim, d):
 
 
 @inline_kernel
-def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3, fill,
-                  pix_base, feat_entry_off, pix_val, pix_coord, entry_pix,
-                  feat_n_entries):
+def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
+                  radius3, fill, pix_base, feat_entry_off, pix_val, pix_coord,
+                  entry_pix, feat_n_entries, lo, hi, centre, labels):
     """Visit the mask pixels of features f0..f1; return the pixel count.
 
     With ``fill`` False only counts (``feat_n_entries``); with ``fill`` True
     writes pixel values, coordinates and entries at the given offsets.
+    ``lo``, ``hi`` and ``centre`` (a row per feature) and ``labels`` (one
+    per pixel of the cluster's bounding box, at least) are scratch.
+
+    A row of a mask is a run of pixels: its ends are found with the
+    membership test, and the pixels between are taken without it. A pixel
+    of several masks is stored once (``labels`` numbers the cluster's
+    pixels in its box); a single feature's pixels need no numbering.
     """
     n_feat = f1 - f0
-    lo = np.empty((n_feat, 3), dtype=np.int64)
-    hi = np.empty((n_feat, 3), dtype=np.int64)
-    centre = np.empty((n_feat, 3))
     # (loops and indices rather than NumPy calls and views: see linalg)
-    box_lo = np.empty(3, dtype=np.int64)
-    box_hi = np.empty(3, dtype=np.int64)
-    for d in range(3):
-        box_lo[d] = np.iinfo(np.int64).max
-        box_hi[d] = -1
+    box_lo0 = box_lo1 = box_lo2 = np.iinfo(np.int64).max
+    box_hi0 = box_hi1 = box_hi2 = -1
     for k in range(n_feat):
         for d in range(3):
             c = centre[k, d] = _center3(coords, f0 + k, ndim, d)
             lo[k, d] = max(int(math.ceil(c - radius3[d])), 0)
-            hi[k, d] = min(int(math.floor(c + radius3[d])), shapes3[im, d] - 1)
-            box_lo[d] = min(box_lo[d], lo[k, d])
-            box_hi[d] = max(box_hi[d], hi[k, d])
-    extent = np.empty(3, dtype=np.int64)
-    for d in range(3):
-        extent[d] = max(box_hi[d] - box_lo[d] + 1, 0)
-    labels = np.empty(extent[0] * extent[1] * extent[2], dtype=np.int64)
-    for i in range(labels.shape[0]):
-        labels[i] = -1
+            hi[k, d] = min(int(math.floor(c + radius3[d])),
+                           shapes3[im, d] - 1)
+        box_lo0 = min(box_lo0, lo[k, 0])
+        box_lo1 = min(box_lo1, lo[k, 1])
+        box_lo2 = min(box_lo2, lo[k, 2])
+        box_hi0 = max(box_hi0, hi[k, 0])
+        box_hi1 = max(box_hi1, hi[k, 1])
+        box_hi2 = max(box_hi2, hi[k, 2])
+    extent1 = max(box_hi1 - box_lo1 + 1, 0)
+    extent2 = max(box_hi2 - box_lo2 + 1, 0)
+    shared = n_feat > 1
+    if shared:
+        for i in range(max(box_hi0 - box_lo0 + 1, 0) * extent1 * extent2):
+            labels[i] = -1
+    height = shapes3[im, 1]
+    width = shapes3[im, 2]
     n_pix = 0
     for k in range(n_feat):
         feat = f0 + k
@@ -62,58 +70,132 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1, radius3
         cz = centre[k, 0]
         cy = centre[k, 1]
         cx = centre[k, 2]
+        x_lo = lo[k, 2]
+        x_hi = hi[k, 2]
+        rz = radius3[0]
+        ry = radius3[1]
+        radius_x = radius3[2]
+        # (in a scalar: stores into the outputs might change it as far as
+        # the compiler knows, and it would be read again for every pixel)
+        entry_at = feat_entry_off[feat] if fill else 0
         n_entries = 0
         for z in range(lo[k, 0], hi[k, 0] + 1):
-            tz = (z - cz) / radius3[0]
+            tz = (z - cz) / rz
             for y in range(lo[k, 1], hi[k, 1] + 1):
-                ty = (y - cy) / radius3[1]
-                row = image_base + (z * shapes3[im, 1] + y) * shapes3[im, 2]
-                for x in range(lo[k, 2], hi[k, 2] + 1):
-                    tx = (x - cx) / radius3[2]
-                    if tz * tz + ty * ty + tx * tx > 1.0:
-                        continue
+                ty = (y - cy) / ry
+                # the row's pixels inside are a run (the test grows with
+                # |x - cx|): its ends estimated, then settled by the test
+                rest = 1.0 - tz * tz - ty * ty
+                if rest < -1e-9:
+                    continue
+                half = math.sqrt(max(rest, 0.0)) * radius_x
+                first = max(int(math.ceil(cx - half)), x_lo)
+                last = min(int(math.floor(cx + half)), x_hi)
+                while first > x_lo and _inside(z, y, first - 1, cz, cy, cx,
+                                               rz, ry, radius_x):
+                    first -= 1
+                while first <= last and not _inside(z, y, first, cz, cy, cx,
+                                                    rz, ry, radius_x):
+                    first += 1
+                while last < x_hi and _inside(z, y, last + 1, cz, cy, cx,
+                                              rz, ry, radius_x):
+                    last += 1
+                while last >= first and not _inside(z, y, last, cz, cy, cx,
+                                                    rz, ry, radius_x):
+                    last -= 1
+                row = image_base + (z * height + y) * width
+                at = ((z - box_lo0) * extent1 + (y - box_lo1)) * extent2 \
+                    - box_lo2
+                for x in range(first, last + 1):
                     value = pixels[row + x]
                     if value != value:  # NaN pixels are ignored
                         continue
-                    at = ((z - box_lo[0]) * extent[1]
-                          + (y - box_lo[1])) * extent[2] + (x - box_lo[2])
-                    label = labels[at]
-                    if label < 0:
+                    if shared:
+                        label = labels[at + x]
+                        if label < 0:
+                            label = n_pix
+                            labels[at + x] = label
+                            n_pix += 1
+                            new = True
+                        else:
+                            new = False
+                    else:
                         label = n_pix
-                        labels[at] = label
                         n_pix += 1
-                        if fill:
-                            q = pix_base + label
+                        new = True
+                    if fill:
+                        q = pix_base + label
+                        if new:
                             pix_val[q] = value
                             if ndim == 3:
                                 pix_coord[q, 0] = z
                             pix_coord[q, ndim - 2] = y
                             pix_coord[q, ndim - 1] = x
-                    if fill:
-                        entry_pix[feat_entry_off[feat] + n_entries] = pix_base + label
+                        entry_pix[entry_at + n_entries] = q
                     n_entries += 1
         if not fill:
             feat_n_entries[feat] = n_entries
     return n_pix
 
 
-@kernel
+@inline_kernel
+def _inside(z, y, x, cz, cy, cx, rz, ry, rx):
+    """Whether pixel (z, y, x) lies in the mask centred at (cz, cy, cx)
+    (inlined into the walk, whose arithmetic is exact)."""
+    tz = (z - cz) / rz
+    ty = (y - cy) / ry
+    tx = (x - cx) / rx
+    return not tz * tz + ty * ty + tx * tx > 1.0
+
+
+@exact_kernel
 def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
                 coords, cluster_feat_off, radius3, fill, cluster_n_pix,
                 feat_n_entries, cluster_pix_off, feat_entry_off, pix_val,
                 pix_coord, entry_pix):
     """:func:`_walk_cluster` for each cluster of ``cluster_ids``: counting
     (``fill`` False) or filling. One kernel for both: one compilation."""
+    n_most = 1
+    box = 1
+    for i in range(cluster_ids.shape[0]):
+        c = cluster_ids[i]
+        n_most = max(n_most, cluster_feat_off[c + 1] - cluster_feat_off[c])
+    lo = np.empty((n_most, 3), dtype=np.int64)
+    hi = np.empty((n_most, 3), dtype=np.int64)
+    centre = np.empty((n_most, 3))
+    labels = np.empty(box, dtype=np.int64)
     for i in range(cluster_ids.shape[0]):
         c = cluster_ids[i]
         im = cluster_image[c]
+        f0 = cluster_feat_off[c]
+        f1 = cluster_feat_off[c + 1]
+        if f1 - f0 > 1:  # the box of the cluster, for its labels
+            need = _box_volume(coords, f0, f1, ndim, radius3, shapes3, im)
+            if need > labels.shape[0]:
+                labels = np.empty(2 * need, dtype=np.int64)
         n_pix = _walk_cluster(
-            pixels, image_off[im], shapes3, im, ndim, coords,
-            cluster_feat_off[c], cluster_feat_off[c + 1], radius3, fill,
-            cluster_pix_off[c] if fill else 0, feat_entry_off, pix_val,
-            pix_coord, entry_pix, feat_n_entries)
+            pixels, image_off[im], shapes3, im, ndim, coords, f0, f1,
+            radius3, fill, cluster_pix_off[c] if fill else 0, feat_entry_off,
+            pix_val, pix_coord, entry_pix, feat_n_entries, lo, hi, centre,
+            labels)
         if not fill:
             cluster_n_pix[c] = n_pix
+
+
+@exact_kernel
+def _box_volume(coords, f0, f1, ndim, radius3, shapes3, im):
+    """Pixels in the bounding box of the masks of features f0..f1."""
+    volume = 1
+    for d in range(3):
+        first = np.iinfo(np.int64).max
+        last = -1
+        for feat in range(f0, f1):
+            c = _center3(coords, feat, ndim, d)
+            first = min(first, max(int(math.ceil(c - radius3[d])), 0))
+            last = max(last, min(int(math.floor(c + radius3[d])),
+                                 shapes3[im, d] - 1))
+        volume *= max(last - first + 1, 0)
+    return volume
 
 
 # a cluster's mask takes about a microsecond: chunks of a few hundred

@@ -14,6 +14,7 @@ from numba.extending import overload
 
 from .custom import CUSTOM_BASE, custom_shape
 from .jit import SERIAL, inline_kernel, kernel
+from .vexp import exp
 
 GAUSS = 0
 DISC = 1
@@ -23,7 +24,7 @@ INV_SERIES = 3
 
 @inline_kernel
 def _gauss(r2, ndim):
-    f = math.exp(-0.5 * ndim * r2)
+    f = exp(-0.5 * ndim * r2)
     return f, -0.5 * ndim * f
 
 
@@ -40,7 +41,7 @@ def _disc(r2, disc_size, ndim, dextra):
     r = math.sqrt(r2)
     width = 1.0 - disc_size
     u = (r - disc_size) / width
-    f = math.exp(-0.5 * ndim * u * u)
+    f = exp(-0.5 * ndim * u * u)
     df_du = -ndim * u * f
     if size_is_free:
         dextra[0] = df_du * (r - 1.0) / (width * width)
@@ -51,7 +52,7 @@ def _disc(r2, disc_size, ndim, dextra):
 def _ring(r2, thickness, ndim, dextra):
     r = math.sqrt(r2)
     u = (r - 1.0 + thickness) / thickness
-    f = math.exp(-0.5 * ndim * u * u)
+    f = exp(-0.5 * ndim * u * u)
     df_du = -ndim * u * f
     dextra[0] = df_du * (1.0 - r) / (thickness * thickness)
     if r == 0.0:

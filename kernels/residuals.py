@@ -3,26 +3,43 @@
 The unknowns of a cluster are its 'cluster'-mode parameters (one value
 each, background among them) followed by the 'var'-mode parameters of each
 feature (see :func:`layout`). :func:`evaluate` fills an :data:`Evaluation`:
-the model and residuals over the cluster's mask pixels and, on request, the
-Jacobian and J^T J, densely or (large clusters) as per-entry derivatives with
-the diagonal blocks of J^T J.
+the model and residuals over the cluster's mask pixels (in the cluster's
+:data:`Workspace`) and, on request, the
+Jacobian and J^T J: J^T J whole (small clusters) or (large clusters) J as
+per-entry derivatives with the diagonal blocks of J^T J.
 """
 import math
 from collections import namedtuple
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .codes import MODE_CLUSTER, MODE_VAR
-from .jit import kernel
-from .terms import feature_term
+from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
+from .sums import dot, total
+from .terms import feature_term, feature_terms
 
-# arrays one evaluation fills; the unused path's arrays (dense or sparse)
-# get a minimal size
-Evaluation = namedtuple("Evaluation", [
+# arrays of a cluster that do not depend on the point evaluated: its
+# geometry, and scratch space any evaluation overwrites
+Workspace = namedtuple("Workspace", [
     "model",        # model value at each mask pixel
-    "excluded",     # pixels where a term is NaN (outside a finite model)
     "resid",        # model - data, 0 where excluded
-    "jac_dense",    # dense: J transposed (unknowns x pixels)
+    "entry_coord",  # dense: coordinates of each entry's pixel (ndim x n)
+    "terms",        # dense: per entry (columns), its term (row 0) and the
+                    # term's derivatives by parameter (rows 1..)
+    "entry_resid",  # dense: the residual at each entry's pixel
+    "pair_feat",    # dense: pairs of features whose masks share pixels (p x 2)
+    "pair_off",     # dense: CSR offsets of each pair's shared pixels into
+    "pair_entry",   # dense: the two features' entries there (m x 2)
+    "pair_terms",   # dense: derivatives of a pair at those pixels
+    "cross",        # dense: J^T J between features
+])
+
+# what an evaluation leaves for the solver at its point (a solver keeps two:
+# the accepted point's, and a trial's)
+Evaluation = namedtuple("Evaluation", [
+    "excluded",     # pixels where a term is NaN (outside a finite model)
     "entry_deriv",  # sparse: derivatives of each feature at its entries
     "jac_cl",       # sparse: derivatives of the cluster unknowns per pixel
     "normal",       # dense: J^T J
@@ -110,16 +127,51 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
     return x, lo, hi
 
 @kernel
+def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                      pix_base, n_pix, n_params, n_unk, dense):
+    """The :data:`Workspace` of a cluster: for the dense path its entries'
+    coordinates and the pixels that several features' masks share, which
+    couple those features in J^T J; scratch arrays sized for it."""
+    e0 = feat_entry_off[f0]
+    n_entries = feat_entry_off[f0 + n_feat] - e0
+    n_coord = n_entries if dense else 1
+    entry_coord = np.empty((pix_coord.shape[1], n_coord))
+    if dense:
+        for el in range(n_entries):
+            for d in range(pix_coord.shape[1]):
+                entry_coord[d, el] = pix_coord[entry_pix[e0 + el], d]
+        pair_feat, pair_off, pair_entry = _feature_pairs(
+            entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix)
+    else:
+        pair_feat = np.empty((0, 2), dtype=np.int64)
+        pair_off = np.zeros(1, dtype=np.int64)
+        pair_entry = np.empty((0, 2), dtype=np.int64)
+    longest = 0
+    for i in range(pair_feat.shape[0]):
+        longest = max(longest, pair_off[i + 1] - pair_off[i])
+    n_rows = n_params if dense else 1
+    n_dense = n_unk if dense else 1
+    return Workspace(
+        model=np.empty(n_pix),
+        resid=np.empty(n_pix),
+        entry_coord=entry_coord,
+        terms=np.empty((n_rows, n_coord)),
+        entry_resid=np.empty(n_coord),
+        pair_feat=pair_feat,
+        pair_off=pair_off,
+        pair_entry=pair_entry,
+        pair_terms=np.empty((2, n_params, longest)),
+        cross=np.empty((n_dense, n_dense)))
+
+
+@kernel
 def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                        n_unk, dense):
-    """Arrays one evaluation fills (see :func:`_evaluate`); the unused path's
-    arrays get a minimal size."""
+                       n_unk, dense):
+    """Arrays one evaluation leaves (see :func:`evaluate`); the unused
+    path's arrays get a minimal size."""
     n_dense = n_unk if dense else 1
     return Evaluation(
-        model=np.empty(n_pix),
         excluded=np.empty(n_pix, dtype=np.bool_),
-        resid=np.empty(n_pix),
-        jac_dense=np.empty((n_dense, n_pix if dense else 1)),
         entry_deriv=np.zeros((1 if dense else n_entries, n_params)),
         jac_cl=np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
         normal=np.empty((n_dense, n_dense)),
@@ -127,30 +179,319 @@ def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
         block_cl=np.empty((1, n_cl, n_cl)),
         grad=np.empty(n_unk))
 
+
+@kernel
+def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
+    """The pairs of features (k < k') whose masks share pixels, and for each
+    the entries of both at those pixels (counted from the cluster's first
+    entry), grouped by pair (CSR)."""
+    if n_feat == 1:
+        return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
+                np.empty((0, 2), dtype=np.int64))
+    e0 = feat_entry_off[f0]
+    n_entries = feat_entry_off[f0 + n_feat] - e0
+    # (loops rather than np.full: see linalg)
+    feat_of = np.empty(n_entries, dtype=np.int64)
+    for k in range(n_feat):
+        for e in range(feat_entry_off[f0 + k], feat_entry_off[f0 + k + 1]):
+            feat_of[e - e0] = k
+    # the entries at each pixel, as linked lists (latest first)
+    first = np.empty(n_pix, dtype=np.int64)
+    for q in range(n_pix):
+        first[q] = -1
+    later = np.empty(n_entries, dtype=np.int64)
+    for el in range(n_entries):
+        q = entry_pix[e0 + el] - pix_base
+        later[el] = first[q]
+        first[q] = el
+    # every entry pairs with each earlier entry at its pixel (a pixel in
+    # three masks counts once for each of its three pairs)
+    pair_of = np.empty(n_feat * n_feat, dtype=np.int64)
+    for i in range(n_feat * n_feat):
+        pair_of[i] = -1
+    count = np.zeros(n_feat * n_feat, dtype=np.int64)
+    n_pairs = 0
+    for el in range(n_entries):
+        other = later[el]
+        while other >= 0:
+            i = feat_of[other] * n_feat + feat_of[el]
+            if pair_of[i] < 0:
+                pair_of[i] = n_pairs
+                n_pairs += 1
+            count[pair_of[i]] += 1
+            other = later[other]
+    pair_feat = np.empty((n_pairs, 2), dtype=np.int64)
+    pair_off = np.zeros(n_pairs + 1, dtype=np.int64)
+    for i in range(n_feat * n_feat):
+        if pair_of[i] >= 0:
+            pair_feat[pair_of[i], 0] = i // n_feat
+            pair_feat[pair_of[i], 1] = i % n_feat
+    for p in range(n_pairs):
+        pair_off[p + 1] = pair_off[p] + count[pair_of[pair_feat[p, 0] * n_feat
+                                                      + pair_feat[p, 1]]]
+    at = np.empty(n_pairs, dtype=np.int64)
+    for p in range(n_pairs):
+        at[p] = pair_off[p]
+    pair_entry = np.empty((pair_off[n_pairs], 2), dtype=np.int64)
+    for el in range(n_entries):
+        other = later[el]
+        while other >= 0:
+            p = pair_of[feat_of[other] * n_feat + feat_of[el]]
+            pair_entry[at[p], 0] = other
+            pair_entry[at[p], 1] = el
+            at[p] += 1
+            other = later[other]
+    return pair_feat, pair_off, pair_entry
+
+
 @kernel
 def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
-              entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-              model_id, continuous, with_jac, dense, deriv, dextra, buf):
+             entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
+             model_id, continuous, with_jac, dense, deriv, dextra, ws, buf):
     """Sum of squared residuals at ``x``; with ``with_jac`` also J^T J, J^T r.
 
-    Dense: J is kept transposed (unknowns x pixels) so that J^T J and J^T r
-    are contiguous dot products, which vectorise; ``normal`` receives J^T J.
-    Sparse: ``entry_deriv`` and ``jac_cl``
-    keep J for matrix-vector products, ``blocks``/``block_cl`` the diagonal
-    blocks of J^T J. ``buf`` is an :data:`Evaluation` (see
-    :func:`evaluation_buffers`); its arrays are filled in place.
+    ``ws`` is the cluster's :data:`Workspace` (:func:`cluster_workspace`),
+    ``buf`` an :data:`Evaluation` (:func:`evaluation_buffers`) whose arrays
+    are filled in place. Dense: ``normal`` receives J^T J (see
+    :func:`_evaluate_dense`). Sparse: ``entry_deriv`` and ``jac_cl`` keep J
+    for matrix-vector products, ``blocks``/``block_cl`` the diagonal blocks
+    of J^T J.
     """
-    model = buf.model
+    unpack(x, work, cols)
+    return _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var,
+                          pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                          pix_base, ndim, n_size, model_id, continuous,
+                          with_jac, deriv, dextra, ws, buf)
+
+
+def _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                   buf):
+    """:func:`_evaluate_dense` or :func:`_evaluate_sparse` (see the
+    overload)."""
+    raise NotImplementedError("callable only from kernels")
+
+
+@overload(_evaluate_path, prefer_literal=True,
+          jit_options=dict(SERIAL, inline="always"))
+def _evaluate_path_overload(dense, work, cols, modes, slot, n_cl, n_var,
+                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                            pix_base, ndim, n_size, model_id, continuous,
+                            with_jac, deriv, dextra, ws, buf):
+    # with a literal ``dense`` (the solver's entry kernel specialises on it)
+    # only that path is compiled
+    def dense_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                   buf):
+        return _evaluate_dense(work, cols, pix_val, entry_pix,
+                               feat_entry_off, f0, pix_base, ndim, n_size,
+                               model_id, continuous, with_jac, dextra, ws,
+                               buf)
+
+    def sparse_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                    buf):
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, with_jac, deriv, dextra, ws, buf)
+
+    def either_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                    buf):
+        if dense:
+            return _evaluate_dense(work, cols, pix_val, entry_pix,
+                                   feat_entry_off, f0, pix_base, ndim, n_size,
+                                   model_id, continuous, with_jac, dextra, ws,
+                                   buf)
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, with_jac, deriv, dextra, ws, buf)
+
+    if isinstance(dense, types.BooleanLiteral):
+        return dense_path if dense.literal_value else sparse_path
+    return either_path
+
+
+@inline_kernel
+def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
+                    pix_base, ndim, n_size, model_id, continuous, with_jac,
+                    dextra, ws, buf):
+    """Model, residuals and cost of a dense cluster; J^T J and J^T r.
+
+    A feature's terms and derivatives are computed for all its entries at
+    once (:func:`feature_terms`). J^T J then follows the masks: a pixel that
+    one mask holds adds to the feature's own block (dot products over the
+    feature's entries), and only pixels that several masks share add
+    products between features. Background enters once per pixel, with
+    derivative 1. Each per-pixel loop is a small kernel of its own: inlined
+    into this one, LLVM no longer vectorised them.
+    """
+    terms = ws.terms
+    n_feat = work.shape[0]
+    e0 = feat_entry_off[f0]
+    for k in range(n_feat):
+        feature_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
+                      feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
+                      model_id, continuous, terms, dextra)
+    cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
+                                         entry_pix, e0, pix_base, ws.model,
+                                         buf.excluded, ws.resid)
+    if not with_jac:
+        return cost
+    normal = buf.normal
+    grad = buf.grad
+    bg = cols[0, 0]
+    _start_normal(terms, ws.resid, buf.excluded, entry_pix, e0, pix_base,
+                  any_excluded, bg, ws.entry_resid, normal, grad)
+    for k in range(n_feat):
+        _feature_products(terms, ws.entry_resid,
+                          feat_entry_off[f0 + k] - e0,
+                          feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
+                          normal, grad)
+    _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
+                   ws.pair_terms, cols, ws.cross, normal)
+    return cost
+
+
+@leaf_kernel
+def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
+                    model, excluded, resid):
+    """Sum the entries' terms (row 0 of ``terms``) into the model at their
+    pixels; residuals and their sum of squares. A NaN term excludes its
+    pixel. Returns the cost and whether any pixel is excluded."""
+    n_pix = model.shape[0]
+    for q in range(n_pix):
+        model[q] = background
+        excluded[q] = False
+    any_excluded = False
+    for el in range(terms.shape[1]):
+        q = entry_pix[e0 + el] - pix_base
+        value = terms[0, el]
+        if math.isnan(value):
+            excluded[q] = True
+            any_excluded = True
+        else:
+            model[q] += value
+    for q in range(n_pix):
+        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
+    return dot(resid, resid, 0, n_pix), any_excluded
+
+
+@leaf_kernel
+def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
+                  any_excluded, bg, entry_resid, normal, grad):
+    """Each entry's residual; derivatives at excluded pixels set to 0 (they
+    add nothing to J); ``normal`` and ``grad`` zeroed but for the
+    background's own terms."""
+    n_entries = terms.shape[1]
+    for el in range(n_entries):
+        entry_resid[el] = resid[entry_pix[e0 + el] - pix_base]
+    if any_excluded:
+        for el in range(n_entries):
+            if excluded[entry_pix[e0 + el] - pix_base]:
+                for j in range(1, terms.shape[0]):
+                    terms[j, el] = 0.0
+    n_unk = grad.shape[0]
+    for i in range(n_unk):
+        grad[i] = 0.0
+        for j in range(n_unk):
+            normal[i, j] = 0.0
+    if bg >= 0:
+        n_valid = 0
+        for q in range(resid.shape[0]):
+            n_valid += 0 if excluded[q] else 1
+        grad[bg] = total(resid, 0, resid.shape[0])
+        normal[bg, bg] = n_valid
+
+
+@leaf_kernel
+def _feature_products(terms, entry_resid, start, end, cols, k, bg, normal,
+                      grad):
+    """Add the products of feature ``k``'s derivatives over its own entries
+    (columns ``start..end`` of ``terms``) to ``grad`` and the upper
+    triangle of ``normal``, and their sums to the background's row."""
+    n_params = terms.shape[0]
+    for j in range(1, n_params):
+        a = cols[k, j]
+        if a < 0:
+            continue
+        grad[a] += dot(terms[j], entry_resid, start, end)
+        if bg >= 0:
+            normal[min(a, bg), max(a, bg)] += total(terms[j], start, end)
+        for j2 in range(j, n_params):
+            b = cols[k, j2]
+            if b < 0:
+                continue
+            normal[min(a, b), max(a, b)] += dot(terms[j], terms[j2], start,
+                                                end)
+
+
+@leaf_kernel
+def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
+                   cross, normal):
+    """Add the products between different features' derivatives at the
+    pixels they share; then mirror the upper triangle of ``normal``.
+
+    For each pair of features, their derivatives at the shared pixels are
+    gathered side by side, and each product is a dot product over those
+    pixels (:func:`.sums.dot`, vectorised). ``cross`` collects the products of the first
+    feature's derivative columns with the second's; J^T J gains cross plus
+    its transpose.
+    """
+    n_unk = normal.shape[0]
+    n_params = terms.shape[0]
+    if pair_feat.shape[0] > 0:
+        for i in range(n_unk):
+            for j in range(n_unk):
+                cross[i, j] = 0.0
+        for p in range(pair_feat.shape[0]):
+            ka = pair_feat[p, 0]
+            kb = pair_feat[p, 1]
+            m = pair_off[p + 1] - pair_off[p]
+            for i in range(m):
+                ea = pair_entry[pair_off[p] + i, 0]
+                eb = pair_entry[pair_off[p] + i, 1]
+                for j in range(1, n_params):
+                    pair_terms[0, j, i] = terms[j, ea]
+                    pair_terms[1, j, i] = terms[j, eb]
+            for j in range(1, n_params):
+                a = cols[ka, j]
+                if a < 0:
+                    continue
+                for j2 in range(1, n_params):
+                    b = cols[kb, j2]
+                    if b < 0:
+                        continue
+                    cross[a, b] += dot(pair_terms[0, j], pair_terms[1, j2],
+                                       0, m)
+        for i in range(n_unk):
+            normal[i, i] += 2.0 * cross[i, i]
+            for j in range(i + 1, n_unk):
+                normal[i, j] += cross[i, j] + cross[j, i]
+    for i in range(n_unk):
+        for j in range(i + 1, n_unk):
+            normal[j, i] = normal[i, j]
+
+
+@inline_kernel
+def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
+                     entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
+                     model_id, continuous, with_jac, deriv, dextra, ws, buf):
+    """:func:`evaluate` for a sparse cluster."""
+    model = ws.model
     excluded = buf.excluded
-    resid = buf.resid
-    jac_dense = buf.jac_dense
+    resid = ws.resid
     entry_deriv = buf.entry_deriv
     jac_cl = buf.jac_cl
-    normal = buf.normal
     blocks = buf.blocks
     block_cl = buf.block_cl
     grad = buf.grad
-    unpack(x, work, cols)
     n_feat = work.shape[0]
     n_params = work.shape[1]
     n_pix = model.shape[0]
@@ -161,14 +502,9 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
         model[q] = work[0, 0]
         excluded[q] = False
     if with_jac:
-        if dense:
-            for i in range(jac_dense.shape[0]):
-                for q in range(jac_dense.shape[1]):
-                    jac_dense[i, q] = 0.0
-        else:
-            for q in range(jac_cl.shape[0]):
-                for i in range(jac_cl.shape[1]):
-                    jac_cl[q, i] = 0.0
+        for q in range(jac_cl.shape[0]):
+            for i in range(jac_cl.shape[1]):
+                jac_cl[q, i] = 0.0
     for k in range(n_feat):
         feat = f0 + k
         for e in range(feat_entry_off[feat], feat_entry_off[feat + 1]):
@@ -181,20 +517,13 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             model[q] += value
             if not with_jac:
                 continue
-            if dense:
-                for j in range(1, n_params):
-                    if cols[k, j] >= 0:
-                        jac_dense[cols[k, j], q] += deriv[j]
-            else:
-                for j in range(1, n_params):
-                    entry_deriv[e - e_base, j] = deriv[j]
-                    if modes[j] == MODE_CLUSTER:
-                        jac_cl[q, slot[j]] += deriv[j]
+            for j in range(1, n_params):
+                entry_deriv[e - e_base, j] = deriv[j]
+                if modes[j] == MODE_CLUSTER:
+                    jac_cl[q, slot[j]] += deriv[j]
     for q in range(n_pix):
         resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    # summed over the kernel's own array: a vectorised sum over pix_val
-    # would start at an alignment that depends on the cluster's place in
-    # the batch, and its last bit on how the movie was chunked
+    # (summed over the kernel's own array: see _evaluate_dense)
     cost = 0.0
     for q in range(n_pix):
         cost += resid[q] * resid[q]
@@ -203,25 +532,6 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     bg_col = cols[0, 0]
     for i in range(n_unk):
         grad[i] = 0.0
-    if dense:
-        for q in range(n_pix):
-            if excluded[q]:
-                for i in range(n_unk):
-                    jac_dense[i, q] = 0.0
-            elif bg_col >= 0:
-                jac_dense[bg_col, q] = 1.0
-        for i in range(n_unk):
-            acc = 0.0
-            for q in range(n_pix):
-                acc += jac_dense[i, q] * resid[q]
-            grad[i] = acc
-            for j in range(i, n_unk):
-                acc = 0.0
-                for q in range(n_pix):
-                    acc += jac_dense[i, q] * jac_dense[j, q]
-                normal[i, j] = acc
-                normal[j, i] = acc
-        return cost
     for i in range(n_cl):
         for j in range(n_cl):
             block_cl[0, i, j] = 0.0
@@ -257,6 +567,7 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                         blocks[k, slot[j], slot[j2]] += (entry_deriv[ee, j]
                                                          * entry_deriv[ee, j2])
     return cost
+
 
 @kernel
 def sparse_matvec(v, out, w, modes, slot, n_cl, n_var, entry_pix,

@@ -25,6 +25,7 @@ import numpy as np
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
 from .residuals import (
+    cluster_workspace,
     column_table,
     dense_normal,
     evaluate,
@@ -76,12 +77,15 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     work = params[f0:f0 + n_feat].copy()
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
+    ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                           pix_base, n_pix, n_params, n_unk, dense)
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, dense)
     cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, True, dense, deriv, dextra, b)
+                    n_size, model_id, continuous, True, dense, deriv, dextra,
+                    ws, b)
     if not math.isfinite(cost):
         return
     if dense:

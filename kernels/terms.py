@@ -20,7 +20,8 @@ def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
     ``pix_coord[q]``, and its derivatives.
 
     Arrays are passed whole with row indices: a view per pixel would cost
-    two atomic reference-count updates.
+    two atomic reference-count updates. (The solvers' dense path evaluates a
+    whole feature at once with :func:`feature_terms`.)
 
     ``deriv[j]`` receives d(value)/d(p[j]) for every parameter except the
     background (``deriv[0]`` is set to 0: background enters once per pixel,
@@ -55,6 +56,88 @@ def feature_term(pix_coord, q, params, k, ndim, n_size, model_id, continuous,
     for j in range(params.shape[1] - extra_at):
         deriv[extra_at + j] = signal * dextra[j]
     return signal * f
+
+
+@kernel
+def feature_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                  continuous, terms, dextra):
+    """:func:`feature_term` for the entries ``start..end`` of feature
+    ``params[k]``, whose coordinates are ``entry_coord[:, start:end]``, into
+    the same columns of ``terms``: row 0 the term, rows 1.. its derivatives
+    (row 0 NaN marks an excluded pixel, its derivatives then undefined).
+
+    What is constant over the feature (centre, 1 / size^2) is computed once,
+    each dimension is a scalar (``ndim`` is a compile-time constant, 1 to 3)
+    and the coordinates are contiguous: the loop is the model's arithmetic
+    alone, and vectorises.
+    """
+    size_at = 2 + ndim
+    extra_at = size_at + n_size
+    signal = params[k, 1]
+    c0 = params[k, 2]
+    c1 = params[k, 3] if ndim > 1 else 0.0
+    c2 = params[k, 4] if ndim > 2 else 0.0
+    s0 = params[k, size_at]
+    s1 = params[k, size_at + 1] if n_size > 1 else s0
+    s2 = params[k, size_at + 2] if n_size > 2 else s0
+    inv0 = 1.0 / (s0 * s0)
+    inv1 = 1.0 / (s1 * s1)
+    inv2 = 1.0 / (s2 * s2)
+    # What keeps this loop vectorisable: the feature's constants are
+    # scalars (loaded inside, LLVM could not tell that the stores into
+    # ``terms`` leave them unchanged); an unsigned index (a signed one gets
+    # Numba's negative-index wraparound, which makes the accesses look
+    # non-contiguous); no loop inside (the extra parameters' derivatives
+    # come in a second pass); no inlined helper that takes arrays (Numba's
+    # inlining of one stopped LLVM from vectorising it).
+    for el in range(np.uint64(start), np.uint64(end)):
+        d0 = entry_coord[0, el] - c0
+        d1 = entry_coord[1, el] - c1 if ndim > 1 else 0.0
+        d2 = entry_coord[2, el] - c2 if ndim > 2 else 0.0
+        if not continuous and d0 * d0 + d1 * d1 + d2 * d2 < 1.0:
+            terms[0, el] = math.nan
+            continue
+        r2 = _reduced_r2(d0, d1, d2, inv0, inv1, inv2, ndim)
+        f, df_dr2 = shape_at(model_id, r2, params, k, extra_at, ndim, dextra)
+        slope2 = -2.0 * signal * df_dr2
+        terms[0, el] = signal * f
+        terms[1, el] = f
+        terms[2, el] = slope2 * d0 * inv0
+        if ndim > 1:
+            terms[3, el] = slope2 * d1 * inv1
+        if ndim > 2:
+            terms[4, el] = slope2 * d2 * inv2
+        if n_size == 1:
+            terms[size_at, el] = slope2 * r2 / s0
+        else:
+            terms[size_at, el] = slope2 * d0 * d0 * inv0 / s0
+            if ndim > 1:
+                terms[size_at + 1, el] = slope2 * d1 * d1 * inv1 / s1
+            if ndim > 2:
+                terms[size_at + 2, el] = slope2 * d2 * d2 * inv2 / s2
+    if params.shape[1] == extra_at:
+        return
+    # the extra shape parameters' derivatives (disc, ring, series, custom)
+    for el in range(np.uint64(start), np.uint64(end)):
+        if math.isnan(terms[0, el]):
+            continue
+        d0 = entry_coord[0, el] - c0
+        d1 = entry_coord[1, el] - c1 if ndim > 1 else 0.0
+        d2 = entry_coord[2, el] - c2 if ndim > 2 else 0.0
+        r2 = _reduced_r2(d0, d1, d2, inv0, inv1, inv2, ndim)
+        shape_at(model_id, r2, params, k, extra_at, ndim, dextra)
+        for j in range(params.shape[1] - extra_at):
+            terms[extra_at + j, el] = signal * dextra[j]
+
+
+@inline_kernel
+def _reduced_r2(d0, d1, d2, inv0, inv1, inv2, ndim):
+    r2 = d0 * d0 * inv0
+    if ndim > 1:
+        r2 += d1 * d1 * inv1
+    if ndim > 2:
+        r2 += d2 * d2 * inv2
+    return r2
 
 
 @kernel

@@ -128,6 +128,175 @@ def test_evaluate_model_matches_naive(name, ndim, iso):
                                rtol=DERIV_RTOL, atol=DERIV_RTOL * dscale.max())
 
 
+def test_vectorised_exp_matches_numpy():
+    """The models' exp against NumPy's over the range models use (and
+    beyond), with its documented ends and NaN."""
+    from refinefit.kernels.vexp import exp
+
+    @numba.njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp(x[i])
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([-rng.exponential(5.0, 100_000), rng.uniform(-708, 709, 10_000),
+                        [0.0, -0.0, 1e-300, -708.0, 709.0]])
+    out = np.empty_like(x)
+    apply(x, out)
+    np.testing.assert_allclose(out, np.exp(x), rtol=1e-13, atol=0)
+    edges = np.array([-1000.0, -np.inf, np.nan, 710.0])
+    out = np.empty_like(edges)
+    apply(edges, out)
+    # beyond the range 0 and infinity, as the C library (which gives
+    # denormals down to -745): a term far out must vanish
+    assert out[0] == 0.0 and out[1] == 0.0
+    assert np.isnan(out[2])
+    assert out[3] == np.inf
+
+
+NORMAL_MODES = {
+    "var": {},
+    "size per cluster": {"size": "cluster"},
+    "signal held": {"signal": "const"},
+}
+
+
+def _modes(name, ndim, n_size, n_params, which):
+    """Mode codes per parameter column: background per cluster, the rest
+    per feature unless ``NORMAL_MODES[which]`` says otherwise."""
+    modes = np.full(n_params, kernels.MODE_VAR, dtype=np.int64)
+    modes[0] = kernels.MODE_CLUSTER
+    for what, mode in NORMAL_MODES[which].items():
+        code = kernels.MODE_CLUSTER if mode == "cluster" else kernels.MODE_CONST
+        if what == "signal":
+            modes[1] = code
+        else:
+            modes[2 + ndim:2 + ndim + n_size] = code
+    return modes
+
+
+def _sum_in_lanes(values):
+    """The order kernels.sums documents, one Python float operation at a
+    time: element 8 m + l into lane l, the two vectors of 4 added, their
+    lanes as (l0 + l2) + (l1 + l3), then the rest in turn."""
+    lanes = [0.0] * 8
+    full = len(values) // 8 * 8
+    for i in range(full):
+        lanes[i % 8] += values[i]
+    v = [lanes[k] + lanes[k + 4] for k in range(4)]
+    acc = (v[0] + v[2]) + (v[1] + v[3])
+    for value in values[full:]:
+        acc += value
+    return acc
+
+
+def test_sums_follow_their_order_exactly():
+    """kernels.sums against the order it documents, bit for bit, over
+    random lengths and offsets (a sum the compiler may reorder would differ
+    in the last bits)."""
+    from refinefit.kernels import sums
+
+    @numba.njit(fastmath={"contract", "reassoc", "nsz", "arcp"})
+    def both(a, b, first, stop):
+        # the caller's fastmath must not reach the sums
+        return sums.dot(a, b, first, stop), sums.total(a, first, stop)
+
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        n = int(rng.integers(0, 70))
+        a = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4, n)
+        b = rng.normal(size=n)
+        first = int(rng.integers(0, n + 1))
+        stop = int(rng.integers(first, n + 1))
+        dot, total = both(a, b, first, stop)
+        products = [float(x) * float(y) for x, y in zip(a[first:stop], b[first:stop])]
+        assert dot == _sum_in_lanes(products)
+        assert total == _sum_in_lanes([float(x) for x in a[first:stop]])
+    with pytest.raises(numba.TypingError, match="1-d contiguous float64"):
+        both(np.ones((2, 2)), np.ones(2), 0, 2)
+
+
+@pytest.mark.parametrize("which", list(NORMAL_MODES))
+@pytest.mark.parametrize("name,ndim,iso", CASES)
+def test_normal_equations_match_numpy(name, ndim, iso, which):
+    """The dense path's cost, J^T r and J^T J against J built by NumPy from
+    the reference derivatives, on clusters of 1 to 3 overlapping features
+    (pixels in two and three masks)."""
+    from refinefit.kernels import residuals
+
+    rng = np.random.default_rng(2000 + _seed(name, ndim, iso))
+    n_size = 1 if iso else ndim
+    images, batch, centres = _random_batch(ndim, iso, rng, [3, 1, 2, 3])
+    params = _params(name, rng, centres, ndim, iso)
+    n_params = params.shape[1]
+    model_spec = resolve_model(name)
+    modes = _modes(name, ndim, n_size, n_params, which)
+    ref_model, ref_excluded, ref_deriv = naive.evaluate(
+        name, batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+        batch.feat_entry_off, batch.cluster_feat_off, params, ndim, n_size)
+    slot, n_cl, n_var = residuals.layout(modes)
+    shared_pixels = 0
+    for c in range(len(batch.cluster_feat_off) - 1):
+        f0, f1 = batch.cluster_feat_off[c], batch.cluster_feat_off[c + 1]
+        p0, p1 = batch.cluster_pix_off[c], batch.cluster_pix_off[c + 1]
+        n_feat = f1 - f0
+        n_unk = n_cl + n_feat * n_var
+        cols = residuals.column_table(modes, slot, n_cl, n_var, n_feat)
+        # the cluster's unknowns from its features' parameters (a cluster
+        # unknown takes the first feature's value, as all features share it)
+        sub = params[f0:f1].copy()
+        for j in range(n_params):
+            if modes[j] == kernels.MODE_CLUSTER:
+                sub[:, j] = sub[0, j]
+        x = np.zeros(n_unk)
+        for k in range(n_feat):
+            for j in range(n_params):
+                if cols[k, j] >= 0:
+                    x[cols[k, j]] = sub[k, j]
+        # NumPy: J over the cluster's pixels
+        model, _, deriv = naive.evaluate(
+            name, batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+            batch.feat_entry_off, batch.cluster_feat_off,
+            np.concatenate([params[:f0], sub, params[f1:]]), ndim, n_size)
+        jac = np.zeros((p1 - p0, n_unk))
+        keep = ~ref_excluded[p0:p1]
+        if cols[0, 0] >= 0:
+            jac[:, cols[0, 0]] = 1.0
+        for k in range(n_feat):
+            e0, e1 = batch.feat_entry_off[f0 + k], batch.feat_entry_off[f0 + k + 1]
+            rows = batch.entry_pix[e0:e1] - p0
+            for j in range(1, n_params):
+                if cols[k, j] >= 0:
+                    np.add.at(jac[:, cols[k, j]], rows, deriv[e0:e1, j])
+        jac[~keep] = 0.0
+        resid = np.where(keep, model[p0:p1] - batch.pix_val[p0:p1], 0.0)
+        counts = np.bincount(batch.entry_pix[batch.feat_entry_off[f0]:
+                                             batch.feat_entry_off[f1]] - p0)
+        shared_pixels += int(np.sum(counts > 1))
+
+        ws = residuals.cluster_workspace(
+            batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0,
+            n_feat, p0, p1 - p0, n_params, n_unk, True)
+        n_entries = batch.feat_entry_off[f1] - batch.feat_entry_off[f0]
+        buf = residuals.evaluation_buffers(p1 - p0, n_entries, n_params, n_cl,
+                                           n_var, n_feat, n_unk, True)
+        work = sub.copy()
+        cost = residuals.evaluate(
+            x, work, cols, modes, slot, n_cl, n_var, batch.pix_val,
+            batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0, p0,
+            ndim, n_size, model_spec.kernel_id, model_spec.continuous, True,
+            True, np.empty(n_params), np.empty(max(n_params - 2 - ndim - n_size, 1)),
+            ws, buf)
+        normal = jac.T @ jac
+        scale = np.sqrt(np.outer(np.diag(normal), np.diag(normal))) + 1e-300
+        assert cost == pytest.approx(resid @ resid, rel=1e-10)
+        grad_scale = np.sqrt(np.diag(normal) * (resid @ resid)).max()
+        np.testing.assert_allclose(buf.grad, jac.T @ resid,
+                                   atol=1e-9 * grad_scale)
+        np.testing.assert_allclose(buf.normal / scale, normal / scale, atol=1e-10)
+    assert shared_pixels > 0
+
+
 @pytest.mark.parametrize("name,ndim,iso", CASES)
 def test_entry_derivatives_match_finite_differences(name, ndim, iso):
     """d(model)/d(params) of single-feature clusters, away from kinks."""

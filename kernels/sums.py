@@ -1,0 +1,143 @@
+"""Sums and dot products in a fixed order, in vector registers.
+
+A floating-point sum vectorises only if the compiler may reorder it
+(fastmath ``reassoc``), and then its order, and its last bits, depend on
+the compiler's choices: the vector width, the unrolling, whether a function
+was inlined, and whether a caller was compiled in this process or loaded
+from the cache. The same fit then ended a few ulps apart in a process that
+compiled the kernels and in one that loaded them. So the kernels do not
+allow reordering, and these sums write their vector code themselves (as
+LLVM IR), in one order: element ``first + 8 m + l`` goes to lane ``l``
+(two vectors of 4), the two vectors are added, then their lanes as
+``(l0 + l2) + (l1 + l3)``, and the elements after the last full group of 8
+are added in turn. The order depends on the elements alone, not on where
+the arrays lie in memory or on what the compiler decides.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+_LANES = 4      # doubles in a vector
+_VECTORS = 2    # accumulators: elements per step = _LANES * _VECTORS
+# explicit flags: Numba adds the kernels' fastmath flags only to
+# instructions without any; 'nsz' (signed zeros) allows no reordering
+_FLAGS = ("nsz",)
+
+
+def _check(name, *arrays):
+    for a in arrays:
+        if not (isinstance(a, types.Array) and a.ndim == 1
+                and a.layout == "C" and a.dtype == types.float64):
+            raise TypingError(f"{name}: needs 1-d contiguous float64 arrays, "
+                              f"got {a}")
+
+
+def _sum_ir(context, builder, signature, args, products):
+    """IR for sum(a[i] (* b[i]) for i in first..stop) in the module's order."""
+    f64 = ir.DoubleType()
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(f64, _LANES)
+    n_arrays = 2 if products else 1
+    data = [cgutils.create_struct_proxy(signature.args[k])(
+        context, builder, value=args[k]).data for k in range(n_arrays)]
+    first = context.cast(builder, args[n_arrays], signature.args[n_arrays],
+                         types.int64)
+    stop = context.cast(builder, args[n_arrays + 1],
+                        signature.args[n_arrays + 1], types.int64)
+    step = _LANES * _VECTORS
+
+    def term(index, vector):
+        """a[index..] (* b[index..]), a vector of _LANES or a scalar."""
+        values = []
+        for ptr in data:
+            at = builder.gep(ptr, [index])
+            if vector:
+                at = builder.bitcast(at, vec.as_pointer())
+            value = builder.load(at)
+            value.align = 8
+            values.append(value)
+        if products:
+            return builder.fmul(values[0], values[1], flags=_FLAGS)
+        return values[0]
+
+    entry = builder.block
+    head = builder.append_basic_block("sum.head")
+    body = builder.append_basic_block("sum.body")
+    fold = builder.append_basic_block("sum.fold")
+    tail_head = builder.append_basic_block("sum.tail_head")
+    tail_body = builder.append_basic_block("sum.tail_body")
+    done = builder.append_basic_block("sum.done")
+    zero = ir.Constant(vec, [0.0] * _LANES)
+    builder.branch(head)
+
+    builder.position_at_end(head)
+    i = builder.phi(i64)
+    i.add_incoming(first, entry)
+    acc = []
+    for _ in range(_VECTORS):
+        phi = builder.phi(vec)
+        phi.add_incoming(zero, entry)
+        acc.append(phi)
+    # (first + step <= stop, signed: first <= stop within an array)
+    more = builder.icmp_signed("<=", builder.add(i, ir.Constant(i64, step)),
+                               stop)
+    builder.cbranch(more, body, fold)
+
+    builder.position_at_end(body)
+    for v in range(_VECTORS):
+        at = builder.add(i, ir.Constant(i64, v * _LANES))
+        acc[v].add_incoming(builder.fadd(acc[v], term(at, True),
+                                         flags=_FLAGS), body)
+    i.add_incoming(builder.add(i, ir.Constant(i64, step)), body)
+    builder.branch(head)
+
+    builder.position_at_end(fold)
+    both = acc[0]
+    for v in range(1, _VECTORS):
+        both = builder.fadd(both, acc[v], flags=_FLAGS)
+    lane = [builder.extract_element(both, ir.Constant(ir.IntType(32), k))
+            for k in range(_LANES)]
+    folded = builder.fadd(builder.fadd(lane[0], lane[2], flags=_FLAGS),
+                          builder.fadd(lane[1], lane[3], flags=_FLAGS),
+                          flags=_FLAGS)
+    builder.branch(tail_head)
+
+    builder.position_at_end(tail_head)
+    j = builder.phi(i64)
+    j.add_incoming(i, fold)
+    s = builder.phi(f64)
+    s.add_incoming(folded, fold)
+    builder.cbranch(builder.icmp_signed("<", j, stop), tail_body, done)
+
+    builder.position_at_end(tail_body)
+    s.add_incoming(builder.fadd(s, term(j, False), flags=_FLAGS), tail_body)
+    j.add_incoming(builder.add(j, ir.Constant(i64, 1)), tail_body)
+    builder.branch(tail_head)
+
+    builder.position_at_end(done)
+    return s
+
+
+@intrinsic
+def dot(typingctx, a, b, first, stop):
+    """``sum(a[i] * b[i] for i in first..stop)`` of two 1-d contiguous
+    float64 arrays, in the module's order. No bounds check: the caller
+    keeps ``0 <= first <= stop <= len``."""
+    _check("dot", a, b)
+
+    def codegen(context, builder, signature, args):
+        return _sum_ir(context, builder, signature, args, products=True)
+    return types.float64(a, b, first, stop), codegen
+
+
+@intrinsic
+def total(typingctx, a, first, stop):
+    """``sum(a[first:stop])`` of a 1-d contiguous float64 array, in the
+    module's order. No bounds check (as :func:`dot`)."""
+    _check("total", a)
+
+    def codegen(context, builder, signature, args):
+        return _sum_ir(context, builder, signature, args, products=False)
+    return types.float64(a, first, stop), codegen
