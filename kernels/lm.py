@@ -33,7 +33,15 @@ from .codes import (
     NOT_FINITE,
     SINGULAR,
 )
-from .jit import LITERALS, SERIAL, Specialized, inline_kernel, kernel
+from .custom import CUSTOM_BASE
+from .jit import (
+    LITERALS,
+    SERIAL,
+    Specialized,
+    inline_kernel,
+    kernel,
+    leaf_kernel,
+)
 from .linalg import (
     block_cholesky,
     block_cholesky_solve,
@@ -258,16 +266,11 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, dense)
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
-    bufs = [evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
-                               n_feat, n_unk, dense) for _ in range(2)]
-    cur = 0
-    b = bufs[cur]
+    b0 = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                            n_unk, dense)
+    b1 = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
+                            n_unk, dense)
     cols = column_table(modes, slot, n_cl, n_var, n_feat)
-    cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
-                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, True, dense, deriv, dextra,
-                    ws, b)
-    n_eval = 1
     # (a maximum, not a sum: exact in any order)
     tiny = 1e-26 * n_pix * max(vmin * vmin, vmax * vmax)
 
@@ -282,6 +285,41 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     fac_blocks = np.empty((n_sparse_f, n_var, n_var))
     pix_scratch = np.empty(n_pix)
 
+    cost, status, n_eval, cur = _iterate(
+        x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+        n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+        n_feat, pix_base, ndim, n_size, model_id, continuous, dense, deriv,
+        dextra, ws, b0, b1, free, scale, step, trial, mat, rhs, index, fac_cl,
+        fac_blocks, pix_scratch)
+    unpack(x, work, cols)
+    for k in range(n_feat):
+        for j in range(n_params):
+            params_out[f0 + k, j] = work[k, j]
+    sumsq_out[c] = cost
+    status_out[c] = status if math.isfinite(cost) else NOT_FINITE
+    n_eval_out[c] = n_eval
+    if status_out[c] == CONVERGED:
+        _standard_errors(with_error, dense, b0 if cur == 0 else b1, cost,
+                         n_unk, n_pix, modes, slot, n_cl, n_var, entry_pix,
+                         feat_entry_off, f0, n_feat, pix_base, cols, std_out)
+
+
+def _lm_loop(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
+             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
+             index, fac_cl, fac_blocks, pix_scratch):
+    """The Levenberg-Marquardt iterations of one cluster from ``x`` (updated
+    in place). ``b0`` and ``b1`` take the evaluations of the current and
+    the trial point, in turn. Returns the cost, the status, the number of
+    evaluations and which of ``b0``/``b1`` holds the final point's
+    evaluation (0 or 1)."""
+    cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
+                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                    n_size, model_id, continuous, True, dense, deriv, dextra,
+                    ws, b0)
+    n_eval = 1
+    cur = 0
     lam = _LAMBDA_START
     nu = 2.0
     rate = 0.0  # linear convergence rate estimated from the last step
@@ -295,7 +333,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         if cost <= tiny:
             status = CONVERGED
             break
-        b = bufs[cur]
+        b = b0 if cur == 0 else b1
         grad = b.grad
         for i in range(n_unk):
             free[i] = not ((x[i] <= lo[i] and grad[i] > 0.0)
@@ -342,7 +380,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         if math.sqrt(step_norm) <= 1e-12 * (math.sqrt(x_norm) + 1e-12):
             status = CONVERGED
             break
-        nb = bufs[1 - cur]
+        nb = b1 if cur == 0 else b0
         trial_cost = evaluate(
             trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             entry_pix, feat_entry_off, f0, pix_base, ndim, n_size, model_id,
@@ -376,17 +414,49 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
             if lam > _LAMBDA_MAX:
                 status = CONVERGED
                 break
-    unpack(x, work, cols)
-    for k in range(n_feat):
-        for j in range(n_params):
-            params_out[f0 + k, j] = work[k, j]
-    sumsq_out[c] = cost
-    status_out[c] = status if math.isfinite(cost) else NOT_FINITE
-    n_eval_out[c] = n_eval
-    if status_out[c] == CONVERGED:
-        _standard_errors(with_error, dense, bufs[cur], cost, n_unk, n_pix,
-                         modes, slot, n_cl, n_var, entry_pix, feat_entry_off,
-                         f0, n_feat, pix_base, cols, std_out)
+    return cost, status, n_eval, cur
+
+
+# Compiled twice. Without reference counting (see jit.leaf_kernel) for the
+# dense path of the built-in models: every array taken from an Evaluation
+# or a Workspace on its way to the per-pixel kernels cost two atomic
+# updates. With it for custom models (their code may allocate) and for the
+# sparse path (its conjugate gradients allocate).
+_lm_loop_leaf = leaf_kernel(_lm_loop)
+_lm_loop_counted = kernel(_lm_loop)
+
+
+def _iterate(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
+             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
+             index, fac_cl, fac_blocks, pix_scratch):
+    """:func:`_lm_loop`, compiled as the overload says."""
+    raise NotImplementedError("callable only from kernels")
+
+
+@overload(_iterate, prefer_literal=True, jit_options=SERIAL)
+def _iterate_overload(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
+             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
+             index, fac_cl, fac_blocks, pix_scratch):
+    leaf = (isinstance(dense, types.BooleanLiteral) and dense.literal_value
+            and isinstance(model_id, types.IntegerLiteral)
+            and model_id.literal_value < CUSTOM_BASE)
+    target = _lm_loop_leaf if leaf else _lm_loop_counted
+
+    def impl(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
+             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
+             index, fac_cl, fac_blocks, pix_scratch):
+        return target(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
+             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
+             index, fac_cl, fac_blocks, pix_scratch)
+    return impl
 
 
 def _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
