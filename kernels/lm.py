@@ -436,11 +436,12 @@ def _iterate(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
 
 
 @overload(_iterate, prefer_literal=True, jit_options=SERIAL)
-def _iterate_overload(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
-             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
-             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
-             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
-             index, fac_cl, fac_blocks, pix_scratch):
+def _iterate_overload(x, lo, hi, relative, tiny, tol, max_eval, work, cols,
+                      modes, slot, n_cl, n_var, n_unk, pix_val, pix_coord,
+                      entry_pix, feat_entry_off, f0, n_feat, pix_base, ndim,
+                      n_size, model_id, continuous, dense, deriv, dextra, ws,
+                      b0, b1, free, scale, step, trial, mat, rhs, index,
+                      fac_cl, fac_blocks, pix_scratch):
     leaf = (isinstance(dense, types.BooleanLiteral) and dense.literal_value
             and isinstance(model_id, types.IntegerLiteral)
             and model_id.literal_value < CUSTOM_BASE)
@@ -451,11 +452,12 @@ def _iterate_overload(x, lo, hi, relative, tiny, tol, max_eval, work, cols, mode
              f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
              deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
              index, fac_cl, fac_blocks, pix_scratch):
-        return target(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
-             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
-             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
-             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
-             index, fac_cl, fac_blocks, pix_scratch)
+        return target(x, lo, hi, relative, tiny, tol, max_eval, work, cols,
+                      modes, slot, n_cl, n_var, n_unk, pix_val, pix_coord,
+                      entry_pix, feat_entry_off, f0, n_feat, pix_base, ndim,
+                      n_size, model_id, continuous, dense, deriv, dextra, ws,
+                      b0, b1, free, scale, step, trial, mat, rhs, index,
+                      fac_cl, fac_blocks, pix_scratch)
     return impl
 
 
