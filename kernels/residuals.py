@@ -440,9 +440,9 @@ def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
 
     For each pair of features, their derivatives at the shared pixels are
     gathered side by side, and each product is a dot product over those
-    pixels (:func:`.sums.dot`, vectorised). ``cross`` collects the products of the first
-    feature's derivative columns with the second's; J^T J gains cross plus
-    its transpose.
+    pixels (:func:`.sums.dot`, vectorised). ``cross`` collects the products
+    of the first feature's derivative columns with the second's; J^T J
+    gains cross plus its transpose.
     """
     n_unk = normal.shape[0]
     n_params = terms.shape[0]
@@ -523,7 +523,7 @@ def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                     jac_cl[q, slot[j]] += deriv[j]
     for q in range(n_pix):
         resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    # (summed over the kernel's own array: see _evaluate_dense)
+    # (in pixel order: the kernels never reorder a sum, see jit)
     cost = 0.0
     for q in range(n_pix):
         cost += resid[q] * resid[q]

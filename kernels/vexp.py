@@ -6,10 +6,9 @@ loops it costs as much as the rest of the arithmetic. This one is plain
 arithmetic: ``exp(x) = 2**n * exp(f)`` with ``n = round(x / ln 2)`` and
 ``|f| <= ln(2) / 2``, ``exp(f)`` by its Taylor series to degree 13 (error
 below 1e-16 relative), and ``2**n`` put together from its exponent bits.
-Relative error within about 1e-14 of the C library's (the kernels'
-fastmath may regroup the reduction). Below -708 it returns 0 (the C
-library gives a denormal down to -745, then 0), above 709 infinity; NaN
-stays NaN.
+Relative error within about 1e-14 of the C library's. Below -708 it
+returns 0 (the C library gives a denormal down to -745, then 0), above 709
+infinity; NaN stays NaN.
 """
 import math
 
