@@ -26,7 +26,7 @@ def _root(parent, i):
     return i
 
 
-@exact_kernel
+@exact_kernel(entry=True)
 def _join_frames(frame_ids, scaled, rows, row_bounds, axes, parent):
     """Union every pair of rows of frame ``f`` within distance 1, for each
     ``f`` of ``frame_ids``: the frame's rows to join are
@@ -58,7 +58,7 @@ def _join_frames(frame_ids, scaled, rows, row_bounds, axes, parent):
 _join_all = OverChunks(_join_frames, min_chunk=8, ids="frame_ids")
 
 
-@exact_kernel
+@exact_kernel(entry=True)
 def _label_roots(parent):
     """0, 1, ... in order of each component's first row."""
     n = parent.shape[0]

@@ -128,7 +128,7 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
         std[u] = math.sqrt(variance * max(total, 0.0))
 
 
-@kernel
+@kernel(entry=True)
 def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                        entry_pix, feat_entry_off, cluster_feat_off, params,
                        modes, ndim, n_size, model_id, continuous, x, jac_con,

@@ -23,6 +23,7 @@ import inspect
 
 import numba
 import numpy
+from numba.core.registry import CPUDispatcher
 
 FASTMATH = {"contract", "arcp", "nsz"}
 
@@ -36,14 +37,48 @@ LITERALS = ("ndim", "n_size", "model_id", "continuous")
 EXACT = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def kernel(func):
+# Kernels are internal unless marked ``entry=True``: only other kernels
+# call them, so they are compiled without the wrappers that let Python call
+# a compiled function (and C code, through a cfunc). A wrapper converts
+# every argument from a Python object; for a kernel that takes thirty arrays
+# it is a large function of its own, lowered and turned into machine code on
+# every first compilation. Entry kernels are those the Python layer calls.
+INTERNAL = dict(no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+
+class InternalDispatcher(CPUDispatcher):
+    """Dispatcher of an internal kernel: it has no Python wrapper, so a call
+    from Python would jump to no code. It raises instead."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"{self.py_func.__module__}.{self.py_func.__qualname__} is "
+            "internal to the compiled kernels and cannot be called from "
+            "Python; call it from a numba.njit function")
+
+
+def _jit(func, options, entry):
+    if func is None:  # used as @kernel(entry=True)
+        return lambda f: _jit(f, options, entry)
+    if entry:
+        return numba.njit(**options)(func)
+    target = {key: value for key, value in options.items() if key != "cache"}
+    dispatcher = InternalDispatcher(
+        py_func=func, locals={},
+        targetoptions=dict(target, nopython=True, **INTERNAL))
+    if options.get("cache"):
+        dispatcher.enable_caching()
+    return dispatcher
+
+
+def kernel(func=None, *, entry=False):
     """Serial kernel, compiled on first call and cached to disk."""
-    return numba.njit(**SERIAL)(func)
+    return _jit(func, SERIAL, entry)
 
 
-def exact_kernel(func):
+def exact_kernel(func=None, *, entry=False):
     """Serial kernel without fastmath (see EXACT)."""
-    return numba.njit(**EXACT)(func)
+    return _jit(func, EXACT, entry)
 
 
 def leaf_kernel(func):
@@ -56,7 +91,7 @@ def leaf_kernel(func):
     must call nothing that allocates either, user code above all (a custom
     model): a function compiled for a call from a leaf kernel inherits the
     missing reference counting, and its allocations then fail."""
-    return numba.njit(_nrt=False, **SERIAL)(func)
+    return _jit(func, dict(SERIAL, _nrt=False), False)
 
 
 def inline_kernel(func):

@@ -219,9 +219,10 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                   feat_entry_off, cluster_feat_off, params, lower, upper,
                   modes, ndim, n_size, model_id, continuous, tol, max_eval,
                   dense, params_out, sumsq_out, status_out, n_eval_out,
-                  with_error, std_out):
-    """Refine cluster ``c``; write its parameters, cost and status, and with
-    ``with_error`` the standard errors of its fitted parameters."""
+                  with_error, std_out, lm_loop):
+    """Refine cluster ``c`` by ``lm_loop`` (a compiled :func:`_lm_loop`);
+    write its parameters, cost and status, and with ``with_error`` the
+    standard errors of its fitted parameters."""
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -285,7 +286,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     fac_blocks = np.empty((n_sparse_f, n_var, n_var))
     pix_scratch = np.empty(n_pix)
 
-    cost, status, n_eval, cur = _iterate(
+    cost, status, n_eval, cur = lm_loop(
         x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
         n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
         n_feat, pix_base, ndim, n_size, model_id, continuous, dense, deriv,
@@ -426,41 +427,6 @@ _lm_loop_leaf = leaf_kernel(_lm_loop)
 _lm_loop_counted = kernel(_lm_loop)
 
 
-def _iterate(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
-             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
-             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
-             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
-             index, fac_cl, fac_blocks, pix_scratch):
-    """:func:`_lm_loop`, compiled as the overload says."""
-    raise NotImplementedError("callable only from kernels")
-
-
-@overload(_iterate, prefer_literal=True, jit_options=SERIAL)
-def _iterate_overload(x, lo, hi, relative, tiny, tol, max_eval, work, cols,
-                      modes, slot, n_cl, n_var, n_unk, pix_val, pix_coord,
-                      entry_pix, feat_entry_off, f0, n_feat, pix_base, ndim,
-                      n_size, model_id, continuous, dense, deriv, dextra, ws,
-                      b0, b1, free, scale, step, trial, mat, rhs, index,
-                      fac_cl, fac_blocks, pix_scratch):
-    leaf = (isinstance(dense, types.BooleanLiteral) and dense.literal_value
-            and isinstance(model_id, types.IntegerLiteral)
-            and model_id.literal_value < CUSTOM_BASE)
-    target = _lm_loop_leaf if leaf else _lm_loop_counted
-
-    def impl(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
-             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
-             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
-             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
-             index, fac_cl, fac_blocks, pix_scratch):
-        return target(x, lo, hi, relative, tiny, tol, max_eval, work, cols,
-                      modes, slot, n_cl, n_var, n_unk, pix_val, pix_coord,
-                      entry_pix, feat_entry_off, f0, n_feat, pix_base, ndim,
-                      n_size, model_id, continuous, dense, deriv, dextra, ws,
-                      b0, b1, free, scale, step, trial, mat, rhs, index,
-                      fac_cl, fac_blocks, pix_scratch)
-    return impl
-
-
 def _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
                  modes, slot, n_cl, n_var, entry_pix, feat_entry_off, f0,
                  n_feat, pix_base, fac_cl, fac_blocks, pix_scratch):
@@ -538,32 +504,75 @@ def _standard_errors_overload(with_error, dense, b, cost, n_unk, n_pix, modes,
     return errors if with_error.literal_value else no_errors
 
 
-@kernel
+@inline_kernel
 def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                     upper, modes, ndim, n_size, model_id, continuous, tol,
                     max_eval, dense, params_out, sumsq_out, status_out,
-                    n_eval_out, with_error, std_out):
+                    n_eval_out, with_error, std_out, lm_loop):
     """:func:`solve_clusters` for clusters that are all dense or all sparse
-    (``dense``)."""
+    (``dense``), iterating with ``lm_loop``."""
+    for i in range(cluster_ids.shape[0]):
+        solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
+                      entry_pix, feat_entry_off, cluster_feat_off, params,
+                      lower, upper, modes, ndim, n_size, model_id, continuous,
+                      tol, max_eval, dense, params_out, sumsq_out,
+                      status_out, n_eval_out, with_error, std_out, lm_loop)
+
+
+# Two entry kernels, one per compiled _lm_loop: the choice is made in Python,
+# where it costs nothing. Chosen inside a kernel (an overload on the literal
+# arguments), it would be one more compiled level, and each level optimises
+# and turns into machine code everything below it again.
+@kernel(entry=True)
+def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                entry_pix, feat_entry_off, cluster_feat_off, params, lower,
+                upper, modes, ndim, n_size, model_id, continuous, tol,
+                max_eval, dense, params_out, sumsq_out, status_out,
+                n_eval_out, with_error, std_out):
+    """:func:`_solve_clusters` with :data:`_lm_loop_leaf`: the dense path of
+    a built-in model."""
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
     numba.literally(dense)
     numba.literally(with_error)
-    for i in range(cluster_ids.shape[0]):
-        solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
-                      entry_pix, feat_entry_off, cluster_feat_off, params,
-                      lower, upper, modes, ndim, n_size, model_id, continuous,
-                      tol, max_eval, dense, params_out, sumsq_out,
-                      status_out, n_eval_out, with_error, std_out)
+    _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                    entry_pix, feat_entry_off, cluster_feat_off, params,
+                    lower, upper, modes, ndim, n_size, model_id, continuous,
+                    tol, max_eval, dense, params_out, sumsq_out, status_out,
+                    n_eval_out, with_error, std_out, _lm_loop_leaf)
 
 
-# (solve_cluster is inlined here: one compiled function, optimised once)
-_solve_in_parallel = OverChunks(
-    Specialized(_solve_clusters, LITERALS + ("dense", "with_error")),
-    min_chunk=16)
+@kernel(entry=True)
+def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                   entry_pix, feat_entry_off, cluster_feat_off, params, lower,
+                   upper, modes, ndim, n_size, model_id, continuous, tol,
+                   max_eval, dense, params_out, sumsq_out, status_out,
+                   n_eval_out, with_error, std_out):
+    """:func:`_solve_clusters` with :data:`_lm_loop_counted`: custom models
+    and the sparse path."""
+    numba.literally(ndim)
+    numba.literally(n_size)
+    numba.literally(model_id)
+    numba.literally(continuous)
+    numba.literally(dense)
+    numba.literally(with_error)
+    _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
+                    entry_pix, feat_entry_off, cluster_feat_off, params,
+                    lower, upper, modes, ndim, n_size, model_id, continuous,
+                    tol, max_eval, dense, params_out, sumsq_out, status_out,
+                    n_eval_out, with_error, std_out, _lm_loop_counted)
+
+
+# (solve_cluster and _solve_clusters are inlined: one compiled function per
+# entry, optimised once)
+_SPECIALISE = LITERALS + ("dense", "with_error")
+_solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, _SPECIALISE),
+                                     min_chunk=16)
+_solve_counted_in_parallel = OverChunks(
+    Specialized(_solve_counted, _SPECIALISE), min_chunk=16)
 
 
 def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
@@ -590,7 +599,9 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     with_error = bool(with_error)
     for path, ids in ((True, cluster_ids[dense]), (False, cluster_ids[~dense])):
         if len(ids):
-            _solve_in_parallel(
+            solve = _solve_leaf_in_parallel if path and model_id < CUSTOM_BASE \
+                else _solve_counted_in_parallel
+            solve(
                 np.ascontiguousarray(ids), pix_val, pix_coord,
                 cluster_pix_off, entry_pix, feat_entry_off, cluster_feat_off,
                 params, lower, upper, modes, ndim, n_size, model_id,

@@ -148,7 +148,7 @@ def _inside(z, y, x, cz, cy, cx, rz, ry, rx):
     return not tz * tz + ty * ty + tx * tx > 1.0
 
 
-@exact_kernel
+@exact_kernel(entry=True)
 def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
                 coords, cluster_feat_off, radius3, fill, cluster_n_pix,
                 feat_n_entries, cluster_pix_off, feat_entry_off, pix_val,

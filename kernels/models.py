@@ -136,7 +136,7 @@ def _shape_at(model_id, r2, params, row, at, ndim, dextra):
             INV_SERIES: _inv_series_at}.get(value, _switch)
 
 
-@kernel
+@kernel(entry=True)
 def shape_value(model_id, r2, extra, ndim, dextra):
     """Return ``(f, df/dr2)`` at ``r2`` and fill ``dextra`` with df/dextra."""
     return shape_at(model_id, r2, extra.reshape((1, extra.shape[0])), 0, 0,

@@ -15,7 +15,7 @@ from .jit import Specialized, kernel
 from .terms import feature_term
 
 
-@kernel
+@kernel(entry=True)
 def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                        entry_pix, feat_entry_off, cluster_feat_off, params,
                        ndim, n_size, model_id, continuous, cost_out,

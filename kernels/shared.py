@@ -173,7 +173,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                 std_out[f0 + k, j] = col_std[cols[k, j]]
 
 
-@kernel
+@kernel(entry=True)
 def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                      entry_pix, feat_entry_off, cluster_feat_off, params,
                      lower, upper, kernel_modes, shared_index, ndim, n_size,

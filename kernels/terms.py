@@ -140,7 +140,7 @@ def _reduced_r2(d0, d1, d2, inv0, inv1, inv2, ndim):
     return r2
 
 
-@kernel
+@kernel(entry=True)
 def _evaluate_model(cluster_ids, pix_coord, cluster_pix_off, entry_pix,
                     feat_entry_off, cluster_feat_off, params, ndim, n_size,
                     model_id, continuous, model, excluded, entry_deriv):

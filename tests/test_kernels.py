@@ -9,6 +9,7 @@ from scipy.optimize import approx_fprime
 import refinefit
 from refinefit import kernels
 from refinefit.config import Model, Settings, Solver
+from refinefit.kernels import residuals
 from refinefit.problem.models import resolve_model
 from refinefit.solvers.engine import flatten_masks, refine_chunk
 
@@ -216,14 +217,42 @@ def test_sums_follow_their_order_exactly():
         both(np.ones((2, 2)), np.ones(2), 0, 2)
 
 
+# the solver's internal kernels have no Python wrappers: reach them from here
+@numba.njit
+def _layout(modes):
+    return residuals.layout(modes)
+
+
+@numba.njit
+def _column_table(modes, slot, n_cl, n_var, n_feat):
+    return residuals.column_table(modes, slot, n_cl, n_var, n_feat)
+
+
+@numba.njit
+def _evaluate_cluster(x, work, cols, modes, slot, n_cl, n_var, pix_val,
+                      pix_coord, entry_pix, feat_entry_off, f0, n_feat, p0,
+                      n_pix, n_entries, n_params, n_unk, ndim, n_size,
+                      model_id, continuous):
+    """One dense evaluation of a cluster, as the solver runs it: the cost,
+    J^T r and J^T J."""
+    ws = residuals.cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0,
+                                     n_feat, p0, n_pix, n_params, n_unk, True)
+    buf = residuals.evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
+                                       n_feat, n_unk, True)
+    cost = residuals.evaluate(
+        x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
+        entry_pix, feat_entry_off, f0, p0, ndim, n_size, model_id, continuous,
+        True, True, np.empty(n_params),
+        np.empty(max(n_params - 2 - ndim - n_size, 1)), ws, buf)
+    return cost, buf.grad.copy(), buf.normal.copy()
+
+
 @pytest.mark.parametrize("which", list(NORMAL_MODES))
 @pytest.mark.parametrize("name,ndim,iso", CASES)
 def test_normal_equations_match_numpy(name, ndim, iso, which):
     """The dense path's cost, J^T r and J^T J against J built by NumPy from
     the reference derivatives, on clusters of 1 to 3 overlapping features
     (pixels in two and three masks)."""
-    from refinefit.kernels import residuals
-
     rng = np.random.default_rng(2000 + _seed(name, ndim, iso))
     n_size = 1 if iso else ndim
     images, batch, centres = _random_batch(ndim, iso, rng, [3, 1, 2, 3])
@@ -234,14 +263,14 @@ def test_normal_equations_match_numpy(name, ndim, iso, which):
     ref_model, ref_excluded, ref_deriv = naive.evaluate(
         name, batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
         batch.feat_entry_off, batch.cluster_feat_off, params, ndim, n_size)
-    slot, n_cl, n_var = residuals.layout(modes)
+    slot, n_cl, n_var = _layout(modes)
     shared_pixels = 0
     for c in range(len(batch.cluster_feat_off) - 1):
         f0, f1 = batch.cluster_feat_off[c], batch.cluster_feat_off[c + 1]
         p0, p1 = batch.cluster_pix_off[c], batch.cluster_pix_off[c + 1]
         n_feat = f1 - f0
         n_unk = n_cl + n_feat * n_var
-        cols = residuals.column_table(modes, slot, n_cl, n_var, n_feat)
+        cols = _column_table(modes, slot, n_cl, n_var, n_feat)
         # the cluster's unknowns from its features' parameters (a cluster
         # unknown takes the first feature's value, as all features share it)
         sub = params[f0:f1].copy()
@@ -274,26 +303,18 @@ def test_normal_equations_match_numpy(name, ndim, iso, which):
                                              batch.feat_entry_off[f1]] - p0)
         shared_pixels += int(np.sum(counts > 1))
 
-        ws = residuals.cluster_workspace(
-            batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0,
-            n_feat, p0, p1 - p0, n_params, n_unk, True)
         n_entries = batch.feat_entry_off[f1] - batch.feat_entry_off[f0]
-        buf = residuals.evaluation_buffers(p1 - p0, n_entries, n_params, n_cl,
-                                           n_var, n_feat, n_unk, True)
-        work = sub.copy()
-        cost = residuals.evaluate(
-            x, work, cols, modes, slot, n_cl, n_var, batch.pix_val,
-            batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0, p0,
-            ndim, n_size, model_spec.kernel_id, model_spec.continuous, True,
-            True, np.empty(n_params), np.empty(max(n_params - 2 - ndim - n_size, 1)),
-            ws, buf)
+        cost, grad, normal_k = _evaluate_cluster(
+            x, sub.copy(), cols, modes, slot, n_cl, n_var, batch.pix_val,
+            batch.pix_coord, batch.entry_pix, batch.feat_entry_off, f0, n_feat,
+            p0, p1 - p0, n_entries, n_params, n_unk, ndim, n_size,
+            model_spec.kernel_id, model_spec.continuous)
         normal = jac.T @ jac
         scale = np.sqrt(np.outer(np.diag(normal), np.diag(normal))) + 1e-300
         assert cost == pytest.approx(resid @ resid, rel=1e-10)
         grad_scale = np.sqrt(np.diag(normal) * (resid @ resid)).max()
-        np.testing.assert_allclose(buf.grad, jac.T @ resid,
-                                   atol=1e-9 * grad_scale)
-        np.testing.assert_allclose(buf.normal / scale, normal / scale, atol=1e-10)
+        np.testing.assert_allclose(grad, jac.T @ resid, atol=1e-9 * grad_scale)
+        np.testing.assert_allclose(normal_k / scale, normal / scale, atol=1e-10)
     assert shared_pixels > 0
 
 
@@ -649,3 +670,10 @@ def test_large_cluster_converges():
     assert (out["cluster_size"] == 20).all()
     assert np.isfinite(out["cost"]).all()
     np.testing.assert_allclose(out[["y", "x"]].to_numpy(), truth, atol=0.01)
+
+
+def test_internal_kernels_refuse_python_calls():
+    """An internal kernel has no Python wrapper: a call from Python is a
+    TypeError that says so, not a jump to missing code."""
+    with pytest.raises(TypeError, match="internal to the compiled kernels"):
+        residuals.layout(np.zeros(3, dtype=np.int64))
