@@ -85,23 +85,20 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
                 ty = (y - cy) / ry
                 # the row's pixels inside are a run (the test grows with
                 # |x - cx|): its ends estimated, then settled by the test
+                row_sum = tz * tz + ty * ty
                 rest = 1.0 - tz * tz - ty * ty
                 if rest < -1e-9:
                     continue
                 half = math.sqrt(max(rest, 0.0)) * radius_x
                 first = max(int(math.ceil(cx - half)), x_lo)
                 last = min(int(math.floor(cx + half)), x_hi)
-                while first > x_lo and _inside(z, y, first - 1, cz, cy, cx,
-                                               rz, ry, radius_x):
+                while first > x_lo and _inside(row_sum, first - 1, cx, radius_x):
                     first -= 1
-                while first <= last and not _inside(z, y, first, cz, cy, cx,
-                                                    rz, ry, radius_x):
+                while first <= last and not _inside(row_sum, first, cx, radius_x):
                     first += 1
-                while last < x_hi and _inside(z, y, last + 1, cz, cy, cx,
-                                              rz, ry, radius_x):
+                while last < x_hi and _inside(row_sum, last + 1, cx, radius_x):
                     last += 1
-                while last >= first and not _inside(z, y, last, cz, cy, cx,
-                                                    rz, ry, radius_x):
+                while last >= first and not _inside(row_sum, last, cx, radius_x):
                     last -= 1
                 row = image_base + (z * height + y) * width
                 at = ((z - box_lo0) * extent1 + (y - box_lo1)) * extent2 \
@@ -139,13 +136,13 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
 
 
 @inline_kernel
-def _inside(z, y, x, cz, cy, cx, rz, ry, rx):
-    """Whether pixel (z, y, x) lies in the mask centred at (cz, cy, cx)
+def _inside(row_sum, x, cx, rx):
+    """Whether the pixel at ``x`` of a row lies in the mask centred at
+    ``cx``: ((z - cz) / rz)^2 + ((y - cy) / ry)^2 + ((x - cx) / rx)^2 <= 1,
+    summed in that order, where ``row_sum`` holds the row's first two terms
     (inlined into the walk, whose arithmetic is exact)."""
-    tz = (z - cz) / rz
-    ty = (y - cy) / ry
     tx = (x - cx) / rx
-    return not tz * tz + ty * ty + tx * tx > 1.0
+    return not row_sum + tx * tx > 1.0
 
 
 @exact_kernel(entry=True)
