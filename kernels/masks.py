@@ -26,13 +26,14 @@ def _center3(coords, feat, ndim, d):
 @inline_kernel
 def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
                   radius3, fill, pix_base, feat_entry_off, pix_val, pix_coord,
-                  entry_pix, feat_n_entries, lo, hi, centre, labels):
+                  entry_pix, feat_n_entries, lo, hi, centre, labels, ends):
     """Visit the mask pixels of features f0..f1; return the pixel count.
 
     With ``fill`` False only counts (``feat_n_entries``); with ``fill`` True
     writes pixel values, coordinates and entries at the given offsets.
-    ``lo``, ``hi`` and ``centre`` (a row per feature) and ``labels`` (one
-    per pixel of the cluster's bounding box, at least) are scratch.
+    ``lo``, ``hi`` and ``centre`` (a row per feature), ``labels`` (one
+    per pixel of the cluster's bounding box, at least) and ``ends`` (a row
+    per image row of a feature's box) are scratch.
 
     A row of a mask is a run of pixels: its ends are found with the
     membership test, and the pixels between are taken without it. A pixel
@@ -79,6 +80,9 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
         # the compiler knows, and it would be read again for every pixel)
         entry_at = feat_entry_off[feat] if fill else 0
         n_entries = 0
+        # the ends of every row first, then the pixels: the rows' chains of
+        # divisions and square roots do not wait for each other's pixels
+        n_rows = 0
         for z in range(lo[k, 0], hi[k, 0] + 1):
             tz = (z - cz) / rz
             for y in range(lo[k, 1], hi[k, 1] + 1):
@@ -87,19 +91,33 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
                 # |x - cx|): its ends estimated, then settled by the test
                 row_sum = tz * tz + ty * ty
                 rest = 1.0 - tz * tz - ty * ty
-                if rest < -1e-9:
-                    continue
-                half = math.sqrt(max(rest, 0.0)) * radius_x
-                first = max(int(math.ceil(cx - half)), x_lo)
-                last = min(int(math.floor(cx + half)), x_hi)
-                while first > x_lo and _inside(row_sum, first - 1, cx, radius_x):
-                    first -= 1
-                while first <= last and not _inside(row_sum, first, cx, radius_x):
-                    first += 1
-                while last < x_hi and _inside(row_sum, last + 1, cx, radius_x):
-                    last += 1
-                while last >= first and not _inside(row_sum, last, cx, radius_x):
-                    last -= 1
+                first = x_hi + 1
+                last = x_hi
+                if not rest < -1e-9:
+                    half = math.sqrt(max(rest, 0.0)) * radius_x
+                    first = max(int(math.ceil(cx - half)), x_lo)
+                    last = min(int(math.floor(cx + half)), x_hi)
+                    while first > x_lo and _inside(row_sum, first - 1, cx,
+                                                   radius_x):
+                        first -= 1
+                    while first <= last and not _inside(row_sum, first, cx,
+                                                        radius_x):
+                        first += 1
+                    while last < x_hi and _inside(row_sum, last + 1, cx,
+                                                  radius_x):
+                        last += 1
+                    while last >= first and not _inside(row_sum, last, cx,
+                                                        radius_x):
+                        last -= 1
+                ends[n_rows, 0] = first
+                ends[n_rows, 1] = last
+                n_rows += 1
+        n_rows = 0
+        for z in range(lo[k, 0], hi[k, 0] + 1):
+            for y in range(lo[k, 1], hi[k, 1] + 1):
+                first = ends[n_rows, 0]
+                last = ends[n_rows, 1]
+                n_rows += 1
                 row = image_base + (z * height + y) * width
                 at = ((z - box_lo0) * extent1 + (y - box_lo1)) * extent2 \
                     - box_lo2
@@ -161,6 +179,9 @@ def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
     hi = np.empty((n_most, 3), dtype=np.int64)
     centre = np.empty((n_most, 3))
     labels = np.empty(box, dtype=np.int64)
+    # image rows a feature's box can span: at most floor(2 r) + 1 per axis
+    ends = np.empty(((2 * int(radius3[0]) + 2) * (2 * int(radius3[1]) + 2),
+                     2), dtype=np.int64)
     for i in range(cluster_ids.shape[0]):
         c = cluster_ids[i]
         im = cluster_image[c]
@@ -174,7 +195,7 @@ def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
             pixels, image_off[im], shapes3, im, ndim, coords, f0, f1,
             radius3, fill, cluster_pix_off[c] if fill else 0, feat_entry_off,
             pix_val, pix_coord, entry_pix, feat_n_entries, lo, hi, centre,
-            labels)
+            labels, ends)
         if not fill:
             cluster_n_pix[c] = n_pix
 
