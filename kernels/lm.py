@@ -523,7 +523,9 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
 # Two entry kernels, one per compiled _lm_loop: the choice is made in Python,
 # where it costs nothing. Chosen inside a kernel (an overload on the literal
 # arguments), it would be one more compiled level, and each level optimises
-# and turns into machine code everything below it again.
+# and turns into machine code everything below it again. Written out twice
+# rather than made by one factory: Numba's cache files a compiled function
+# under its source line, and two functions from one line would share them.
 @kernel(entry=True)
 def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                 entry_pix, feat_entry_off, cluster_feat_off, params, lower,
