@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+# the install compiles the kernels ahead of time (setup.py, about a minute):
+# again whenever they change
+$(STAMP): pyproject.toml setup.py kernels/*.py kernels/aot_signatures.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -31,6 +31,8 @@ README_ROWS = (
     ("W1, refinefit / trackpy", "W1 ratio refinefit / trackpy"),
     ("First call in a fresh install (empty compile cache), s",
      "first call, cold compile cache (s)"),
+    ("First call compiling the kernels (no ahead-of-time build), s",
+     "first call, cold compile cache, compiling the kernels (s)"),
     ("5 features on one frame, trackpy / refinefit (median of calls)",
      "small call (quiet) ratio trackpy / refinefit (median)"),
     ("W2 (`dimer` constraint), refinefit / trackpy",

@@ -14,7 +14,7 @@ join or not as a plain computation says.
 """
 import numpy as np
 
-from .jit import exact_kernel
+from .jit import Specialized, exact_kernel
 from .threads import OverChunks
 
 
@@ -55,7 +55,8 @@ def _join_frames(frame_ids, scaled, rows, row_bounds, axes, parent):
                         parent[rr] = rq
 
 
-_join_all = OverChunks(_join_frames, min_chunk=8, ids="frame_ids")
+_join_all = OverChunks(Specialized(_join_frames, ()), min_chunk=8,
+                       ids="frame_ids")
 
 
 @exact_kernel(entry=True)
@@ -72,6 +73,9 @@ def _label_roots(parent):
         else:
             labels[i] = labels[root]  # root < i: already labelled
     return labels
+
+
+_label_all = Specialized(_label_roots, ())
 
 
 def label_components(scaled, valid, frame_bounds):
@@ -95,7 +99,7 @@ def label_components(scaled, valid, frame_bounds):
     parent = np.arange(scaled.shape[0])
     frame_ids = np.arange(len(frame_bounds) - 1, dtype=np.int64)
     _join_all(frame_ids, scaled, rows, row_bounds, axes, parent)
-    return _label_roots(parent)
+    return _label_all(parent)
 
 
 def _sweep_order(scaled, valid, frame_bounds):

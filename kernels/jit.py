@@ -25,6 +25,8 @@ import numba
 import numpy
 from numba.core.registry import CPUDispatcher
 
+from . import aot
+
 FASTMATH = {"contract", "arcp", "nsz"}
 
 SERIAL = dict(cache=True, nogil=True, fastmath=FASTMATH,
@@ -57,11 +59,17 @@ class InternalDispatcher(CPUDispatcher):
             "Python; call it from a numba.njit function")
 
 
+# every entry kernel's dispatcher (aot.py compiles them ahead of time)
+ENTRY_KERNELS = []
+
+
 def _jit(func, options, entry):
     if func is None:  # used as @kernel(entry=True)
         return lambda f: _jit(f, options, entry)
     if entry:
-        return numba.njit(**options)(func)
+        dispatcher = numba.njit(**options)(func)
+        ENTRY_KERNELS.append(dispatcher)
+        return dispatcher
     target = {key: value for key, value in options.items() if key != "cache"}
     dispatcher = InternalDispatcher(
         py_func=func, locals={},
@@ -144,7 +152,12 @@ class Specialized:
             signature = tuple(
                 numba.types.literal(a) if i in literal_at else numba.typeof(a)
                 for i, a in enumerate(args))
-            entry = self._entries[key] = self.dispatcher.compile(signature)
+            # built ahead of time with the package (aot), else compiled
+            # (or loaded from the cache) now
+            entry = aot.lookup(self.dispatcher, signature)
+            if entry is None:
+                entry = self.dispatcher.compile(signature)
+            self._entries[key] = entry
         return entry(*args)
 
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .jit import exact_kernel, inline_kernel, kernel
+from .jit import Specialized, exact_kernel, inline_kernel, kernel
 from .threads import OverChunks
 
 
@@ -217,7 +217,7 @@ def _box_volume(coords, f0, f1, ndim, radius3, shapes3, im):
 
 
 # a cluster's mask takes about a microsecond: chunks of a few hundred
-_walk_in_parallel = OverChunks(_walk_masks, min_chunk=256)
+_walk_in_parallel = OverChunks(Specialized(_walk_masks, ()), min_chunk=256)
 _NONE = np.empty(0, dtype=np.int64)
 
 

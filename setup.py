@@ -1,0 +1,68 @@
+"""Build hook: compile the entry kernels ahead of time (kernels/aot.py).
+
+Everything else about the package is in pyproject.toml. The kernels are
+compiled for the installing machine, the groups of kernels/aot_signatures.txt
+in parallel processes (kernels/aot_build.py). If that fails (no C compiler,
+a Numba without pycc), the install goes on: the kernels then compile on
+first use, as they always can.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+SIGNATURES = ROOT / "kernels" / "aot_signatures.txt"
+PACKAGE = "refinefit.kernels"
+
+
+def _groups():
+    groups = set()
+    for line in SIGNATURES.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            groups.add(int(line.split()[0]))
+    return sorted(groups)
+
+
+class BuildKernels(build_ext):
+    """Builds the ``_aot<group>`` modules with Numba's pycc, not a C
+    compiler's sources."""
+
+    def build_extensions(self):
+        if os.environ.get("REFINEFIT_AOT") == "0":
+            print("refinefit: REFINEFIT_AOT=0, kernels left to compile on "
+                  "first use")
+            return
+        targets = [Path(self.get_ext_fullpath(ext.name))
+                   for ext in self.extensions]
+        with tempfile.TemporaryDirectory() as cache, ThreadPoolExecutor(
+                max_workers=max(os.cpu_count() or 1, 1)) as pool:
+            failures = list(filter(None, pool.map(
+                lambda target: self._build(target, cache), targets)))
+        for message in failures:
+            print(message, file=sys.stderr)
+
+    def _build(self, target, cache):
+        group = int(target.name.split(".")[0][len("_aot"):])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "kernels" / "aot_build.py"),
+             str(ROOT), str(group), str(target.parent)],
+            env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return ("refinefit: the kernels could not be compiled ahead of "
+                    f"time ({target.name}); they will compile on first use.\n"
+                    + done.stderr[-2000:])
+        print(done.stdout.strip())
+        return None
+
+
+setup(ext_modules=[Extension(f"{PACKAGE}._aot{group}", sources=[])
+                   for group in _groups()],
+      cmdclass={"build_ext": BuildKernels})
