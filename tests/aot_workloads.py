@@ -39,15 +39,15 @@ def image_and_features(ndim, dtype):
     return image, features
 
 
-def run(ndim):
-    """The calls for ``ndim``-dimensional images: their results by
-    ``(ndim, image type, model)``."""
+def run(ndim, models=MODELS, image_types=IMAGE_TYPES):
+    """The calls for ``ndim``-dimensional images (or some of them): their
+    results by ``(ndim, image type, model)``."""
     import refinefit
     results = {}
-    for dtype in IMAGE_TYPES:
+    for dtype in map(np.dtype, image_types):
         image, features = image_and_features(ndim, dtype)
-        for model in MODELS if dtype == np.float64 else ("gauss",):
-            results[ndim, np.dtype(dtype).name, model] = \
+        for model in models if dtype == np.float64 else ("gauss",):
+            results[ndim, dtype.name, model] = \
                 refinefit.refine_leastsq(features, image, 9,
                                          fit_function=model)
     return results
