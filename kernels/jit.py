@@ -139,13 +139,14 @@ class Specialized:
         self.__name__ = dispatcher.__name__
 
     def __call__(self, *args):
-        args = list(args)
-        for i in self.literal_at:
-            value = args[i]
-            args[i] = bool(value) if isinstance(value, (bool, numpy.bool_)) \
-                else int(value)
-        key = tuple(args[i] for i in self.literal_at) + tuple(
-            _fingerprint(a) for a in args)
+        key = tuple(map(_fingerprint, args))
+        if self.literal_at:
+            args = list(args)
+            for i in self.literal_at:
+                value = args[i]
+                args[i] = bool(value) \
+                    if isinstance(value, (bool, numpy.bool_)) else int(value)
+            key += tuple(args[i] for i in self.literal_at)
         entry = self._entries.get(key)
         if entry is None:
             literal_at = set(self.literal_at)
