@@ -37,15 +37,20 @@ class BuildKernels(build_ext):
         if os.environ.get("REFINEFIT_AOT") == "0":
             print("refinefit: REFINEFIT_AOT=0, kernels left to compile on "
                   "first use")
+            self.extensions = []
             return
         targets = [Path(self.get_ext_fullpath(ext.name))
                    for ext in self.extensions]
         with tempfile.TemporaryDirectory() as cache, ThreadPoolExecutor(
                 max_workers=max(os.cpu_count() or 1, 1)) as pool:
-            failures = list(filter(None, pool.map(
-                lambda target: self._build(target, cache), targets)))
-        for message in failures:
+            failures = list(pool.map(
+                lambda target: self._build(target, cache), targets))
+        for message in filter(None, failures):
             print(message, file=sys.stderr)
+        # what was not built is not installed (setuptools would look for it)
+        self.extensions = [ext for ext, failure in zip(self.extensions,
+                                                        failures)
+                           if failure is None]
 
     def _build(self, target, cache):
         group = int(target.name.split(".")[0][len("_aot"):])
