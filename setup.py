@@ -6,6 +6,7 @@ in parallel processes (kernels/aot_build.py). If that fails (no C compiler,
 a Numba without pycc), the install goes on: the kernels then compile on
 first use, as they always can.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,11 +23,13 @@ PACKAGE = "refinefit.kernels"
 
 
 def _groups():
-    groups = set()
-    for line in SIGNATURES.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            groups.add(int(line.split()[0]))
-    return sorted(groups)
+    """The groups of the signature file, read by kernels/aot.py (which needs
+    only Numba, a build requirement)."""
+    spec = importlib.util.spec_from_file_location(
+        "refinefit_aot", ROOT / "kernels" / "aot.py")
+    aot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aot)
+    return sorted({group for group, *_ in aot.read_signatures(SIGNATURES)})
 
 
 class BuildKernels(build_ext):

@@ -116,14 +116,15 @@ def inline_kernel(func):
 class Specialized:
     """Call a kernel that specialises on some arguments with ``literally``.
 
-    The compiled version for the literal values and argument types is
-    compiled (or loaded from the cache) directly for that signature, and
-    then called without Numba's dispatch: a plain call would first type the
-    kernel with ordinary integers, inline its helpers and only then find the
-    ``literally`` (seconds, on every first call in a process), and it re-runs
-    type inference on every call, which costs more than a small batch's
-    solve. ``literals`` names the specialising arguments; their positions
-    come from the kernel's signature.
+    The version for the literal values and argument types is taken from
+    the modules compiled at install (:mod:`.aot`), or compiled (or loaded
+    from the cache) directly for that signature, and then called without
+    Numba's dispatch: a plain call would first type the kernel with ordinary
+    integers, inline its helpers and only then find the ``literally``
+    (seconds, on every first call in a process), and it re-runs type
+    inference on every call, which costs more than a small batch's solve.
+    ``literals`` names the specialising arguments; their positions come from
+    the kernel's signature.
     """
 
     def __init__(self, dispatcher, literals=LITERALS):
