@@ -103,11 +103,15 @@ def test_first_call(tmp_path, results):
     """First call in a fresh process with an empty compile cache: with the
     kernels the install compiled ahead of time (``kernels/aot.py``; what a
     user meets), and without them (``REFINEFIT_AOT=0``: what compiling the
-    kernels costs), then again on the cache that run left."""
+    kernels costs), then again on the cache that run left. (Quick mode
+    compiles on the tests' cache, which tests/test_aot.py fills with this
+    frame's kernels: the compile is timed in full mode.)"""
     from refinefit.kernels import aot
 
     def first_call(cache, **extra):
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / cache), **extra)
+        env = dict(os.environ, **extra)
+        if cache is not None:
+            env["NUMBA_CACHE_DIR"] = str(tmp_path / cache)
         out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env,
                              capture_output=True, text=True, check=True)
         return float(out.stdout.strip().splitlines()[-1])
@@ -115,12 +119,14 @@ def test_first_call(tmp_path, results):
     if aot.available():
         results["first call, cold compile cache (s)"] = round(
             first_call("aot"), 2)
-    compiling = first_call("jit", REFINEFIT_AOT="0")
-    warm = first_call("jit", REFINEFIT_AOT="0")
+    jit_cache = "jit" if FULL else None
+    compiling = first_call(jit_cache, REFINEFIT_AOT="0")
+    warm = first_call(jit_cache, REFINEFIT_AOT="0")
     results["first call, cold compile cache, compiling the kernels (s)"] = \
         round(compiling, 2)
     results["first call, warm compile cache (s)"] = round(warm, 2)
-    assert warm < compiling
+    if FULL:
+        assert warm < compiling
 
 
 def test_large_cluster(benchmark, results):
