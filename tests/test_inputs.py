@@ -10,6 +10,7 @@ import pims
 import pytest
 
 from refinefit import refine_leastsq
+from refinefit.io.frames import as_kernel_image
 from refinefit.kernels.codes import (
     BLANK,
     CONVERGED,
@@ -444,6 +445,22 @@ def test_reader_dtypes_and_layouts_give_same_positions(reader_image, layout):
                                rtol=0, atol=1e-9)
     np.testing.assert_allclose(out["cost"], reference["cost"], rtol=1e-9)
     np.testing.assert_allclose(positions(out), TRUTH, atol=NOISY_POS)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "int16", "uint32", "int32",
+                                   "int64", "uint64", "float16", ">f8"])
+def test_other_image_types_are_converted_exactly(dtype):
+    """Types the mask kernel is not compiled for become one it is compiled
+    for, and the kernel reads the same float64 values from it (the extremes
+    of each type included)."""
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    values = [0, 1] if info is None else [info.min, info.max, 0, 1]
+    image = np.resize(np.array(values, dtype=dtype), (4, 5))
+    converted = as_kernel_image(image, 2)
+    assert converted.dtype in (np.uint8, np.uint16, np.float32, np.float64)
+    assert converted.flags.c_contiguous
+    np.testing.assert_array_equal(converted.astype(np.float64),
+                                  image.astype(np.float64))
 
 
 @pytest.mark.parametrize("layout", ["uint16", "big-endian u2", "fortran"])

@@ -7,9 +7,14 @@ import pandas as pd
 
 from .movies import is_colour, is_colour_frame
 
-_KERNEL_DTYPES = {np.dtype(t) for t in (
-    np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
-    np.float32, np.float64)}
+# the image types the mask kernel is compiled for at install
+# (kernels/aot_signatures.txt); other numbers are converted exactly, to
+# float32 when it holds every value of the type, else to float64, rather
+# than compiling the kernel again for a rare camera format (the kernel reads
+# every pixel as float64 either way)
+KERNEL_DTYPES = {np.dtype(t) for t in (
+    np.uint8, np.uint16, np.float32, np.float64)}
+_EXACT_IN_FLOAT32 = {np.dtype(t) for t in (np.bool_, np.int8, np.int16)}
 
 
 class FrameSource:
@@ -57,14 +62,15 @@ def as_kernel_image(frame, ndim):
     if image.ndim != ndim:
         raise ValueError(f"reader returned a {image.ndim}D frame where a "
                          f"{ndim}D frame was expected")
-    if image.dtype not in _KERNEL_DTYPES:
+    if image.dtype not in KERNEL_DTYPES:
         if not (np.issubdtype(image.dtype, np.number)
                 or image.dtype == np.bool_):
             raise TypeError(f"reader: frames of dtype {image.dtype} are not "
                             "numeric images")
         if np.iscomplexobj(image):
             raise TypeError("reader: complex-valued frames are not supported")
-        image = image.astype(np.float64)
+        image = image.astype(np.float32 if image.dtype in _EXACT_IN_FLOAT32
+                             else np.float64)
     return np.ascontiguousarray(image)
 
 

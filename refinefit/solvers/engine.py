@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.chunks import plan_frames
+from ..io.frames import KERNEL_DTYPES
 from ..kernels import CONVERGED, count_mask_pixels, fill_mask_pixels
 from .backend import solve_batch
 from .lockstep import Unsupported, solve_constrained
@@ -65,7 +66,9 @@ def concat_frames(images, scratch=None):
             first.reshape(-1), shape=(int(offsets[-1]),),
             strides=(first.itemsize,), writeable=first.flags.writeable)
     else:
-        dtype = np.result_type(*images)
+        dtype = np.result_type(*images)  # mixed types: what holds both
+        if dtype not in KERNEL_DTYPES:
+            dtype = np.dtype(np.float64)
         values = np.concatenate([image.ravel() for image in images],
                                 out=_empty(scratch, "frames", offsets[-1],
                                            dtype))
