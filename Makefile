@@ -9,11 +9,17 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench clean
 
 # the install compiles the kernels ahead of time (setup.py, about a minute):
-# again whenever they change
+# again whenever they change. The build runs in this venv, given the build
+# requirements of pyproject.toml ([build-system] requires, and wheel for an
+# editable install), not in an isolated environment that pip would fill
+# with another copy of them
+BUILD_REQUIRES := 'setuptools>=64' wheel numba numpy
+
 $(STAMP): pyproject.toml setup.py kernels/*.py kernels/aot_signatures.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(BUILD_REQUIRES)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
 # Picasso, for the peer benchmark only (benchmarks/test_bench_peers.py):

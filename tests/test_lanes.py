@@ -218,7 +218,10 @@ def test_consecutive_frames_are_viewed_not_copied(tmp_path):
         frames = concat_frames(images)
         expected = np.concatenate([image.ravel() for image in images])
         np.testing.assert_array_equal(frames.values, expected, err_msg=name)
-        assert frames.values.dtype == expected.dtype.newbyteorder("="), name
+        # uint16 with int16: int32 holds both, float64 is the compiled
+        # type that does
+        dtype = np.dtype(np.float64) if name == "dtypes" else expected.dtype
+        assert frames.values.dtype == dtype.newbyteorder("="), name
         assert np.shares_memory(frames.values, images[0]) == shared, name
         assert frames.values.flags.writeable == images[0].flags.writeable
         np.testing.assert_array_equal(frames.offsets, np.cumsum(
