@@ -15,15 +15,20 @@ import math
 import numba
 import numpy as np
 
+from .arena import new_arena
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
+from .lm import cluster_needs
 from .residuals import (
+    cluster_pairs,
     cluster_workspace,
     column_table,
     diag_scale,
     evaluate,
     evaluation_buffers,
     layout,
+    longest_pair,
+    mode_counts,
 )
 from .threads import OverChunks
 
@@ -38,16 +43,25 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    slot, n_cl, n_var = layout(modes)
+    n_cl, n_var = mode_counts(modes)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    pairs = cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                          n_pix, True)
+    n_f64, n_i64, n_flags = cluster_needs(
+        n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size, True,
+        False, longest_pair(pairs))
+    # (what solve_cluster takes: this takes less)
+    arena = new_arena(n_f64, n_i64, n_flags)
+    slot, n_cl, n_var = layout(modes, arena)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]
     work = params[f0:f0 + n_feat].copy()
-    cols = column_table(modes, slot, n_cl, n_var, n_feat)
+    cols = column_table(modes, slot, n_cl, n_var, n_feat, arena)
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                           pix_base, n_pix, n_params, n_unk, True)
-    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+                           pix_base, n_pix, n_params, n_unk, True,
+                           pairs, arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                           n_unk, True)
+                           n_unk, True, arena)
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,

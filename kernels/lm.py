@@ -23,6 +23,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .arena import flags, floats, ints, new_arena, reset
 from .codes import (
     BLANK,
     CONVERGED,
@@ -51,6 +52,7 @@ from .linalg import (
     inverse_diagonal,
 )
 from .residuals import (
+    cluster_pairs,
     cluster_workspace,
     column,
     column_table,
@@ -59,6 +61,9 @@ from .residuals import (
     evaluate,
     evaluation_buffers,
     layout,
+    longest_pair,
+    mode_counts,
+    no_pairs,
     sparse_matvec,
     start_values,
     unpack,
@@ -179,10 +184,10 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
 
 
 @kernel
-def _unknown_std(normal, variance, std):
-    """sqrt(variance * diag(normal^-1)); NaN when normal is singular."""
+def _unknown_std(normal, variance, std, factor):
+    """sqrt(variance * diag(normal^-1)); NaN when normal is singular.
+    ``factor`` (n x n) is scratch."""
     n = std.shape[0]
-    factor = np.empty((n, n))
     for i in range(n):
         for j in range(n):
             factor[i, j] = normal[i, j]
@@ -197,11 +202,13 @@ def _unknown_std(normal, variance, std):
 
 
 
-@kernel
-def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size):
+@inline_kernel
+def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size, arena):
     """Unknowns whose steps are limited relative to their value: signals and
     sizes."""
-    relative = np.zeros(n_cl + n_feat * n_var, dtype=np.bool_)
+    relative = flags(arena, n_cl + n_feat * n_var)
+    for i in range(relative.shape[0]):
+        relative[i] = False
     for j in range(1, 2 + ndim + n_size):
         if 2 <= j < 2 + ndim:
             continue
@@ -214,15 +221,17 @@ def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size):
 
 
 
-@inline_kernel
 def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                   feat_entry_off, cluster_feat_off, params, lower, upper,
                   modes, ndim, n_size, model_id, continuous, tol, max_eval,
                   dense, params_out, sumsq_out, status_out, n_eval_out,
-                  with_error, std_out, lm_loop):
-    """Refine cluster ``c`` by ``lm_loop`` (a compiled :func:`_lm_loop`);
+                  with_error, std_out, pairs, arena):
+    """Refine cluster ``c`` (Levenberg-Marquardt, :func:`_lm_loop`);
     write its parameters, cost and status, and with ``with_error`` the
-    standard errors of its fitted parameters."""
+    standard errors of its fitted parameters. ``pairs`` are the cluster's
+    (:func:`.residuals.cluster_pairs`); its arrays come from ``arena``
+    (:mod:`.arena`), from the beginning, sized by :func:`cluster_needs`."""
+    reset(arena)
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -249,49 +258,54 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         status_out[c] = BLANK
         return
 
-    slot, n_cl, n_var = layout(modes)
+    # (the counts from a compiled function: through the inlined layout they
+    # would reach the kernels below as constants where a cluster has none,
+    # and compile them once more)
+    n_cl, n_var = mode_counts(modes)
+    slot = layout(modes, arena)[0]
     n_unk = n_cl + n_feat * n_var
     x, lo, hi = start_values(params, lower, upper, f0, n_feat, modes, slot,
-                             n_cl, n_var)
+                             n_cl, n_var, arena)
     relative = _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim,
-                               n_size)
+                               n_size, arena)
 
-    work = np.empty((n_feat, n_params))
+    work = floats(arena, (n_feat, n_params))
     for k in range(n_feat):
         for j in range(n_params):
             work[k, j] = params[f0 + k, j]
-    deriv = np.empty(n_params)
-    dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
+    deriv = floats(arena, n_params)
+    dextra = floats(arena, max(n_params - 2 - ndim - n_size, 1))
     n_dense = n_unk if dense else 1
     n_sparse_f = 1 if dense else n_feat
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                           pix_base, n_pix, n_params, n_unk, dense)
+                           pix_base, n_pix, n_params, n_unk, dense, pairs,
+                           arena)
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     b0 = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                            n_unk, dense)
+                            n_unk, dense, arena)
     b1 = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                            n_unk, dense)
-    cols = column_table(modes, slot, n_cl, n_var, n_feat)
+                            n_unk, dense, arena)
+    cols = column_table(modes, slot, n_cl, n_var, n_feat, arena)
     # (a maximum, not a sum: exact in any order)
     tiny = 1e-26 * n_pix * max(vmin * vmin, vmax * vmax)
 
-    free = np.empty(n_unk, dtype=np.bool_)
-    scale = np.empty(n_unk)
-    step = np.empty(n_unk)
-    trial = np.empty(n_unk)
-    mat = np.empty((n_dense, n_dense))
-    rhs = np.empty(n_dense)
-    index = np.empty(n_dense, dtype=np.int64)
-    fac_cl = np.empty((1, n_cl, n_cl))
-    fac_blocks = np.empty((n_sparse_f, n_var, n_var))
-    pix_scratch = np.empty(n_pix)
+    free = flags(arena, n_unk)
+    scale = floats(arena, n_unk)
+    step = floats(arena, n_unk)
+    trial = floats(arena, n_unk)
+    mat = floats(arena, (n_dense, n_dense))
+    rhs = floats(arena, n_dense)
+    index = ints(arena, n_dense)
+    fac_cl = floats(arena, (1, n_cl, n_cl))
+    fac_blocks = floats(arena, (n_sparse_f, n_var, n_var))
+    pix_scratch = floats(arena, n_pix)
 
-    cost, status, n_eval, cur = lm_loop(
-        x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
+    cost, status, n_eval, cur = _lm_loop_inline(
+        (x, lo, hi, relative), tiny, tol, max_eval, work, cols, modes, slot,
         n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-        n_feat, pix_base, ndim, n_size, model_id, continuous, dense, deriv,
-        dextra, ws, b0, b1, free, scale, step, trial, mat, rhs, index, fac_cl,
-        fac_blocks, pix_scratch)
+        n_feat, pix_base, ndim, n_size, model_id, continuous, dense, ws, b0,
+        b1, (deriv, dextra, free, scale, step, trial, mat, rhs, index, fac_cl,
+             fac_blocks, pix_scratch))
     unpack(x, work, cols)
     for k in range(n_feat):
         for j in range(n_params):
@@ -302,19 +316,71 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     if status_out[c] == CONVERGED:
         _standard_errors(with_error, dense, b0 if cur == 0 else b1, cost,
                          n_unk, n_pix, modes, slot, n_cl, n_var, entry_pix,
-                         feat_entry_off, f0, n_feat, pix_base, cols, std_out)
+                         feat_entry_off, f0, n_feat, pix_base, cols, std_out,
+                         arena)
 
 
-def _lm_loop(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
-             n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off,
-             f0, n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
-             deriv, dextra, ws, b0, b1, free, scale, step, trial, mat, rhs,
-             index, fac_cl, fac_blocks, pix_scratch):
+# One cluster's solve, compiled twice: without reference counting (see
+# jit.leaf_kernel) for the dense path of the built-in models, whose arrays
+# all come from the arena (every array taken from an Evaluation or a
+# Workspace on its way to the per-pixel kernels would cost two atomic
+# updates), and with it where the solve allocates (conjugate gradients,
+# custom code). The two are compiled for different literal arguments (dense,
+# model id), so that they never share a cache entry.
+_solve_one_leaf = leaf_kernel(solve_cluster)
+_solve_one_counted = kernel(solve_cluster)
+
+
+@kernel
+def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
+                  n_size, dense, with_error, longest):
+    """Elements :func:`solve_cluster` takes from its arena: (float64, int64,
+    bool), in the order it takes them. ``longest`` is the
+    :func:`.residuals.longest_pair` of the cluster's pairs."""
+    n_unk = n_cl + n_feat * n_var
+    n_dense = n_unk if dense else 1
+    n_sparse_f = 1 if dense else n_feat
+    n_coord = n_entries if dense else 1
+    n_rows = n_params if dense else 1
+    n_deriv = 1 if dense else n_entries
+    n_jac = 1 if dense else n_pix
+    n_jac_cl = 1 if dense else max(n_cl, 1)
+    n_blocks = 1 if dense else n_feat
+    n_f64 = (3 * n_unk                                 # start values, bounds
+             + n_feat * n_params + n_params            # work, deriv
+             + max(n_params - 2 - ndim - n_size, 1)    # dextra
+             # workspace
+             + ndim * n_coord + 2 * n_pix + n_rows * n_coord + n_coord
+             + 2 * n_params * longest + n_dense * n_dense
+             # two evaluations
+             + 2 * (n_deriv * n_params + n_jac * n_jac_cl + n_dense * n_dense
+                    + n_blocks * n_var * n_var + n_cl * n_cl + n_unk)
+             # the steps
+             + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
+             + n_sparse_f * n_var * n_var + n_pix)
+    if with_error:
+        n_f64 += n_unk + n_unk * n_unk
+    n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
+    n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
+    return n_f64, n_i64, n_flags
+
+
+def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
+             n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+             n_feat, pix_base, ndim, n_size, model_id, continuous, dense, ws,
+             b0, b1, scratch):
     """The Levenberg-Marquardt iterations of one cluster from ``x`` (updated
-    in place). ``b0`` and ``b1`` take the evaluations of the current and
-    the trial point, in turn. Returns the cost, the status, the number of
-    evaluations and which of ``b0``/``b1`` holds the final point's
-    evaluation (0 or 1)."""
+    in place; ``unknowns`` is ``(x, lo, hi, relative)``). ``b0`` and ``b1``
+    take the evaluations of the current and the trial point, in turn;
+    ``scratch`` holds the arrays of the steps. Returns the cost, the status,
+    the number of evaluations and which of ``b0``/``b1`` holds the final
+    point's evaluation (0 or 1).
+
+    (Fewer than 30 arguments: Python passes more as one tuple, and Numba
+    inlines no call made that way.)"""
+    x, lo, hi, relative = unknowns
+    (deriv, dextra, free, scale, step, trial, mat, rhs, index, fac_cl,
+     fac_blocks, pix_scratch) = scratch
     cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                     n_size, model_id, continuous, True, dense, deriv, dextra,
@@ -418,13 +484,10 @@ def _lm_loop(x, lo, hi, relative, tiny, tol, max_eval, work, cols, modes, slot,
     return cost, status, n_eval, cur
 
 
-# Compiled twice. Without reference counting (see jit.leaf_kernel) for the
-# dense path of the built-in models: every array taken from an Evaluation
-# or a Workspace on its way to the per-pixel kernels cost two atomic
-# updates. With it for custom models (their code may allocate) and for the
-# sparse path (its conjugate gradients allocate).
-_lm_loop_leaf = leaf_kernel(_lm_loop)
-_lm_loop_counted = kernel(_lm_loop)
+# inlined into each compiled solve_cluster (_solve_one_leaf and
+# _solve_one_counted), whose reference counting it takes: compiled on its
+# own, it would be one more level that optimises everything below it again
+_lm_loop_inline = inline_kernel(_lm_loop)
 
 
 def _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index, step,
@@ -462,7 +525,7 @@ def _damped_step_overload(dense, b, grad, lam, scale, free, mat, rhs, index,
 
 def _standard_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
                      n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
-                     pix_base, cols, std_out):
+                     pix_base, cols, std_out, arena):
     """Standard errors of a converged cluster's fitted parameters into
     ``std_out`` (see the overload)."""
     raise NotImplementedError("callable only from kernels")
@@ -471,37 +534,55 @@ def _standard_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
 @overload(_standard_errors, prefer_literal=True, jit_options=_INLINE)
 def _standard_errors_overload(with_error, dense, b, cost, n_unk, n_pix, modes,
                               slot, n_cl, n_var, entry_pix, feat_entry_off,
-                              f0, n_feat, pix_base, cols, std_out):
+                              f0, n_feat, pix_base, cols, std_out, arena):
     def no_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
                   n_var, entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-                  std_out):
+                  std_out, arena):
         return
 
-    def errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
-               n_var, entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-               std_out):
-        n_valid = 0
-        for q in range(n_pix):
-            n_valid += 0 if b.excluded[q] else 1
-        if n_valid <= n_unk:
-            return
-        # covariance s^2 (J^T J)^-1 with s^2 the residual variance
-        if dense:
-            normal = b.normal
-        else:
-            normal = dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix,
-                                  feat_entry_off, f0, n_feat, pix_base,
-                                  b.excluded, b.entry_deriv, b.jac_cl, n_pix)
-        unknown_std = np.empty(n_unk)
-        _unknown_std(normal, cost / (n_valid - n_unk), unknown_std)
-        for k in range(cols.shape[0]):
-            for j in range(cols.shape[1]):
-                if cols[k, j] >= 0:
-                    std_out[f0 + k, j] = unknown_std[cols[k, j]]
+    # (one function per path: the dense one allocates nothing, the sparse
+    # one builds J^T J)
+    def dense_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
+                     n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
+                     pix_base, cols, std_out, arena):
+        _errors_from(b.normal, b.excluded, cost, n_unk, n_pix, f0, cols,
+                     std_out, arena)
 
-    if not isinstance(with_error, types.BooleanLiteral):
-        raise TypeError("_standard_errors needs a literal 'with_error'")
-    return errors if with_error.literal_value else no_errors
+    def sparse_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
+                      n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
+                      pix_base, cols, std_out, arena):
+        normal = dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix,
+                              feat_entry_off, f0, n_feat, pix_base,
+                              b.excluded, b.entry_deriv, b.jac_cl, n_pix)
+        _errors_from(normal, b.excluded, cost, n_unk, n_pix, f0, cols,
+                     std_out, arena)
+
+    if not isinstance(with_error, types.BooleanLiteral) \
+            or not isinstance(dense, types.BooleanLiteral):
+        raise TypeError("_standard_errors needs a literal 'with_error' and "
+                        "'dense'")
+    if not with_error.literal_value:
+        return no_errors
+    return dense_errors if dense.literal_value else sparse_errors
+
+
+@kernel
+def _errors_from(normal, excluded, cost, n_unk, n_pix, f0, cols, std_out,
+                 arena):
+    """Covariance s^2 (J^T J)^-1, s^2 the residual variance: the standard
+    errors of the cluster's fitted parameters into ``std_out``."""
+    n_valid = 0
+    for q in range(n_pix):
+        n_valid += 0 if excluded[q] else 1
+    if n_valid <= n_unk:
+        return
+    unknown_std = floats(arena, n_unk)
+    factor = floats(arena, (n_unk, n_unk))
+    _unknown_std(normal, cost / (n_valid - n_unk), unknown_std, factor)
+    for k in range(cols.shape[0]):
+        for j in range(cols.shape[1]):
+            if cols[k, j] >= 0:
+                std_out[f0 + k, j] = unknown_std[cols[k, j]]
 
 
 @inline_kernel
@@ -509,15 +590,41 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                     upper, modes, ndim, n_size, model_id, continuous, tol,
                     max_eval, dense, params_out, sumsq_out, status_out,
-                    n_eval_out, with_error, std_out, lm_loop):
+                    n_eval_out, with_error, std_out, solve):
     """:func:`solve_clusters` for clusters that are all dense or all sparse
-    (``dense``), iterating with ``lm_loop``."""
+    (``dense``): each by ``solve`` (a compiled :func:`solve_cluster`). The
+    clusters' arrays come from one arena, enlarged when a cluster needs
+    more; the pairs of a single feature's cluster from one set."""
+    n_params = modes.shape[0]
+    n_cl, n_var = mode_counts(modes)
+    single = no_pairs()
+    arena = new_arena(0, 0, 0)
     for i in range(cluster_ids.shape[0]):
-        solve_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
-                      entry_pix, feat_entry_off, cluster_feat_off, params,
-                      lower, upper, modes, ndim, n_size, model_id, continuous,
-                      tol, max_eval, dense, params_out, sumsq_out,
-                      status_out, n_eval_out, with_error, std_out, lm_loop)
+        c = cluster_ids[i]
+        f0 = cluster_feat_off[c]
+        n_feat = cluster_feat_off[c + 1] - f0
+        pix_base = cluster_pix_off[c]
+        n_pix = cluster_pix_off[c + 1] - pix_base
+        n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+        pairs = single if n_feat == 1 else cluster_pairs(
+            entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix, dense)
+        n_f64, n_i64, n_flags = cluster_needs(
+            n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size,
+            dense, with_error, longest_pair(pairs))
+        if n_f64 > arena.f64.shape[0] or n_i64 > arena.i64.shape[0] \
+                or n_flags > arena.flags.shape[0]:
+            arena = new_arena(max(2 * n_f64, arena.f64.shape[0]),
+                              max(2 * n_i64, arena.i64.shape[0]),
+                              max(2 * n_flags, arena.flags.shape[0]))
+        solve(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
+              feat_entry_off, cluster_feat_off, params, lower, upper, modes,
+              ndim, n_size, model_id, continuous, tol, max_eval, dense,
+              params_out, sumsq_out, status_out, n_eval_out, with_error,
+              std_out, pairs, arena)
+        if arena.used[0] > n_f64 or arena.used[1] > n_i64 \
+                or arena.used[2] > n_flags:
+            raise AssertionError("solve_cluster took more from its arena "
+                                 "than cluster_needs counts")
 
 
 # Two entry kernels, one per compiled _lm_loop: the choice is made in Python,
@@ -532,8 +639,8 @@ def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                 upper, modes, ndim, n_size, model_id, continuous, tol,
                 max_eval, dense, params_out, sumsq_out, status_out,
                 n_eval_out, with_error, std_out):
-    """:func:`_solve_clusters` with :data:`_lm_loop_leaf`: the dense path of
-    a built-in model."""
+    """:func:`_solve_clusters` with :func:`_solve_one_leaf`: the dense path
+    of a built-in model."""
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
@@ -544,7 +651,7 @@ def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params,
                     lower, upper, modes, ndim, n_size, model_id, continuous,
                     tol, max_eval, dense, params_out, sumsq_out, status_out,
-                    n_eval_out, with_error, std_out, _lm_loop_leaf)
+                    n_eval_out, with_error, std_out, _solve_one_leaf)
 
 
 @kernel(entry=True)
@@ -553,8 +660,8 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                    upper, modes, ndim, n_size, model_id, continuous, tol,
                    max_eval, dense, params_out, sumsq_out, status_out,
                    n_eval_out, with_error, std_out):
-    """:func:`_solve_clusters` with :data:`_lm_loop_counted`: custom models
-    and the sparse path."""
+    """:func:`_solve_clusters` with :func:`_solve_one_counted`: custom
+    models and the sparse path."""
     numba.literally(ndim)
     numba.literally(n_size)
     numba.literally(model_id)
@@ -565,11 +672,10 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params,
                     lower, upper, modes, ndim, n_size, model_id, continuous,
                     tol, max_eval, dense, params_out, sumsq_out, status_out,
-                    n_eval_out, with_error, std_out, _lm_loop_counted)
+                    n_eval_out, with_error, std_out, _solve_one_counted)
 
 
-# (solve_cluster and _solve_clusters are inlined: one compiled function per
-# entry, optimised once)
+# (_solve_clusters is inlined into both entries)
 _SPECIALISE = LITERALS + ("dense", "with_error")
 _solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, _SPECIALISE),
                                      min_chunk=16)

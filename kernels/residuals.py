@@ -15,6 +15,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
 from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
 from .sums import dot, total
@@ -48,10 +49,11 @@ Evaluation = namedtuple("Evaluation", [
     "grad",         # J^T r
 ])
 
-@kernel
-def layout(modes):
-    """Slot of each parameter within the cluster block or a feature block."""
-    slot = np.empty(modes.shape[0], dtype=np.int64)
+@inline_kernel
+def layout(modes, arena):
+    """Slot of each parameter within the cluster block or a feature block
+    (arrays here and below from ``arena``: see :mod:`.arena`)."""
+    slot = ints(arena, modes.shape[0])
     n_cl = 0
     for j in range(modes.shape[0]):
         slot[j] = -1
@@ -67,6 +69,17 @@ def layout(modes):
     return slot, n_cl, n_var
 
 @kernel
+def mode_counts(modes):
+    """The numbers of 'cluster' and of 'var' parameters (as :func:`layout`
+    counts them, without its slots)."""
+    n_cl = 0
+    n_var = 0
+    for j in range(modes.shape[0]):
+        n_cl += 1 if modes[j] == MODE_CLUSTER else 0
+        n_var += 1 if modes[j] == MODE_VAR else 0
+    return n_cl, n_var
+
+@kernel
 def column(modes, slot, n_cl, n_var, k, j):
     if modes[j] == MODE_CLUSTER:
         return slot[j]
@@ -74,10 +87,11 @@ def column(modes, slot, n_cl, n_var, k, j):
         return n_cl + k * n_var + slot[j]
     return -1
 
-@kernel
-def column_table(modes, slot, n_cl, n_var, n_feat):
+@inline_kernel
+def column_table(modes, slot, n_cl, n_var, n_feat, arena):
     """Unknown index of every (feature, parameter); -1 for constants."""
-    cols = np.empty((n_feat, modes.shape[0]), dtype=np.int64)
+    cols = ints(arena, (n_feat,
+                                                         modes.shape[0]))
     for k in range(n_feat):
         for j in range(modes.shape[0]):
             cols[k, j] = column(modes, slot, n_cl, n_var, k, j)
@@ -90,17 +104,18 @@ def unpack(x, work, cols):
             if cols[k, j] >= 0:
                 work[k, j] = x[cols[k, j]]
 
-@kernel
-def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
+@inline_kernel
+def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var,
+                 arena):
     """Start values and bounds of the unknowns of one cluster.
 
     A 'cluster' unknown starts at the mean over its features and may range
     from the lowest lower bound to the highest upper bound, as in trackpy.
     """
     n_unk = n_cl + n_feat * n_var
-    x = np.empty(n_unk)
-    lo = np.empty(n_unk)
-    hi = np.empty(n_unk)
+    x = floats(arena, n_unk)
+    lo = floats(arena, n_unk)
+    hi = floats(arena, n_unk)
     for i in range(n_unk):
         x[i] = 0.0
         lo[i] = -np.inf
@@ -126,58 +141,90 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var):
         x[i] = min(max(x[i], lo[i]), hi[i])
     return x, lo, hi
 
-@kernel
+@inline_kernel
 def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                      pix_base, n_pix, n_params, n_unk, dense):
+                      pix_base, n_pix, n_params, n_unk, dense, pairs, arena):
     """The :data:`Workspace` of a cluster: for the dense path its entries'
-    coordinates and the pixels that several features' masks share, which
-    couple those features in J^T J; scratch arrays sized for it."""
+    coordinates and the pixels that several features' masks share
+    (``pairs``, from :func:`cluster_pairs`), which couple those features in
+    J^T J; scratch arrays sized for it."""
     e0 = feat_entry_off[f0]
     n_entries = feat_entry_off[f0 + n_feat] - e0
     n_coord = n_entries if dense else 1
-    entry_coord = np.empty((pix_coord.shape[1], n_coord))
+    n_dim = pix_coord.shape[1]
+    entry_coord = floats(arena, (n_dim, n_coord))
     if dense:
         for el in range(n_entries):
-            for d in range(pix_coord.shape[1]):
+            for d in range(n_dim):
                 entry_coord[d, el] = pix_coord[entry_pix[e0 + el], d]
-        pair_feat, pair_off, pair_entry = _feature_pairs(
-            entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix)
-    else:
-        pair_feat = np.empty((0, 2), dtype=np.int64)
-        pair_off = np.zeros(1, dtype=np.int64)
-        pair_entry = np.empty((0, 2), dtype=np.int64)
-    longest = 0
-    for i in range(pair_feat.shape[0]):
-        longest = max(longest, pair_off[i + 1] - pair_off[i])
+    longest = longest_pair(pairs)
     n_rows = n_params if dense else 1
     n_dense = n_unk if dense else 1
     return Workspace(
-        model=np.empty(n_pix),
-        resid=np.empty(n_pix),
+        model=floats(arena, n_pix),
+        resid=floats(arena, n_pix),
         entry_coord=entry_coord,
-        terms=np.empty((n_rows, n_coord)),
-        entry_resid=np.empty(n_coord),
-        pair_feat=pair_feat,
-        pair_off=pair_off,
-        pair_entry=pair_entry,
-        pair_terms=np.empty((2, n_params, longest)),
-        cross=np.empty((n_dense, n_dense)))
+        terms=floats(arena, (n_rows, n_coord)),
+        entry_resid=floats(arena, n_coord),
+        pair_feat=pairs[0],
+        pair_off=pairs[1],
+        pair_entry=pairs[2],
+        pair_terms=floats(arena, (2, n_params, longest)),
+        cross=floats(arena, (n_dense, n_dense)))
 
 
-@kernel
+@inline_kernel
 def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                       n_unk, dense):
+                       n_unk, dense, arena):
     """Arrays one evaluation leaves (see :func:`evaluate`); the unused
     path's arrays get a minimal size."""
     n_dense = n_unk if dense else 1
+    n_deriv = 1 if dense else n_entries
+    entry_deriv = floats(arena, (n_deriv,
+                                                              n_params))
+    for e in range(n_deriv):
+        for j in range(n_params):
+            entry_deriv[e, j] = 0.0
+    n_jac = 1 if dense else n_pix
+    n_jac_cl = 1 if dense else max(n_cl, 1)
+    n_blocks = 1 if dense else n_feat
     return Evaluation(
-        excluded=np.empty(n_pix, dtype=np.bool_),
-        entry_deriv=np.zeros((1 if dense else n_entries, n_params)),
-        jac_cl=np.empty((1 if dense else n_pix, 1 if dense else max(n_cl, 1))),
-        normal=np.empty((n_dense, n_dense)),
-        blocks=np.empty((1 if dense else n_feat, n_var, n_var)),
-        block_cl=np.empty((1, n_cl, n_cl)),
-        grad=np.empty(n_unk))
+        excluded=flags(arena, n_pix),
+        entry_deriv=entry_deriv,
+        jac_cl=floats(arena, (n_jac, n_jac_cl)),
+        normal=floats(arena, (n_dense, n_dense)),
+        blocks=floats(arena, (n_blocks, n_var, n_var)),
+        block_cl=floats(arena, (1, n_cl, n_cl)),
+        grad=floats(arena, n_unk))
+
+
+@kernel
+def cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
+                  dense):
+    """The pairs of features of a cluster whose masks share pixels, for
+    :func:`cluster_workspace`: :func:`_feature_pairs` on the dense path,
+    none on the sparse path (which does not use them)."""
+    if dense and n_feat > 1:
+        return _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                              n_pix)
+    return no_pairs()
+
+
+@kernel
+def no_pairs():
+    """:func:`_feature_pairs` of a single feature."""
+    return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
+            np.empty((0, 2), dtype=np.int64))
+
+
+@kernel
+def longest_pair(pairs):
+    """The most shared pixels of any pair of ``pairs``."""
+    pair_off = pairs[1]
+    longest = 0
+    for i in range(pair_off.shape[0] - 1):
+        longest = max(longest, pair_off[i + 1] - pair_off[i])
+    return longest
 
 
 @kernel

@@ -22,15 +22,20 @@ import math
 import numba
 import numpy as np
 
+from .arena import new_arena
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
+from .lm import cluster_needs
 from .residuals import (
+    cluster_pairs,
     cluster_workspace,
     column_table,
     dense_normal,
     evaluate,
     evaluation_buffers,
     layout,
+    longest_pair,
+    mode_counts,
     start_values,
 )
 from .threads import OverChunks
@@ -68,20 +73,29 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         if feat_entry_off[f0 + k + 1] == feat_entry_off[f0 + k]:
             return
 
-    slot, n_cl, n_var = layout(kernel_modes)
+    n_cl, n_var = mode_counts(kernel_modes)
     n_unk = n_cl + n_feat * n_var
     dense = n_unk <= dense_limit
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    pairs = cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                          n_pix, dense)
+    n_f64, n_i64, n_flags = cluster_needs(
+        n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size, dense,
+        False, longest_pair(pairs))
+    # (what solve_cluster takes: this takes less)
+    arena = new_arena(n_f64, n_i64, n_flags)
+    slot, n_cl, n_var = layout(kernel_modes, arena)
     x, lo, hi = start_values(params, lower, upper, f0, n_feat, kernel_modes, slot,
-                       n_cl, n_var)
-    cols = column_table(kernel_modes, slot, n_cl, n_var, n_feat)
+                       n_cl, n_var, arena)
+    cols = column_table(kernel_modes, slot, n_cl, n_var, n_feat, arena)
     work = params[f0:f0 + n_feat].copy()
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                           pix_base, n_pix, n_params, n_unk, dense)
-    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+                           pix_base, n_pix, n_params, n_unk, dense,
+                           pairs, arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
-                           n_unk, dense)
+                           n_unk, dense, arena)
     cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                     n_size, model_id, continuous, True, dense, deriv, dextra,

@@ -9,7 +9,7 @@ from scipy.optimize import approx_fprime
 import refinefit
 from refinefit import kernels
 from refinefit.config import Model, Settings, Solver
-from refinefit.kernels import residuals
+from refinefit.kernels import arena, lm, residuals
 from refinefit.problem.models import resolve_model
 from refinefit.solvers.engine import flatten_masks, refine_chunk
 
@@ -217,15 +217,45 @@ def test_sums_follow_their_order_exactly():
         both(np.ones((2, 2)), np.ones(2), 0, 2)
 
 
+@numba.njit
+def _arena_round(sizes):
+    """Arrays of ``sizes`` from an arena, each filled with its index; the
+    store, the counters, and after a reset the first array again."""
+    store = arena.new_arena(int(sizes.sum()), 4, 4)
+    out = []
+    for i in range(sizes.shape[0]):
+        a = arena.floats(store, sizes[i])
+        a[:] = i
+        out.append(a)
+    square = arena.floats(store, (0, 3))
+    used = store.used.copy()
+    arena.reset(store)
+    again = arena.floats(store, (2, 3))
+    return out, square.shape, used, again, store.f64.copy()
+
+
+def test_arena_hands_out_consecutive_slices():
+    sizes = np.array([3, 0, 5, 4])
+    out, square, used, again, store = _arena_round(sizes)
+    for i, a in enumerate(out):
+        assert a.shape == (sizes[i],) and (a == i).all()
+    np.testing.assert_array_equal(store, [0, 0, 0, 2, 2, 2, 2, 2, 3, 3, 3, 3])
+    assert square == (0, 3)
+    np.testing.assert_array_equal(used, [12, 0, 0])
+    # after a reset the same memory again, in the shape asked for
+    np.testing.assert_array_equal(again, [[0, 0, 0], [2, 2, 2]])
+
+
 # the solver's internal kernels have no Python wrappers: reach them from here
 @numba.njit
 def _layout(modes):
-    return residuals.layout(modes)
+    return residuals.layout(modes, arena.new_arena(0, 64, 0))
 
 
 @numba.njit
 def _column_table(modes, slot, n_cl, n_var, n_feat):
-    return residuals.column_table(modes, slot, n_cl, n_var, n_feat)
+    return residuals.column_table(modes, slot, n_cl, n_var, n_feat,
+                                  arena.new_arena(0, n_feat * len(modes), 0))
 
 
 @numba.njit
@@ -235,10 +265,17 @@ def _evaluate_cluster(x, work, cols, modes, slot, n_cl, n_var, pix_val,
                       model_id, continuous):
     """One dense evaluation of a cluster, as the solver runs it: the cost,
     J^T r and J^T J."""
+    pairs = residuals.cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, p0,
+                                    n_pix, True)
+    n_cl_, n_var_ = residuals.mode_counts(modes)
+    store = arena.new_arena(*lm.cluster_needs(
+        n_pix, n_entries, n_feat, n_params, n_cl_, n_var_, ndim, n_size, True,
+        False, residuals.longest_pair(pairs)))
     ws = residuals.cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0,
-                                     n_feat, p0, n_pix, n_params, n_unk, True)
+                                     n_feat, p0, n_pix, n_params, n_unk, True,
+                                     pairs, store)
     buf = residuals.evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
-                                       n_feat, n_unk, True)
+                                       n_feat, n_unk, True, store)
     cost = residuals.evaluate(
         x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
         entry_pix, feat_entry_off, f0, p0, ndim, n_size, model_id, continuous,
@@ -676,4 +713,4 @@ def test_internal_kernels_refuse_python_calls():
     """An internal kernel has no Python wrapper: a call from Python is a
     TypeError that says so, not a jump to missing code."""
     with pytest.raises(TypeError, match="internal to the compiled kernels"):
-        residuals.layout(np.zeros(3, dtype=np.int64))
+        residuals.mode_counts(np.zeros(3, dtype=np.int64))
