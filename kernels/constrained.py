@@ -130,7 +130,7 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
     if dof <= 0:
         return
     variance = cost / dof
-    inverse_diagonal(factor, n_unk, std)  # diag(M^-1)
+    inverse_diagonal(factor, n_unk, std, np.empty(n_unk))  # diag(M^-1)
     w = np.empty(n_con)
     for u in range(n_unk):
         total = std[u]

@@ -5,8 +5,6 @@ view or NumPy function a kernel uses compiles its own machine code on a
 first call."""
 import math
 
-import numpy as np
-
 from .jit import kernel
 
 
@@ -88,10 +86,10 @@ def dot(a, b):
 
 
 @kernel
-def inverse_diagonal(factor, n, out):
+def inverse_diagonal(factor, n, out, z):
     """``diag((L L^T)^-1)`` into ``out[:n]`` from the Cholesky factor ``L``:
-    entry i is |L^-1 e_i|^2, and L^-1 e_i vanishes above row i."""
-    z = np.empty(n)
+    entry i is |L^-1 e_i|^2, and L^-1 e_i vanishes above row i. ``z``
+    (``n`` values) is scratch."""
     for i in range(n):
         total = 0.0
         for r in range(i, n):

@@ -184,9 +184,9 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
 
 
 @kernel
-def _unknown_std(normal, variance, std, factor):
+def _unknown_std(normal, variance, std, factor, z):
     """sqrt(variance * diag(normal^-1)); NaN when normal is singular.
-    ``factor`` (n x n) is scratch."""
+    ``factor`` (n x n) and ``z`` (n) are scratch."""
     n = std.shape[0]
     for i in range(n):
         for j in range(n):
@@ -195,7 +195,7 @@ def _unknown_std(normal, variance, std, factor):
         for i in range(n):
             std[i] = math.nan
         return
-    inverse_diagonal(factor, n, std)
+    inverse_diagonal(factor, n, std, z)
     for i in range(n):
         std[i] = math.sqrt(variance * std[i])
 
@@ -359,7 +359,7 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
              + n_sparse_f * n_var * n_var + n_pix)
     if with_error:
-        n_f64 += n_unk + n_unk * n_unk
+        n_f64 += 2 * n_unk + n_unk * n_unk
     n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
     n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
     return n_f64, n_i64, n_flags
@@ -578,7 +578,8 @@ def _errors_from(normal, excluded, cost, n_unk, n_pix, f0, cols, std_out,
         return
     unknown_std = floats(arena, n_unk)
     factor = floats(arena, (n_unk, n_unk))
-    _unknown_std(normal, cost / (n_valid - n_unk), unknown_std, factor)
+    _unknown_std(normal, cost / (n_valid - n_unk), unknown_std, factor,
+                 floats(arena, n_unk))
     for k in range(cols.shape[0]):
         for j in range(cols.shape[1]):
             if cols[k, j] >= 0:

@@ -171,7 +171,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         return
     # STAGE_STD: Cov(locals) = A^-1 + W^T Sinv W, scaled by the variance
     diag = np.empty(n_l)
-    inverse_diagonal(factor, n_l, diag)
+    inverse_diagonal(factor, n_l, diag, np.empty(n_l))
     for a in range(n_l):
         total = diag[a]
         for s in range(n_sh):
