@@ -313,8 +313,8 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     sumsq_out[c] = cost
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
-    if status_out[c] == CONVERGED:
-        _standard_errors(with_error, dense, b0 if cur == 0 else b1, cost,
+    if with_error and status_out[c] == CONVERGED:
+        _standard_errors(dense, b0 if cur == 0 else b1, cost,
                          n_unk, n_pix, modes, slot, n_cl, n_var, entry_pix,
                          feat_entry_off, f0, n_feat, pix_base, cols, std_out,
                          arena)
@@ -523,46 +523,37 @@ def _damped_step_overload(dense, b, grad, lam, scale, free, mat, rhs, index,
     return dense_step if dense.literal_value else sparse_step
 
 
-def _standard_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
-                     n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
-                     pix_base, cols, std_out, arena):
+def _standard_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
+                     entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
+                     std_out, arena):
     """Standard errors of a converged cluster's fitted parameters into
     ``std_out`` (see the overload)."""
     raise NotImplementedError("callable only from kernels")
 
 
 @overload(_standard_errors, prefer_literal=True, jit_options=_INLINE)
-def _standard_errors_overload(with_error, dense, b, cost, n_unk, n_pix, modes,
-                              slot, n_cl, n_var, entry_pix, feat_entry_off,
-                              f0, n_feat, pix_base, cols, std_out, arena):
-    def no_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
-                  n_var, entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-                  std_out, arena):
-        return
-
+def _standard_errors_overload(dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
+                              n_var, entry_pix, feat_entry_off, f0, n_feat,
+                              pix_base, cols, std_out, arena):
     # (one function per path: the dense one allocates nothing, the sparse
     # one builds J^T J)
-    def dense_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
-                     n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
-                     pix_base, cols, std_out, arena):
+    def dense_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
+                     entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
+                     std_out, arena):
         _errors_from(b.normal, b.excluded, cost, n_unk, n_pix, f0, cols,
                      std_out, arena)
 
-    def sparse_errors(with_error, dense, b, cost, n_unk, n_pix, modes, slot,
-                      n_cl, n_var, entry_pix, feat_entry_off, f0, n_feat,
-                      pix_base, cols, std_out, arena):
+    def sparse_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
+                      entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
+                      std_out, arena):
         normal = dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix,
                               feat_entry_off, f0, n_feat, pix_base,
                               b.excluded, b.entry_deriv, b.jac_cl, n_pix)
         _errors_from(normal, b.excluded, cost, n_unk, n_pix, f0, cols,
                      std_out, arena)
 
-    if not isinstance(with_error, types.BooleanLiteral) \
-            or not isinstance(dense, types.BooleanLiteral):
-        raise TypeError("_standard_errors needs a literal 'with_error' and "
-                        "'dense'")
-    if not with_error.literal_value:
-        return no_errors
+    if not isinstance(dense, types.BooleanLiteral):
+        raise TypeError("_standard_errors needs a literal 'dense'")
     return dense_errors if dense.literal_value else sparse_errors
 
 
@@ -647,7 +638,6 @@ def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(model_id)
     numba.literally(continuous)
     numba.literally(dense)
-    numba.literally(with_error)
     _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params,
                     lower, upper, modes, ndim, n_size, model_id, continuous,
@@ -668,7 +658,6 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(model_id)
     numba.literally(continuous)
     numba.literally(dense)
-    numba.literally(with_error)
     _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params,
                     lower, upper, modes, ndim, n_size, model_id, continuous,
@@ -677,7 +666,9 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
 
 
 # (_solve_clusters is inlined into both entries)
-_SPECIALISE = LITERALS + ("dense", "with_error")
+# (not on with_error: the errors are a branch per cluster, and the
+# refinements with and without them share one compiled solver)
+_SPECIALISE = LITERALS + ("dense",)
 _solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, _SPECIALISE),
                                      min_chunk=16)
 _solve_counted_in_parallel = OverChunks(
