@@ -15,20 +15,16 @@ import math
 import numba
 import numpy as np
 
-from .arena import new_arena
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import cluster_needs
+from .lm import cluster_scratch
 from .residuals import (
-    cluster_pairs,
     cluster_workspace,
     column_table,
     diag_scale,
     evaluate,
     evaluation_buffers,
     layout,
-    longest_pair,
-    mode_counts,
 )
 from .threads import OverChunks
 
@@ -43,15 +39,9 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     pix_base = cluster_pix_off[c]
     n_pix = cluster_pix_off[c + 1] - pix_base
     n_params = modes.shape[0]
-    n_cl, n_var = mode_counts(modes)
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
-    pairs = cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
-                          n_pix, True)
-    n_f64, n_i64, n_flags = cluster_needs(
-        n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size, True,
-        False, longest_pair(pairs))
-    # (what solve_cluster takes: this takes less)
-    arena = new_arena(n_f64, n_i64, n_flags)
+    pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
+                                   pix_base, n_pix, modes, ndim, n_size, True)
     slot, n_cl, n_var = layout(modes, arena)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]

@@ -332,6 +332,22 @@ _solve_one_counted = kernel(solve_cluster)
 
 
 @kernel
+def cluster_scratch(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
+                    modes, ndim, n_size, dense):
+    """The pairs of a cluster and an arena with room for what
+    :func:`solve_cluster` takes, for kernels that evaluate a cluster outside
+    the solver (they take less)."""
+    n_cl, n_var = mode_counts(modes)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    pairs = cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                          n_pix, dense)
+    n_f64, n_i64, n_flags = cluster_needs(
+        n_pix, n_entries, n_feat, modes.shape[0], n_cl, n_var, ndim, n_size,
+        dense, False, longest_pair(pairs))
+    return pairs, new_arena(n_f64, n_i64, n_flags)
+
+
+@kernel
 def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
                   n_size, dense, with_error, longest):
     """Elements :func:`solve_cluster` takes from its arena: (float64, int64,

@@ -22,19 +22,16 @@ import math
 import numba
 import numpy as np
 
-from .arena import new_arena
 from .jit import Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
-from .lm import cluster_needs
+from .lm import cluster_scratch
 from .residuals import (
-    cluster_pairs,
     cluster_workspace,
     column_table,
     dense_normal,
     evaluate,
     evaluation_buffers,
     layout,
-    longest_pair,
     mode_counts,
     start_values,
 )
@@ -77,13 +74,9 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_unk = n_cl + n_feat * n_var
     dense = n_unk <= dense_limit
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
-    pairs = cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
-                          n_pix, dense)
-    n_f64, n_i64, n_flags = cluster_needs(
-        n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size, dense,
-        False, longest_pair(pairs))
-    # (what solve_cluster takes: this takes less)
-    arena = new_arena(n_f64, n_i64, n_flags)
+    pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
+                                   pix_base, n_pix, kernel_modes, ndim, n_size,
+                                   dense)
     slot, n_cl, n_var = layout(kernel_modes, arena)
     x, lo, hi = start_values(params, lower, upper, f0, n_feat, kernel_modes, slot,
                        n_cl, n_var, arena)
