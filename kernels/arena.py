@@ -38,7 +38,7 @@ Arena = namedtuple("Arena", [
     "f64",    # float64 store
     "i64",    # int64 store
     "flags",  # bool store
-    "used",   # int64[3]: elements handed out (or asked for) from each store
+    "used",   # int64[3]: elements handed out from each store since the reset
 ])
 
 
