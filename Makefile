@@ -36,10 +36,11 @@ demo: $(STAMP)
 	$(VENV)/bin/refinefit demo
 
 # the tests in one process per core (pytest-xdist): a fresh clone spends
-# much of its run compiling kernels, which then happens on every core
+# much of its run compiling kernels, which then happens on every core;
+# tests that compile the same kernels share an xdist_group (one process)
 test: $(PEERS_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 # Full-size benchmarks with timings (W1 against trackpy, I1 against Picasso,
 # compile times, large cluster, the command, Dask); the figures in

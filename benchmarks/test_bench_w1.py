@@ -99,6 +99,7 @@ print(time.perf_counter() - t1)
 """
 
 
+@pytest.mark.xdist_group("jit-on-the-tests-cache")  # see tests/test_aot.py
 def test_first_call(tmp_path, results):
     """First call in a fresh process with an empty compile cache: with the
     kernels the install compiled ahead of time (``kernels/aot.py``; what a

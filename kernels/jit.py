@@ -17,7 +17,10 @@ Entry kernels call ``numba.literally`` on the arguments named in
 values): they select loops and branches in the per-pixel code, and as
 compile-time constants LLVM folds them away, faster per pixel term;
 overloads on them (``models.shape_at``) compile only the branch taken.
-Each combination compiles once and is cached to disk.
+Each combination compiles once and is cached to disk. The solver of the
+built-in models (``lm._solve_leaf``) is the exception: most of it does not
+depend on them, so it takes them at run time and switches to per-pixel
+kernels specialised for each (``terms.model_terms``), compiled once for all.
 """
 import inspect
 

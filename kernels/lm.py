@@ -648,11 +648,9 @@ def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                 max_eval, dense, params_out, sumsq_out, status_out,
                 n_eval_out, with_error, std_out):
     """:func:`_solve_clusters` with :func:`_solve_one_leaf`: the dense path
-    of a built-in model."""
-    numba.literally(ndim)  # specialise: see kernels/jit.py
-    numba.literally(n_size)
-    numba.literally(model_id)
-    numba.literally(continuous)
+    of a built-in model. Compiled once for every geometry and built-in
+    model: they are run-time values here, and the per-pixel kernels are
+    chosen by them (:func:`.terms.model_terms`)."""
     numba.literally(dense)
     _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     entry_pix, feat_entry_off, cluster_feat_off, params,
@@ -685,7 +683,7 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
 # (not on with_error: the errors are a branch per cluster, and the
 # refinements with and without them share one compiled solver)
 _SPECIALISE = LITERALS + ("dense",)
-_solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, _SPECIALISE),
+_solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, ("dense",)),
                                      min_chunk=16)
 _solve_counted_in_parallel = OverChunks(
     Specialized(_solve_counted, _SPECIALISE), min_chunk=16)

@@ -19,7 +19,7 @@ from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
 from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
 from .sums import dot, total
-from .terms import feature_term, feature_terms
+from .terms import feature_term, model_terms
 
 # arrays of a cluster that do not depend on the point evaluated: its
 # geometry, and scratch space any evaluation overwrites
@@ -383,9 +383,9 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
     n_feat = work.shape[0]
     e0 = feat_entry_off[f0]
     for k in range(n_feat):
-        feature_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
-                      feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
-                      model_id, continuous, terms, dextra)
+        model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
+                    feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
+                    model_id, continuous, terms, dextra)
     cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
                                          entry_pix, e0, pix_base, ws.model,
                                          buf.excluded, ws.resid)

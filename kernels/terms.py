@@ -7,9 +7,11 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from .jit import Specialized, inline_kernel, kernel
-from .models import shape_at
+from .jit import SERIAL, Specialized, inline_kernel, kernel
+from .models import DISC, GAUSS, INV_SERIES, RING, shape_at
 from .threads import OverChunks
 
 
@@ -128,6 +130,71 @@ def feature_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
         shape_at(model_id, r2, params, k, extra_at, ndim, dextra)
         for j in range(params.shape[1] - extra_at):
             terms[extra_at + j, el] = signal * dextra[j]
+
+
+def model_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                continuous, terms, dextra):
+    """:func:`feature_terms`, for a geometry and model given as literals or,
+    for the built-in models, as run-time values (see the overload)."""
+    raise NotImplementedError("model_terms is only callable from kernels")
+
+
+@overload(model_terms, prefer_literal=True,
+          jit_options=dict(SERIAL, inline="always"))
+def _model_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                 continuous, terms, dextra):
+    # Literal: the one version of feature_terms (custom models need it, their
+    # shape is found by its literal id). Run-time values: a switch over every
+    # built-in version, so that the solver around it compiles once for all
+    # of them rather than once per geometry and model; the switch runs once
+    # per feature and evaluation, and each per-pixel loop stays specialised.
+    if all(isinstance(a, types.Literal)
+           for a in (ndim, n_size, model_id, continuous)):
+        return _literal_terms
+    return _builtin_terms
+
+
+def _literal_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                   continuous, terms, dextra):
+    feature_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                  continuous, terms, dextra)
+
+
+def _builtin_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                   continuous, terms, dextra):
+    # (each built-in model's continuity is its own: refinefit.problem.models)
+    if model_id == GAUSS:
+        _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
+                        GAUSS, True, terms, dextra)
+    elif model_id == DISC:
+        _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
+                        DISC, True, terms, dextra)
+    elif model_id == RING:
+        _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
+                        RING, False, terms, dextra)
+    else:
+        _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
+                        INV_SERIES, True, terms, dextra)
+
+
+@inline_kernel
+def _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
+                    model_id, continuous, terms, dextra):
+    """:func:`feature_terms` of a literal model for a run-time geometry:
+    2D or 3D, isotropic or not (refinement takes no other)."""
+    if ndim == 2:
+        if n_size == 1:
+            feature_terms(entry_coord, start, end, params, k, 2, 1, model_id,
+                          continuous, terms, dextra)
+        else:
+            feature_terms(entry_coord, start, end, params, k, 2, 2, model_id,
+                          continuous, terms, dextra)
+    elif n_size == 1:
+        feature_terms(entry_coord, start, end, params, k, 3, 1, model_id,
+                      continuous, terms, dextra)
+    else:
+        feature_terms(entry_coord, start, end, params, k, 3, 3, model_id,
+                      continuous, terms, dextra)
 
 
 @inline_kernel

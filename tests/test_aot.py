@@ -79,11 +79,14 @@ def test_workloads_compile_nothing(tmp_path):
     assert set(found) <= set(listed)
 
 
+# (with the first-call benchmark, which compiles the same kernels on the
+# tests' cache: on one worker, one of them compiles and the other loads)
+@pytest.mark.xdist_group("jit-on-the-tests-cache")
 @needs_modules
 def test_results_equal_the_jit_bit_for_bit(tmp_path):
     """Ahead of time and compiled on first use (on the tests' cache), the
-    same refinement gives the same bits. (One call, a 3D ring: compiling
-    the JIT's version takes seconds; the flags are those of every kernel.)"""
+    same refinement gives the same bits. (One call, a 3D ring: the flags
+    are those of every kernel.)"""
     which = ("3", "ring", "float64")
     _, compiled, ahead = _run_workloads(*which, NUMBA_CACHE_DIR=str(tmp_path))
     assert compiled == []

@@ -52,6 +52,7 @@ _CUSTOM_KEYS = {"params", "fun", "dfun", "default", "continuous"}
 _BUILTIN = {
     "gauss": Model("gauss", GAUSS),
     "disc": Model("disc", DISC, ("disc_size",), {"disc_size": 0.5}),
+    # (the kernels' solver assumes these continuities: kernels/terms.py)
     "ring": Model("ring", RING, ("thickness",), {"thickness": 0.2},
                   continuous=False),
 }
