@@ -97,18 +97,14 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
                     half = math.sqrt(max(rest, 0.0)) * radius_x
                     first = max(int(math.ceil(cx - half)), x_lo)
                     last = min(int(math.floor(cx + half)), x_hi)
-                    while first > x_lo and _inside(row_sum, first - 1, cx,
-                                                   radius_x):
-                        first -= 1
-                    while first <= last and not _inside(row_sum, first, cx,
-                                                        radius_x):
-                        first += 1
-                    while last < x_hi and _inside(row_sum, last + 1, cx,
-                                                  radius_x):
-                        last += 1
-                    while last >= first and not _inside(row_sum, last, cx,
-                                                        radius_x):
-                        last -= 1
+                    # the estimate is the test's answer unless an end lies
+                    # within rounding of a pixel (or the row is the cap's,
+                    # where the square root magnifies rounding): only then
+                    # the test settles it
+                    if rest < _SETTLE or _near_pixel(cx - half) \
+                            or _near_pixel(cx + half):
+                        first, last = _settle(row_sum, first, last, x_lo,
+                                              x_hi, cx, radius_x)
                 ends[n_rows, 0] = first
                 ends[n_rows, 1] = last
                 n_rows += 1
@@ -151,6 +147,32 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
         if not fill:
             feat_n_entries[feat] = n_entries
     return n_pix
+
+
+# how close to a pixel a row's estimated end must lie for the membership
+# test to settle it: far above the estimate's rounding (about 1e-13 of the
+# radius where rest >= _SETTLE)
+_NEAR = 1e-7
+_SETTLE = 1e-6
+
+
+@inline_kernel
+def _near_pixel(end):
+    return abs(end - math.floor(end + 0.5)) < _NEAR
+
+
+@inline_kernel
+def _settle(row_sum, first, last, x_lo, x_hi, cx, radius_x):
+    """The ends of a row's run by the membership test, from estimates."""
+    while first > x_lo and _inside(row_sum, first - 1, cx, radius_x):
+        first -= 1
+    while first <= last and not _inside(row_sum, first, cx, radius_x):
+        first += 1
+    while last < x_hi and _inside(row_sum, last + 1, cx, radius_x):
+        last += 1
+    while last >= first and not _inside(row_sum, last, cx, radius_x):
+        last -= 1
+    return first, last
 
 
 @inline_kernel
