@@ -1,10 +1,11 @@
 """The calls the ahead-of-time kernels are built for (``kernels/aot.py``).
 
 A default refinement with every built-in model, in 2D and in 3D, and the
-usual image types. ``tests/test_aot.py`` checks that these calls compile
-nothing where the install built the modules. Run as a script, this file
-rewrites ``kernels/aot_signatures.txt`` from the entry kernels these calls
-compile (a fresh process with the modules off)::
+usual image types; in 2D, a Gaussian's size shared by a frame's features.
+``tests/test_aot.py`` checks that these calls compile nothing where the
+install built the modules. Run as a script, this file rewrites
+``kernels/aot_signatures.txt`` from the entry kernels these calls compile
+(a fresh process with the modules off)::
 
     REFINEFIT_AOT=0 python tests/aot_workloads.py
 """
@@ -49,6 +50,13 @@ def run(ndim, models=MODELS, image_types=IMAGE_TYPES):
             results[ndim, dtype.name, model] = \
                 refinefit.refine_leastsq(features, image, 9,
                                          fit_function=model)
+    if ndim == 2 and "gauss" in models and any(
+            np.dtype(t) == np.float64 for t in image_types):
+        # a size shared by a frame's features (the shared solver)
+        image, features = image_and_features(ndim, np.float64)
+        results[ndim, "float64", "gauss", "shared"] = \
+            refinefit.refine_leastsq(features, image, 9,
+                                     param_mode={"size": "frame"})
     return results
 
 
