@@ -386,24 +386,16 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
         model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
                     feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
                     model_id, continuous, terms, dextra)
-    # a single feature's entries are its cluster's pixels, each once: the
-    # model at an entry is its term alone, and its residual the entry's
-    single = n_feat == 1 and terms.shape[1] == ws.model.shape[0]
-    if single:
-        cost, any_excluded = _single_model_and_cost(
-            terms, work[0, 0], pix_val, entry_pix, e0, pix_base, ws.model,
-            buf.excluded, ws.resid, ws.entry_resid)
-    else:
-        cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
-                                             entry_pix, e0, pix_base,
-                                             ws.model, buf.excluded, ws.resid)
+    cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
+                                         entry_pix, e0, pix_base, ws.model,
+                                         buf.excluded, ws.resid)
     if not with_jac:
         return cost
     normal = buf.normal
     grad = buf.grad
     bg = cols[0, 0]
     _start_normal(terms, ws.resid, buf.excluded, entry_pix, e0, pix_base,
-                  any_excluded, bg, not single, ws.entry_resid, normal, grad)
+                  any_excluded, bg, ws.entry_resid, normal, grad)
     for k in range(n_feat):
         _feature_products(terms, ws.entry_resid,
                           feat_entry_off[f0 + k] - e0,
@@ -439,38 +431,14 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
 
 
 @leaf_kernel
-def _single_model_and_cost(terms, background, pix_val, entry_pix, e0,
-                           pix_base, model, excluded, resid, entry_resid):
-    """:func:`_model_and_cost` of a single feature, whose entries are the
-    cluster's pixels, each once (the same arithmetic in one pass), and
-    each entry's residual."""
-    any_excluded = False
-    for el in range(terms.shape[1]):
-        q = entry_pix[e0 + el] - pix_base
-        value = terms[0, el]
-        model[q] = background
-        if math.isnan(value):
-            excluded[q] = True
-            any_excluded = True
-            resid[q] = 0.0
-        else:
-            excluded[q] = False
-            model[q] += value
-            resid[q] = model[q] - pix_val[pix_base + q]
-        entry_resid[el] = resid[q]
-    return dot(resid, resid, 0, model.shape[0]), any_excluded
-
-
-@leaf_kernel
 def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
-                  any_excluded, bg, gather, entry_resid, normal, grad):
-    """Each entry's residual (with ``gather``: else it is there already);
-    derivatives at excluded pixels set to 0 (they add nothing to J);
-    ``normal`` and ``grad`` zeroed but for the background's own terms."""
+                  any_excluded, bg, entry_resid, normal, grad):
+    """Each entry's residual; derivatives at excluded pixels set to 0 (they
+    add nothing to J); ``normal`` and ``grad`` zeroed but for the
+    background's own terms."""
     n_entries = terms.shape[1]
-    if gather:
-        for el in range(n_entries):
-            entry_resid[el] = resid[entry_pix[e0 + el] - pix_base]
+    for el in range(n_entries):
+        entry_resid[el] = resid[entry_pix[e0 + el] - pix_base]
     if any_excluded:
         for el in range(n_entries):
             if excluded[entry_pix[e0 + el] - pix_base]:
