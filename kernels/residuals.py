@@ -90,8 +90,7 @@ def column(modes, slot, n_cl, n_var, k, j):
 @inline_kernel
 def column_table(modes, slot, n_cl, n_var, n_feat, arena):
     """Unknown index of every (feature, parameter); -1 for constants."""
-    cols = ints(arena, (n_feat,
-                                                         modes.shape[0]))
+    cols = ints(arena, (n_feat, modes.shape[0]))
     for k in range(n_feat):
         for j in range(modes.shape[0]):
             cols[k, j] = column(modes, slot, n_cl, n_var, k, j)
@@ -180,8 +179,7 @@ def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
     path's arrays get a minimal size."""
     n_dense = n_unk if dense else 1
     n_deriv = 1 if dense else n_entries
-    entry_deriv = floats(arena, (n_deriv,
-                                                              n_params))
+    entry_deriv = floats(arena, (n_deriv, n_params))
     for e in range(n_deriv):
         for j in range(n_params):
             entry_deriv[e, j] = 0.0

@@ -181,20 +181,26 @@ def _builtin_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
 def _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
                     model_id, continuous, terms, dextra):
     """:func:`feature_terms` of a literal model for a run-time geometry:
-    2D or 3D, isotropic or not (refinement takes no other)."""
+    2D or 3D (refinement takes no other), isotropic or not."""
     if ndim == 2:
-        if n_size == 1:
-            feature_terms(entry_coord, start, end, params, k, 2, 1, model_id,
-                          continuous, terms, dextra)
-        else:
-            feature_terms(entry_coord, start, end, params, k, 2, 2, model_id,
-                          continuous, terms, dextra)
-    elif n_size == 1:
-        feature_terms(entry_coord, start, end, params, k, 3, 1, model_id,
+        _size_terms(entry_coord, start, end, params, k, 2, n_size, model_id,
+                    continuous, terms, dextra)
+    else:
+        _size_terms(entry_coord, start, end, params, k, 3, n_size, model_id,
+                    continuous, terms, dextra)
+
+
+@inline_kernel
+def _size_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
+                continuous, terms, dextra):
+    """:func:`feature_terms` of a literal model and dimensionality, for one
+    size or one per axis."""
+    if n_size == 1:
+        feature_terms(entry_coord, start, end, params, k, ndim, 1, model_id,
                       continuous, terms, dextra)
     else:
-        feature_terms(entry_coord, start, end, params, k, 3, 3, model_id,
-                      continuous, terms, dextra)
+        feature_terms(entry_coord, start, end, params, k, ndim, ndim,
+                      model_id, continuous, terms, dextra)
 
 
 @inline_kernel
