@@ -51,6 +51,7 @@ from .linalg import (
     dot,
     inverse_diagonal,
 )
+from .models import BUILTIN_MODELS
 from .residuals import (
     cluster_pairs,
     cluster_workspace,
@@ -706,6 +707,10 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     unknowns take the sparse path (see the module docstring); each path is
     compiled when a batch first needs it.
     """
+    if model_id < CUSTOM_BASE and model_id not in BUILTIN_MODELS:
+        # (the dense solver takes any other id for the last built-in)
+        raise ValueError(f"model_id {model_id} is neither a built-in model "
+                         "nor a compiled custom one")
     n_cl = int(np.count_nonzero(modes == MODE_CLUSTER))
     n_var = int(np.count_nonzero(modes == MODE_VAR))
     n_feat = cluster_feat_off[cluster_ids + 1] - cluster_feat_off[cluster_ids]

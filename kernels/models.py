@@ -20,6 +20,7 @@ GAUSS = 0
 DISC = 1
 RING = 2
 INV_SERIES = 3
+BUILTIN_MODELS = (GAUSS, DISC, RING, INV_SERIES)
 
 
 @inline_kernel

@@ -172,7 +172,7 @@ def _builtin_terms(entry_coord, start, end, params, k, ndim, n_size, model_id,
     elif model_id == RING:
         _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
                         RING, False, terms, dextra)
-    else:
+    else:  # INV_SERIES (lm.solve_clusters lets no other id through)
         _geometry_terms(entry_coord, start, end, params, k, ndim, n_size,
                         INV_SERIES, True, terms, dextra)
 

@@ -721,6 +721,29 @@ def test_solve_clusters_sparse_and_dense_agree_directly():
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-9)
 
 
+@pytest.mark.parametrize("model_id", [-1, 4])
+def test_solve_clusters_refuses_an_unknown_model(model_id):
+    """The dense solver switches over the built-in models by id: any other
+    id below the custom ones is refused, not solved as another model."""
+    rng = np.random.default_rng(22)
+    image, params, lower, upper, cluster_feat_off, settings, _ = \
+        _solver_problem(rng, [3, 1, 1, 1, 1])
+    n_clusters = len(cluster_feat_off) - 1
+    batch = flatten_masks([image], np.zeros(n_clusters, np.int64),
+                          cluster_feat_off,
+                          np.ascontiguousarray(params[:, 2:4]),
+                          settings.model.radius)
+    with pytest.raises(ValueError, match="model_id"):
+        kernels.solve_clusters(
+            np.arange(n_clusters, dtype=np.int64), batch.pix_val,
+            batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+            batch.feat_entry_off, batch.cluster_feat_off, params, lower,
+            upper, settings.model.modes, 2, 1, model_id, True, 1e-10, 200,
+            1000, np.empty_like(params), np.empty(n_clusters),
+            np.empty(n_clusters, np.int64), np.empty(n_clusters, np.int64),
+            False, np.empty((0, 0)))
+
+
 def test_large_cluster_converges():
     """A chain of 20 overlapping features: 61 unknowns, above dense_limit."""
     rng = np.random.default_rng(23)
