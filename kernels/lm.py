@@ -180,10 +180,6 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
     return True
 
 
-
-
-
-
 @kernel
 def _unknown_std(normal, variance, std, factor, z):
     """sqrt(variance * diag(normal^-1)); NaN when normal is singular.
@@ -201,8 +197,6 @@ def _unknown_std(normal, variance, std, factor, z):
         std[i] = math.sqrt(variance * std[i])
 
 
-
-
 @inline_kernel
 def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size, arena):
     """Unknowns whose steps are limited relative to their value: signals and
@@ -218,8 +212,6 @@ def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size, arena):
             if col >= 0:
                 relative[col] = True
     return relative
-
-
 
 
 def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
