@@ -409,23 +409,39 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
                     model, excluded, resid):
     """Sum the entries' terms (row 0 of ``terms``) into the model at their
     pixels; residuals and their sum of squares. A NaN term excludes its
-    pixel. Returns the cost and whether any pixel is excluded."""
-    n_pix = model.shape[0]
+    pixel. Returns the cost and whether any pixel is excluded.
+
+    Indices are unsigned (as in :func:`.terms.feature_terms`: a signed one
+    costs Numba's negative-index wraparound per access). Without NaN terms
+    (always, for a continuous model) the residuals take one vectorised
+    loop; the model's sums are the same in either case.
+    """
+    n_pix = np.uint64(model.shape[0])
+    n_entries = np.uint64(terms.shape[1])
+    base = np.uint64(pix_base)
+    at = np.uint64(e0)
+    any_excluded = False
+    for el in range(n_entries):
+        any_excluded |= math.isnan(terms[0, el])
     for q in range(n_pix):
         model[q] = background
         excluded[q] = False
-    any_excluded = False
-    for el in range(terms.shape[1]):
-        q = entry_pix[e0 + el] - pix_base
+    if not any_excluded:
+        for el in range(n_entries):
+            model[np.uint64(entry_pix[at + el]) - base] += terms[0, el]
+        for q in range(n_pix):
+            resid[q] = model[q] - pix_val[base + q]
+        return dot(resid, resid, 0, n_pix), False
+    for el in range(n_entries):
+        q = np.uint64(entry_pix[at + el]) - base
         value = terms[0, el]
         if math.isnan(value):
             excluded[q] = True
-            any_excluded = True
         else:
             model[q] += value
     for q in range(n_pix):
-        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    return dot(resid, resid, 0, n_pix), any_excluded
+        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[base + q]
+    return dot(resid, resid, 0, n_pix), True
 
 
 @leaf_kernel
@@ -434,12 +450,14 @@ def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
     """Each entry's residual; derivatives at excluded pixels set to 0 (they
     add nothing to J); ``normal`` and ``grad`` zeroed but for the
     background's own terms."""
-    n_entries = terms.shape[1]
+    n_entries = np.uint64(terms.shape[1])
+    base = np.uint64(pix_base)
+    at = np.uint64(e0)
     for el in range(n_entries):
-        entry_resid[el] = resid[entry_pix[e0 + el] - pix_base]
+        entry_resid[el] = resid[np.uint64(entry_pix[at + el]) - base]
     if any_excluded:
         for el in range(n_entries):
-            if excluded[entry_pix[e0 + el] - pix_base]:
+            if excluded[np.uint64(entry_pix[at + el]) - base]:
                 for j in range(1, terms.shape[0]):
                     terms[j, el] = 0.0
     n_unk = grad.shape[0]
@@ -448,9 +466,10 @@ def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
         for j in range(n_unk):
             normal[i, j] = 0.0
     if bg >= 0:
-        n_valid = 0
-        for q in range(resid.shape[0]):
-            n_valid += 0 if excluded[q] else 1
+        n_valid = resid.shape[0]
+        if any_excluded:
+            for q in range(resid.shape[0]):
+                n_valid -= 1 if excluded[q] else 0
         grad[bg] = total(resid, 0, resid.shape[0])
         normal[bg, bg] = n_valid
 
