@@ -53,13 +53,13 @@ from .linalg import (
 )
 from .models import BUILTIN_MODELS
 from .residuals import (
+    _evaluate_path,
     cluster_pairs,
     cluster_workspace,
     column,
     column_table,
     dense_normal,
     diag_scale,
-    evaluate,
     evaluation_buffers,
     layout,
     longest_pair,
@@ -390,83 +390,35 @@ def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
     x, lo, hi, relative = unknowns
     (deriv, dextra, free, scale, step, trial, mat, rhs, index, fac_cl,
      fac_blocks, pix_scratch) = scratch
-    cost = evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val,
-                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, True, dense, deriv, dextra,
-                    ws, b0)
-    n_eval = 1
+    n_eval = 0
     cur = 0
+    cost = math.nan
     lam = _LAMBDA_START
     nu = 2.0
     rate = 0.0  # linear convergence rate estimated from the last step
+    shrink = 1.0
+    predicted = 0.0
     status = MAX_ITER
     n_iter = 0
-    while n_eval < max_eval and n_iter < 4 * max_eval:
-        n_iter += 1
-        if not math.isfinite(cost):
-            status = NOT_FINITE
-            break
-        if cost <= tiny:
-            status = CONVERGED
-            break
-        b = b0 if cur == 0 else b1
-        grad = b.grad
-        for i in range(n_unk):
-            free[i] = not ((x[i] <= lo[i] and grad[i] > 0.0)
-                           or (x[i] >= hi[i] and grad[i] < 0.0))
-        diag_scale(b.normal, b.blocks, b.block_cl, dense, n_cl, n_var, scale)
-        ok = _damped_step(dense, b, grad, lam, scale, free, mat, rhs, index,
-                          step, modes, slot, n_cl, n_var, entry_pix,
-                          feat_entry_off, f0, n_feat, pix_base, fac_cl,
-                          fac_blocks, pix_scratch)
-        if not ok:
-            lam *= nu
-            nu *= 2.0
-            if lam > _LAMBDA_MAX:
-                status = SINGULAR
-                break
-            continue
-        # far from the optimum the linear model is poor: a Gauss-Newton step
-        # may send one signal to zero and another to double, a basin it
-        # never leaves; scale the step so signal and size change by <= 50%
-        shrink = 1.0
-        for i in range(n_unk):
-            if relative[i] and x[i] > 0.0:
-                limit = _MAX_RELATIVE_STEP * x[i]
-                if abs(step[i]) > limit:
-                    shrink = min(shrink, limit / abs(step[i]))
-        if shrink < 1.0:
-            for i in range(n_unk):
-                step[i] *= shrink
-        # linear-model reduction of the cost for the (possibly shrunk) step
-        predicted = 0.0
-        for i in range(n_unk):
-            predicted += (-(2.0 - shrink) * grad[i] * step[i]
-                          + lam * scale[i] * step[i] * step[i])
-        if predicted <= tol * (1.0 - rate) * cost and lam < 1.0:
-            # the steps to come would change the cost by less than tol: done
-            status = CONVERGED
-            break
-        step_norm = 0.0
-        x_norm = 0.0
-        for i in range(n_unk):
-            trial[i] = min(max(x[i] + step[i], lo[i]), hi[i])
-            step_norm += (trial[i] - x[i]) ** 2
-            x_norm += x[i] * x[i]
-        if math.sqrt(step_norm) <= 1e-12 * (math.sqrt(x_norm) + 1e-12):
-            status = CONVERGED
-            break
-        nb = b1 if cur == 0 else b0
-        trial_cost = evaluate(
-            trial, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
-            entry_pix, feat_entry_off, f0, pix_base, ndim, n_size, model_id,
-            continuous, True, dense, deriv, dextra, ws, nb)
+    while True:
+        # One call site evaluates the start, then each trial point: the
+        # evaluation is inlined here, and inlined twice Numba's SSA pass
+        # warned of a variable out of scope. The start goes to b0, a trial
+        # to the evaluation not holding the current point.
+        into = b0 if n_eval == 0 or cur == 1 else b1
+        unpack(x if n_eval == 0 else trial, work, cols)
+        value = _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var,
+                               pix_val, pix_coord, entry_pix, feat_entry_off,
+                               f0, pix_base, ndim, n_size, model_id,
+                               continuous, True, deriv, dextra, ws, into)
         n_eval += 1
-        if trial_cost < cost:
-            actual = cost - trial_cost
+        if n_eval == 1:
+            cost = value
+        elif value < cost:
+            actual = cost - value
             rho = actual / predicted if predicted > 0.0 else 0.0
             old_cost = cost
-            cost = trial_cost
+            cost = value
             for i in range(n_unk):
                 x[i] = trial[i]
             cur = 1 - cur
@@ -490,6 +442,71 @@ def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
             if lam > _LAMBDA_MAX:
                 status = CONVERGED
                 break
+        # the next trial point: a damped step from x (a step whose system is
+        # not positive definite is retried with more damping)
+        found = False
+        while n_eval < max_eval and n_iter < 4 * max_eval:
+            n_iter += 1
+            if not math.isfinite(cost):
+                status = NOT_FINITE
+                break
+            if cost <= tiny:
+                status = CONVERGED
+                break
+            b = b0 if cur == 0 else b1
+            grad = b.grad
+            for i in range(n_unk):
+                free[i] = not ((x[i] <= lo[i] and grad[i] > 0.0)
+                               or (x[i] >= hi[i] and grad[i] < 0.0))
+            diag_scale(b.normal, b.blocks, b.block_cl, dense, n_cl, n_var,
+                       scale)
+            ok = _damped_step(dense, b, grad, lam, scale, free, mat, rhs,
+                              index, step, modes, slot, n_cl, n_var,
+                              entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                              fac_cl, fac_blocks, pix_scratch)
+            if not ok:
+                lam *= nu
+                nu *= 2.0
+                if lam > _LAMBDA_MAX:
+                    status = SINGULAR
+                    break
+                continue
+            # far from the optimum the linear model is poor: a Gauss-Newton
+            # step may send one signal to zero and another to double, a
+            # basin it never leaves; scale the step so signal and size
+            # change by <= 50%
+            shrink = 1.0
+            for i in range(n_unk):
+                if relative[i] and x[i] > 0.0:
+                    limit = _MAX_RELATIVE_STEP * x[i]
+                    if abs(step[i]) > limit:
+                        shrink = min(shrink, limit / abs(step[i]))
+            if shrink < 1.0:
+                for i in range(n_unk):
+                    step[i] *= shrink
+            # linear-model reduction of the cost for the (possibly shrunk)
+            # step
+            predicted = 0.0
+            for i in range(n_unk):
+                predicted += (-(2.0 - shrink) * grad[i] * step[i]
+                              + lam * scale[i] * step[i] * step[i])
+            if predicted <= tol * (1.0 - rate) * cost and lam < 1.0:
+                # the steps to come would change the cost by less than tol
+                status = CONVERGED
+                break
+            step_norm = 0.0
+            x_norm = 0.0
+            for i in range(n_unk):
+                trial[i] = min(max(x[i] + step[i], lo[i]), hi[i])
+                step_norm += (trial[i] - x[i]) ** 2
+                x_norm += x[i] * x[i]
+            if math.sqrt(step_norm) <= 1e-12 * (math.sqrt(x_norm) + 1e-12):
+                status = CONVERGED
+                break
+            found = True
+            break
+        if not found:
+            break
     return cost, status, n_eval, cur
 
 

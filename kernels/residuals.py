@@ -318,8 +318,8 @@ def _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
     raise NotImplementedError("callable only from kernels")
 
 
-@overload(_evaluate_path, prefer_literal=True,
-          jit_options=dict(SERIAL, inline="always"))
+@overload(_evaluate_path, prefer_literal=True, inline="always",
+          jit_options=SERIAL)
 def _evaluate_path_overload(dense, work, cols, modes, slot, n_cl, n_var,
                             pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                             pix_base, ndim, n_size, model_id, continuous,
