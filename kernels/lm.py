@@ -53,17 +53,18 @@ from .linalg import (
 )
 from .models import BUILTIN_MODELS
 from .residuals import (
-    _evaluate_path,
     cluster_pairs,
     cluster_workspace,
     column,
     column_table,
     dense_normal,
     diag_scale,
+    evaluate_work,
     evaluation_buffers,
     layout,
     longest_pair,
     mode_counts,
+    n_sums,
     no_pairs,
     sparse_matvec,
     start_values,
@@ -361,6 +362,7 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              # workspace
              + ndim * n_coord + 2 * n_pix + n_rows * n_coord + n_coord
              + 2 * n_params * longest + n_dense * n_dense
+             + n_sums(n_params, dense)
              # two evaluations
              + 2 * (n_deriv * n_params + n_jac * n_jac_cl + n_dense * n_dense
                     + n_blocks * n_var * n_var + n_cl * n_cl + n_unk)
@@ -407,10 +409,10 @@ def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
         # to the evaluation not holding the current point.
         into = b0 if n_eval == 0 or cur == 1 else b1
         unpack(x if n_eval == 0 else trial, work, cols)
-        value = _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var,
-                               pix_val, pix_coord, entry_pix, feat_entry_off,
-                               f0, pix_base, ndim, n_size, model_id,
-                               continuous, True, deriv, dextra, ws, into)
+        value = evaluate_work(dense, work, cols, modes, slot, n_cl, n_var,
+                              pix_val, pix_coord, entry_pix, feat_entry_off,
+                              f0, pix_base, ndim, n_size, model_id,
+                              continuous, True, deriv, dextra, ws, into)
         n_eval += 1
         if n_eval == 1:
             cost = value

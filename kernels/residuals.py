@@ -18,7 +18,7 @@ from numba.extending import overload
 from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
 from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
-from .sums import dot, total
+from .sums import dot, n_products, products, total
 from .terms import feature_term, model_terms
 
 # arrays of a cluster that do not depend on the point evaluated: its
@@ -35,7 +35,12 @@ Workspace = namedtuple("Workspace", [
     "pair_entry",   # dense: the two features' entries there (m x 2)
     "pair_terms",   # dense: derivatives of a pair at those pixels
     "cross",        # dense: J^T J between features
+    "sums",         # dense: a feature's products (_feature_products)
 ])
+
+# derivatives (rows of ``Workspace.terms`` after the term) up to which a
+# feature's products take one pass (:func:`_feature_products`)
+FUSED_ROWS = 8
 
 # what an evaluation leaves for the solver at its point (a solver keeps two:
 # the accepted point's, and a trial's)
@@ -169,7 +174,14 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
         pair_off=pairs[1],
         pair_entry=pairs[2],
         pair_terms=floats(arena, (2, n_params, longest)),
-        cross=floats(arena, (n_dense, n_dense)))
+        cross=floats(arena, (n_dense, n_dense)),
+        sums=floats(arena, n_sums(n_params, dense)))
+
+
+@kernel
+def n_sums(n_params, dense):
+    """Length of :data:`Workspace` ``sums``."""
+    return n_products(n_params - 1) if dense else 1
 
 
 @inline_kernel
@@ -303,24 +315,26 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     of J^T J.
     """
     unpack(x, work, cols)
-    return _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var,
-                          pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                          pix_base, ndim, n_size, model_id, continuous,
-                          with_jac, deriv, dextra, ws, buf)
+    return evaluate_work(dense, work, cols, modes, slot, n_cl, n_var,
+                         pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                         pix_base, ndim, n_size, model_id, continuous,
+                         with_jac, deriv, dextra, ws, buf)
 
 
-def _evaluate_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
-                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
-                   buf):
-    """:func:`_evaluate_dense` or :func:`_evaluate_sparse` (see the
-    overload)."""
+def evaluate_work(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+                  pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
+                  n_size, model_id, continuous, with_jac, deriv, dextra, ws,
+                  buf):
+    """:func:`evaluate` at the parameters already in ``work``:
+    :func:`_evaluate_dense` or :func:`_evaluate_sparse` (see the overload),
+    inlined where it is called (the solver's loop calls it once, and passing
+    its arrays to a call cost as much as a small cluster's arithmetic)."""
     raise NotImplementedError("callable only from kernels")
 
 
-@overload(_evaluate_path, prefer_literal=True, inline="always",
+@overload(evaluate_work, prefer_literal=True, inline="always",
           jit_options=SERIAL)
-def _evaluate_path_overload(dense, work, cols, modes, slot, n_cl, n_var,
+def _evaluate_work_overload(dense, work, cols, modes, slot, n_cl, n_var,
                             pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                             pix_base, ndim, n_size, model_id, continuous,
                             with_jac, deriv, dextra, ws, buf):
@@ -398,7 +412,7 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
         _feature_products(terms, ws.entry_resid,
                           feat_entry_off[f0 + k] - e0,
                           feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
-                          normal, grad)
+                          normal, grad, ws.sums)
     _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
                    ws.pair_terms, cols, ws.cross, normal)
     return cost
@@ -476,10 +490,53 @@ def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
 
 @leaf_kernel
 def _feature_products(terms, entry_resid, start, end, cols, k, bg, normal,
-                      grad):
+                      grad, sums):
     """Add the products of feature ``k``'s derivatives over its own entries
     (columns ``start..end`` of ``terms``) to ``grad`` and the upper
-    triangle of ``normal``, and their sums to the background's row."""
+    triangle of ``normal``, and their sums to the background's row.
+
+    Up to :data:`FUSED_ROWS` derivatives, all the sums come from one pass
+    (:func:`.sums.products`, into ``sums``), one version per count; more,
+    one dot product per sum."""
+    n_rows = terms.shape[0] - 1
+    if n_rows > FUSED_ROWS:
+        _products_by_dots(terms, entry_resid, start, end, cols, k, bg,
+                          normal, grad)
+        return
+    if n_rows == 1:
+        products(terms, entry_resid, start, end, 1, sums)
+    elif n_rows == 2:
+        products(terms, entry_resid, start, end, 2, sums)
+    elif n_rows == 3:
+        products(terms, entry_resid, start, end, 3, sums)
+    elif n_rows == 4:
+        products(terms, entry_resid, start, end, 4, sums)
+    elif n_rows == 5:
+        products(terms, entry_resid, start, end, 5, sums)
+    elif n_rows == 6:
+        products(terms, entry_resid, start, end, 6, sums)
+    elif n_rows == 7:
+        products(terms, entry_resid, start, end, 7, sums)
+    else:
+        products(terms, entry_resid, start, end, 8, sums)
+    at = 2 * n_rows
+    for j in range(1, n_rows + 1):
+        a = cols[k, j]
+        if a >= 0:
+            grad[a] += sums[j - 1]
+            if bg >= 0:
+                normal[min(a, bg), max(a, bg)] += sums[n_rows + j - 1]
+        for j2 in range(j, n_rows + 1):
+            b = cols[k, j2]
+            if a >= 0 and b >= 0:
+                normal[min(a, b), max(a, b)] += sums[at]
+            at += 1
+
+
+@inline_kernel
+def _products_by_dots(terms, entry_resid, start, end, cols, k, bg, normal,
+                      grad):
+    """:func:`_feature_products` with one dot product per sum."""
     n_params = terms.shape[0]
     for j in range(1, n_params):
         a = cols[k, j]

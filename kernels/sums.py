@@ -19,6 +19,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from .jit import kernel
+
 _LANES = 4      # doubles in a vector
 _VECTORS = 2    # accumulators: elements per step = _LANES * _VECTORS
 # explicit flags: Numba adds the kernels' fastmath flags only to
@@ -141,3 +143,133 @@ def total(typingctx, a, first, stop):
     def codegen(context, builder, signature, args):
         return _sum_ir(context, builder, signature, args, products=False)
     return types.float64(a, first, stop), codegen
+
+
+@kernel
+def n_products(n_rows):
+    """Length of :func:`products`' output for ``n_rows`` rows."""
+    return 2 * n_rows + n_rows * (n_rows + 1) // 2
+
+
+@intrinsic(prefer_literal=True)
+def products(typingctx, rows, r, first, stop, n_rows, out):
+    """Every sum a feature adds to J^T J and J^T r, in one pass.
+
+    ``rows`` is 2-d (C order); its rows ``1..n_rows`` (a literal) are the
+    derivatives ``t_1..t_P`` over the columns ``first..stop``, ``r`` the
+    residuals there. Writes to ``out`` (:func:`n_products` elements)
+    ``sum(t_j * r)`` for each j, then ``sum(t_j)`` for each j, then
+    ``sum(t_j * t_k)`` for j <= k, row by row.
+
+    One pass reads each element once and keeps every sum in its own vector
+    register (a dot product per sum would read the rows P + 2 times).
+    Each sum's order: element ``first + 4 m + l`` goes to lane ``l`` (one
+    vector of 4), the lanes are added as ``(l0 + l2) + (l1 + l3)``, then the
+    elements after the last full group of 4 in turn; products are rounded
+    before they are added (no fused multiply-add). No bounds check: the
+    caller keeps ``0 <= first <= stop <= rows.shape[1]``, ``n_rows <
+    rows.shape[0]`` and room in ``out``.
+    """
+    if not isinstance(n_rows, types.IntegerLiteral):
+        return None
+    if not (isinstance(rows, types.Array) and rows.ndim == 2
+            and rows.layout == "C" and rows.dtype == types.float64):
+        raise TypingError(f"products: needs a 2-d C float64 array, got {rows}")
+    _check("products", r, out)
+    n = n_rows.literal_value
+    pairs = [(j, k) for j in range(n) for k in range(j, n)]
+
+    def codegen(context, builder, signature, args):
+        f64 = ir.DoubleType()
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(f64, _LANES)
+        rows_arr = cgutils.create_struct_proxy(signature.args[0])(
+            context, builder, value=args[0])
+        r_data = cgutils.create_struct_proxy(signature.args[1])(
+            context, builder, value=args[1]).data
+        out_data = cgutils.create_struct_proxy(signature.args[5])(
+            context, builder, value=args[5]).data
+        n_cols = cgutils.unpack_tuple(builder, rows_arr.shape, 2)[1]
+        row_data = [builder.gep(rows_arr.data,
+                                [builder.mul(n_cols, ir.Constant(i64, j))])
+                    for j in range(1, n + 1)]
+        first = context.cast(builder, args[2], signature.args[2], types.int64)
+        stop = context.cast(builder, args[3], signature.args[3], types.int64)
+
+        def load(ptr, index, vector):
+            at = builder.gep(ptr, [index])
+            if vector:
+                at = builder.bitcast(at, vec.as_pointer())
+            value = builder.load(at)
+            value.align = 8
+            return value
+
+        def step(acc, index, vector):
+            """The sums with the element(s) at ``index`` added."""
+            t = [load(row_data[j], index, vector) for j in range(n)]
+            res = load(r_data, index, vector)
+            terms = ([builder.fmul(t[j], res, flags=_FLAGS) for j in range(n)]
+                     + t
+                     + [builder.fmul(t[j], t[k], flags=_FLAGS)
+                        for j, k in pairs])
+            return [builder.fadd(a, v, flags=_FLAGS)
+                    for a, v in zip(acc, terms)]
+
+        entry = builder.block
+        head = builder.append_basic_block("products.head")
+        body = builder.append_basic_block("products.body")
+        fold = builder.append_basic_block("products.fold")
+        tail_head = builder.append_basic_block("products.tail_head")
+        tail_body = builder.append_basic_block("products.tail_body")
+        done = builder.append_basic_block("products.done")
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        i.add_incoming(first, entry)
+        acc = []
+        for _ in range(2 * n + len(pairs)):
+            phi = builder.phi(vec)
+            phi.add_incoming(ir.Constant(vec, [0.0] * _LANES), entry)
+            acc.append(phi)
+        more = builder.icmp_signed(
+            "<=", builder.add(i, ir.Constant(i64, _LANES)), stop)
+        builder.cbranch(more, body, fold)
+
+        builder.position_at_end(body)
+        for phi, value in zip(acc, step(acc, i, True)):
+            phi.add_incoming(value, body)
+        i.add_incoming(builder.add(i, ir.Constant(i64, _LANES)), body)
+        builder.branch(head)
+
+        builder.position_at_end(fold)
+        folded = []
+        for a in acc:
+            lane = [builder.extract_element(a, ir.Constant(ir.IntType(32), k))
+                    for k in range(_LANES)]
+            folded.append(builder.fadd(
+                builder.fadd(lane[0], lane[2], flags=_FLAGS),
+                builder.fadd(lane[1], lane[3], flags=_FLAGS), flags=_FLAGS))
+        builder.branch(tail_head)
+
+        builder.position_at_end(tail_head)
+        j = builder.phi(i64)
+        j.add_incoming(i, fold)
+        sums = []
+        for value in folded:
+            phi = builder.phi(f64)
+            phi.add_incoming(value, fold)
+            sums.append(phi)
+        builder.cbranch(builder.icmp_signed("<", j, stop), tail_body, done)
+
+        builder.position_at_end(tail_body)
+        for phi, value in zip(sums, step(sums, j, False)):
+            phi.add_incoming(value, tail_body)
+        j.add_incoming(builder.add(j, ir.Constant(i64, 1)), tail_body)
+        builder.branch(tail_head)
+
+        builder.position_at_end(done)
+        for k, value in enumerate(sums):
+            builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
+        return context.get_dummy_value()
+    return types.void(rows, r, first, stop, n_rows, out), codegen

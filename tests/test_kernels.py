@@ -219,6 +219,56 @@ def test_sums_follow_their_order_exactly():
         both(np.ones((2, 2)), np.ones(2), 0, 2)
 
 
+def _sum_in_four_lanes(values):
+    """The order of kernels.sums.products, one Python float operation at a
+    time: element 4 m + l into lane l, the lanes as (l0 + l2) + (l1 + l3),
+    then the rest in turn."""
+    lanes = [0.0] * 4
+    full = len(values) // 4 * 4
+    for i in range(full):
+        lanes[i % 4] += values[i]
+    acc = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+    for value in values[full:]:
+        acc += value
+    return acc
+
+
+@pytest.mark.parametrize("n_rows", [1, 4, 8])
+def test_products_follow_their_order_exactly(n_rows):
+    """kernels.sums.products (every sum of a feature's J^T J and J^T r in
+    one pass) against its documented sums, bit for bit, over random
+    lengths, offsets and magnitudes; the rows before and after those it
+    reads left alone."""
+    from refinefit.kernels import sums
+
+    @numba.njit(fastmath={"contract", "reassoc", "nsz", "arcp"})
+    def run(rows, r, first, stop, out):
+        # the caller's fastmath must not reach the sums
+        sums.products(rows, r, first, stop, n_rows, out)
+
+    rng = np.random.default_rng(12 + n_rows)
+    n_out = 2 * n_rows + n_rows * (n_rows + 1) // 2
+    for _ in range(200):
+        n = int(rng.integers(0, 40))
+        rows = rng.normal(size=(n_rows + 2, n)) * 10.0 ** rng.integers(
+            -3, 4, (n_rows + 2, n))
+        r = rng.normal(size=n)
+        first = int(rng.integers(0, n + 1))
+        stop = int(rng.integers(first, n + 1))
+        out = np.full(n_out + 1, np.nan)
+        run(rows, r, first, stop, out)
+        t = [[float(x) for x in rows[j, first:stop]]
+             for j in range(1, n_rows + 1)]
+        res = [float(x) for x in r[first:stop]]
+        expect = [_sum_in_four_lanes([a * b for a, b in zip(t[j], res)])
+                  for j in range(n_rows)]
+        expect += [_sum_in_four_lanes(t[j]) for j in range(n_rows)]
+        expect += [_sum_in_four_lanes([a * b for a, b in zip(t[j], t[k])])
+                   for j in range(n_rows) for k in range(j, n_rows)]
+        assert list(out[:n_out]) == expect
+        assert np.isnan(out[n_out])
+
+
 @numba.njit
 def _arena_round(sizes):
     """Arrays of ``sizes`` from an arena, each filled with its index; the
