@@ -158,9 +158,12 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
     n_dim = pix_coord.shape[1]
     entry_coord = floats(arena, (n_dim, n_coord))
     if dense:
-        for el in range(n_entries):
-            for d in range(n_dim):
-                entry_coord[d, el] = pix_coord[entry_pix[e0 + el], d]
+        # (unsigned indices: no negative-index wraparound per access)
+        at = np.uint64(e0)
+        for d in range(np.uint64(n_dim)):
+            for el in range(np.uint64(n_entries)):
+                entry_coord[d, el] = pix_coord[np.uint64(entry_pix[at + el]),
+                                               d]
     longest = longest_pair(pairs)
     n_rows = n_params if dense else 1
     n_dense = n_unk if dense else 1
@@ -413,8 +416,10 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                           feat_entry_off[f0 + k] - e0,
                           feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
                           normal, grad, ws.sums)
-    _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
-                   ws.pair_terms, cols, ws.cross, normal)
+    if ws.pair_feat.shape[0] > 0:
+        _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
+                       ws.pair_terms, cols, ws.cross, normal)
+    _mirror(normal)
     return cost
 
 
@@ -557,7 +562,7 @@ def _products_by_dots(terms, entry_resid, start, end, cols, k, bg, normal,
 def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
                    cross, normal):
     """Add the products between different features' derivatives at the
-    pixels they share; then mirror the upper triangle of ``normal``.
+    pixels they share to the upper triangle of ``normal``.
 
     For each pair of features, their derivatives at the shared pixels are
     gathered side by side, and each product is a dot product over those
@@ -567,36 +572,39 @@ def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
     """
     n_unk = normal.shape[0]
     n_params = terms.shape[0]
-    if pair_feat.shape[0] > 0:
-        for i in range(n_unk):
-            for j in range(n_unk):
-                cross[i, j] = 0.0
-        for p in range(pair_feat.shape[0]):
-            ka = pair_feat[p, 0]
-            kb = pair_feat[p, 1]
-            m = pair_off[p + 1] - pair_off[p]
-            for i in range(m):
-                ea = pair_entry[pair_off[p] + i, 0]
-                eb = pair_entry[pair_off[p] + i, 1]
-                for j in range(1, n_params):
-                    pair_terms[0, j, i] = terms[j, ea]
-                    pair_terms[1, j, i] = terms[j, eb]
-            for j in range(1, n_params):
-                a = cols[ka, j]
-                if a < 0:
-                    continue
-                for j2 in range(1, n_params):
-                    b = cols[kb, j2]
-                    if b < 0:
-                        continue
-                    cross[a, b] += dot(pair_terms[0, j], pair_terms[1, j2],
-                                       0, m)
-        for i in range(n_unk):
-            normal[i, i] += 2.0 * cross[i, i]
-            for j in range(i + 1, n_unk):
-                normal[i, j] += cross[i, j] + cross[j, i]
     for i in range(n_unk):
+        for j in range(n_unk):
+            cross[i, j] = 0.0
+    for p in range(pair_feat.shape[0]):
+        ka = pair_feat[p, 0]
+        kb = pair_feat[p, 1]
+        m = pair_off[p + 1] - pair_off[p]
+        for i in range(m):
+            ea = pair_entry[pair_off[p] + i, 0]
+            eb = pair_entry[pair_off[p] + i, 1]
+            for j in range(1, n_params):
+                pair_terms[0, j, i] = terms[j, ea]
+                pair_terms[1, j, i] = terms[j, eb]
+        for j in range(1, n_params):
+            a = cols[ka, j]
+            if a < 0:
+                continue
+            for j2 in range(1, n_params):
+                b = cols[kb, j2]
+                if b < 0:
+                    continue
+                cross[a, b] += dot(pair_terms[0, j], pair_terms[1, j2], 0, m)
+    for i in range(n_unk):
+        normal[i, i] += 2.0 * cross[i, i]
         for j in range(i + 1, n_unk):
+            normal[i, j] += cross[i, j] + cross[j, i]
+
+
+@inline_kernel
+def _mirror(normal):
+    """The lower triangle of ``normal`` from its upper triangle."""
+    for i in range(normal.shape[0]):
+        for j in range(i + 1, normal.shape[0]):
             normal[j, i] = normal[i, j]
 
 
