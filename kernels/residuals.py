@@ -36,6 +36,8 @@ Workspace = namedtuple("Workspace", [
     "pair_terms",   # dense: derivatives of a pair at those pixels
     "cross",        # dense: J^T J between features
     "sums",         # dense: a feature's products (_feature_products)
+    "in_order",     # dense: one feature whose entries are the pixels in
+                    # order (entry i at pixel i: no scatter, no gather)
 ])
 
 # derivatives (rows of ``Workspace.terms`` after the term) up to which a
@@ -164,6 +166,12 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
             for el in range(np.uint64(n_entries)):
                 entry_coord[d, el] = pix_coord[np.uint64(entry_pix[at + el]),
                                                d]
+    in_order = dense and n_feat == 1 and n_entries == n_pix
+    if in_order:
+        for el in range(n_entries):
+            if entry_pix[e0 + el] - pix_base != el:
+                in_order = False
+                break
     longest = longest_pair(pairs)
     n_rows = n_params if dense else 1
     n_dense = n_unk if dense else 1
@@ -178,7 +186,8 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
         pair_entry=pairs[2],
         pair_terms=floats(arena, (2, n_params, longest)),
         cross=floats(arena, (n_dense, n_dense)),
-        sums=floats(arena, n_sums(n_params, dense)))
+        sums=floats(arena, n_sums(n_params, dense)),
+        in_order=in_order)
 
 
 @kernel
@@ -402,17 +411,18 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                     feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
                     model_id, continuous, terms, dextra)
     cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
-                                         entry_pix, e0, pix_base, ws.model,
-                                         buf.excluded, ws.resid)
+                                         entry_pix, e0, pix_base, ws.in_order,
+                                         ws.model, buf.excluded, ws.resid)
     if not with_jac:
         return cost
     normal = buf.normal
     grad = buf.grad
     bg = cols[0, 0]
     _start_normal(terms, ws.resid, buf.excluded, entry_pix, e0, pix_base,
-                  any_excluded, bg, ws.entry_resid, normal, grad)
+                  any_excluded, ws.in_order, bg, ws.entry_resid, normal, grad)
+    entry_resid = ws.resid if ws.in_order else ws.entry_resid
     for k in range(n_feat):
-        _feature_products(terms, ws.entry_resid,
+        _feature_products(terms, entry_resid,
                           feat_entry_off[f0 + k] - e0,
                           feat_entry_off[f0 + k + 1] - e0, cols, k, bg,
                           normal, grad, ws.sums)
@@ -425,7 +435,7 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
 
 @leaf_kernel
 def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
-                    model, excluded, resid):
+                    in_order, model, excluded, resid):
     """Sum the entries' terms (row 0 of ``terms``) into the model at their
     pixels; residuals and their sum of squares. A NaN term excludes its
     pixel. Returns the cost and whether any pixel is excluded.
@@ -433,7 +443,8 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
     Indices are unsigned (as in :func:`.terms.feature_terms`: a signed one
     costs Numba's negative-index wraparound per access). Without NaN terms
     (always, for a continuous model) the residuals take one vectorised
-    loop; the model's sums are the same in either case.
+    loop, and with ``in_order`` (see :data:`Workspace`) the model too; the
+    model's sums are the same in every case.
     """
     n_pix = np.uint64(model.shape[0])
     n_entries = np.uint64(terms.shape[1])
@@ -443,14 +454,21 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
     for el in range(n_entries):
         any_excluded |= math.isnan(terms[0, el])
     for q in range(n_pix):
-        model[q] = background
         excluded[q] = False
     if not any_excluded:
-        for el in range(n_entries):
-            model[np.uint64(entry_pix[at + el]) - base] += terms[0, el]
+        if in_order:
+            for q in range(n_pix):
+                model[q] = background + terms[0, q]
+        else:
+            for q in range(n_pix):
+                model[q] = background
+            for el in range(n_entries):
+                model[np.uint64(entry_pix[at + el]) - base] += terms[0, el]
         for q in range(n_pix):
             resid[q] = model[q] - pix_val[base + q]
         return dot(resid, resid, 0, n_pix), False
+    for q in range(n_pix):
+        model[q] = background
     for el in range(n_entries):
         q = np.uint64(entry_pix[at + el]) - base
         value = terms[0, el]
@@ -465,15 +483,16 @@ def _model_and_cost(terms, background, pix_val, entry_pix, e0, pix_base,
 
 @leaf_kernel
 def _start_normal(terms, resid, excluded, entry_pix, e0, pix_base,
-                  any_excluded, bg, entry_resid, normal, grad):
-    """Each entry's residual; derivatives at excluded pixels set to 0 (they
-    add nothing to J); ``normal`` and ``grad`` zeroed but for the
-    background's own terms."""
+                  any_excluded, in_order, bg, entry_resid, normal, grad):
+    """Each entry's residual (but ``in_order``: ``resid`` itself);
+    derivatives at excluded pixels set to 0 (they add nothing to J);
+    ``normal`` and ``grad`` zeroed but for the background's own terms."""
     n_entries = np.uint64(terms.shape[1])
     base = np.uint64(pix_base)
     at = np.uint64(e0)
-    for el in range(n_entries):
-        entry_resid[el] = resid[np.uint64(entry_pix[at + el]) - base]
+    if not in_order:
+        for el in range(n_entries):
+            entry_resid[el] = resid[np.uint64(entry_pix[at + el]) - base]
     if any_excluded:
         for el in range(n_entries):
             if excluded[np.uint64(entry_pix[at + el]) - base]:
