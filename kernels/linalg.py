@@ -29,17 +29,22 @@ def cholesky_inplace(a, n):
 
 @kernel
 def cholesky_solve(factor, n, b):
-    """Solve ``L L^T x = b`` in place in ``b[:n]``."""
+    """Solve ``L L^T x = b`` in place in ``b[:n]``.
+
+    Each row multiplies by the reciprocal of its diagonal element: the
+    division does not depend on the rows before, so it leaves the chain of
+    dependent steps (a division takes several times a multiplication's
+    latency)."""
     for i in range(n):
         t = b[i]
         for k in range(i):
             t -= factor[i, k] * b[k]
-        b[i] = t / factor[i, i]
+        b[i] = t * (1.0 / factor[i, i])
     for i in range(n - 1, -1, -1):
         t = b[i]
         for k in range(i + 1, n):
             t -= factor[k, i] * b[k]
-        b[i] = t / factor[i, i]
+        b[i] = t * (1.0 / factor[i, i])
 
 
 @kernel
