@@ -58,6 +58,22 @@ GROUPS = (
     ("The `refinefit` command (`test_bench_cli.py`)", ("CLI ",)),
     ("Dask (`test_bench_dask.py`)", ("Dask ",)),
 )
+# how to read a group's figures (text only: the figures come from the run)
+_NOTES = {
+    "Kernels (`test_bench_kernels.py`)": """\
+The roofline of the solver: one pixel-evaluation of a 2D Gaussian (the
+model and its four derivatives, the residual and cost, and the sums of
+J^T J and J^T r) is the floating-point arithmetic counted from the loops
+in `benchmarks/test_bench_kernels.py`. Its sums run alone, in one pass over data in the
+first-level cache with every sum in a vector register, at the rate one
+core sustains for this arithmetic; at that rate the arithmetic takes the
+time in "that arithmetic at that rate". Memory is not the bound: a
+pixel's data (a few hundred bytes, counting every pass) stays in the
+first-level cache. The solver's measured cost per pixel-evaluation
+includes the rest of a fit: each cluster's setup, the damped steps (small
+dense systems), the products between overlapping features, and the calls
+between kernels.""",
+}
 _PAIR = re.compile(r"^(?P<work>.+) refinefit features/s$")
 _WORKLOADS = """\
 Workloads (defined in the benchmarks' docstrings):
@@ -191,7 +207,10 @@ def performance_page(run, figures):
         _WORKLOADS,
     ]
     for title, keys in _grouped(figures):
-        lines += [f"## {title}", "", "| figure | value |", "|---|---|"]
+        lines += [f"## {title}", ""]
+        if title in _NOTES:
+            lines += [_NOTES[title], ""]
+        lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {key} | {_value(figures[key])} |" for key in keys]
         lines.append("")
     lines += ["## Timings", "",

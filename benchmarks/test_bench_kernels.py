@@ -7,7 +7,10 @@
 - the solver, per pixel and model evaluation (Jacobian, normal equations and
   step included);
 - flattening the masks (counting, then filling pixel values, coordinates
-  and entries into arrays already in memory), per pixel.
+  and entries into arrays already in memory), per pixel;
+- the roofline: the arithmetic of one pixel-evaluation (counted below from
+  the loops) at the rate one core sustains on the solver's own in-register
+  sums, against the solver's measured cost.
 """
 import time
 
@@ -23,12 +26,23 @@ from refinefit.kernels import (
     solve_clusters,
 )
 from refinefit.kernels.jit import Specialized
+from refinefit.kernels.sums import products
 from refinefit.kernels.terms import feature_terms
 from refinefit.solvers import backend, engine
 from refinefit.synthetic import make_movie
 
 FRAMES = 10 if FULL else 1
 REPEATS = 5 if FULL else 1
+# floating-point operations per entry of a 2D Gaussian with one size,
+# counted from the loops: the model and its derivatives
+# (terms.feature_terms: offsets and reduced radius 7, the exp 37, the term
+# and its four derivatives 10) and the sums of J^T J and J^T r
+# (sums.products with 4 derivatives: 4 products with the residual and 10
+# between derivatives, a multiply and an add each, and 4 plain sums); per
+# pixel, the model, residual and cost (4)
+TERMS_FLOP = 54
+SUMS_FLOP = 32
+PIXEL_FLOP = TERMS_FLOP + SUMS_FLOP + 4
 
 
 def _first_call(module, name):
@@ -128,7 +142,41 @@ def test_feature_terms_ns_per_entry(batch, results, one_thread):
     ns = _best(run) / len(entry_pix) * 1e9
     results["kernel: feature terms, vectorised (ns per entry, 1 core)"] = \
         round(ns, 1)
+    results["kernel: feature terms, arithmetic rate (GFLOP/s, 1 core)"] = \
+        round(TERMS_FLOP / ns, 2)
     assert np.isfinite(terms).all()
+
+
+@numba.njit(nogil=True)
+def _repeat_products(rows, resid, out, repeats):
+    for _ in range(repeats):
+        products(rows, resid, 0, rows.shape[1], 4, out)
+
+
+def test_roofline(results, one_thread):
+    """The rate one core sustains on the solver's sums of J^T J and J^T r
+    (one pass over a feature's derivatives, held in the first-level cache:
+    multiplies and adds in vector registers, as much of the pixel's
+    arithmetic is), and the pixel-evaluation's arithmetic at that rate."""
+    rng = np.random.default_rng(0)
+    n_entries = 80  # about a feature's mask
+    rows = rng.normal(size=(5, n_entries))
+    resid = rng.normal(size=n_entries)
+    out = np.empty(18)
+    repeats = 20_000 if FULL else 2_000
+    _repeat_products(rows, resid, out, 1)
+    ns = _best(lambda: _repeat_products(rows, resid, out, repeats)) \
+        / (repeats * n_entries) * 1e9
+    rate = SUMS_FLOP / ns
+    results["kernel: J^T J and J^T r sums, in cache (ns per entry, 1 core)"] = \
+        round(ns, 2)
+    results["kernel: those sums' arithmetic rate (GFLOP/s, 1 core)"] = \
+        round(rate, 2)
+    results["kernel: arithmetic per pixel-evaluation, 2D Gaussian (flop)"] = \
+        PIXEL_FLOP
+    results["kernel: that arithmetic at that rate (ns per pixel-evaluation)"] \
+        = round(PIXEL_FLOP / rate, 1)
+    assert np.isfinite(out).all() and rate > 0
 
 
 def test_solver_ns_per_pixel_evaluation(batch, results, one_thread):
