@@ -397,7 +397,7 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
 
     A feature's terms and derivatives are computed for all its entries at
     once (:func:`feature_terms`). J^T J then follows the masks: a pixel that
-    one mask holds adds to the feature's own block (dot products over the
+    one mask holds adds to the feature's own block (one pass over the
     feature's entries), and only pixels that several masks share add
     products between features. Background enters once per pixel, with
     derivative 1. Each per-pixel loop is a small kernel of its own: inlined

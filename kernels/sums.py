@@ -11,7 +11,9 @@ LLVM IR), in one order: element ``first + 8 m + l`` goes to lane ``l``
 (two vectors of 4), the two vectors are added, then their lanes as
 ``(l0 + l2) + (l1 + l3)``, and the elements after the last full group of 8
 are added in turn. The order depends on the elements alone, not on where
-the arrays lie in memory or on what the compiler decides.
+the arrays lie in memory or on what the compiler decides. :func:`products`
+takes all the sums of a feature's J^T J and J^T r in one pass, in an order
+of its own (documented there).
 """
 from llvmlite import ir
 from numba import types
