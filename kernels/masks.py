@@ -26,14 +26,16 @@ def _center3(coords, feat, ndim, d):
 @inline_kernel
 def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
                   radius3, fill, pix_base, feat_entry_off, pix_val, pix_coord,
-                  entry_pix, feat_n_entries, lo, hi, centre, labels, ends):
+                  entry_pix, feat_n_entries, lo, hi, centre, labels, ends,
+                  row_f):
     """Visit the mask pixels of features f0..f1; return the pixel count.
 
     With ``fill`` False only counts (``feat_n_entries``); with ``fill`` True
     writes pixel values, coordinates and entries at the given offsets.
     ``lo``, ``hi`` and ``centre`` (a row per feature), ``labels`` (one
-    per pixel of the cluster's bounding box, at least) and ``ends`` (a row
-    per image row of a feature's box) are scratch.
+    per pixel of the cluster's bounding box, at least), ``ends`` (a row per
+    image row of a feature's box) and ``row_f`` (a column per image row)
+    are scratch.
 
     A row of a mask is a run of pixels: its ends are found with the
     membership test, and the pixels between are taken without it. A pixel
@@ -81,33 +83,43 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
         entry_at = feat_entry_off[feat] if fill else 0
         n_entries = 0
         # the ends of every row first, then the pixels: the rows' chains of
-        # divisions and square roots do not wait for each other's pixels
+        # divisions and square roots do not wait for each other's pixels.
+        # The arithmetic of a row's ends is a loop over the rows of each
+        # plane that LLVM vectorises (four rows in the time of one); the
+        # integers, and the membership test where an end is in doubt,
+        # follow row by row.
+        n_y = hi[k, 1] - lo[k, 1] + 1
         n_rows = 0
         for z in range(lo[k, 0], hi[k, 0] + 1):
             tz = (z - cz) / rz
-            for y in range(lo[k, 1], hi[k, 1] + 1):
-                ty = (y - cy) / ry
-                # the row's pixels inside are a run (the test grows with
-                # |x - cx|): its ends estimated, then settled by the test
-                row_sum = tz * tz + ty * ty
+            for i in range(np.uint64(max(n_y, 0))):
+                ty = (lo[k, 1] + np.int64(i) - cy) / ry
                 rest = 1.0 - tz * tz - ty * ty
-                first = x_hi + 1
-                last = x_hi
-                if not rest < -1e-9:
-                    half = math.sqrt(max(rest, 0.0)) * radius_x
-                    first = max(int(math.ceil(cx - half)), x_lo)
-                    last = min(int(math.floor(cx + half)), x_hi)
-                    # the estimate is the test's answer unless an end lies
-                    # within rounding of a pixel (or the row is the cap's,
-                    # where the square root magnifies rounding): only then
-                    # the test settles it
-                    if rest < _SETTLE or _near_pixel(cx - half) \
-                            or _near_pixel(cx + half):
-                        first, last = _settle(row_sum, first, last, x_lo,
-                                              x_hi, cx, radius_x)
-                ends[n_rows, 0] = first
-                ends[n_rows, 1] = last
-                n_rows += 1
+                half = math.sqrt(max(rest, 0.0)) * radius_x
+                row_f[0, n_rows + i] = tz * tz + ty * ty
+                row_f[1, n_rows + i] = rest
+                row_f[2, n_rows + i] = cx - half
+                row_f[3, n_rows + i] = cx + half
+            n_rows += max(n_y, 0)
+        for r in range(n_rows):
+            rest = row_f[1, r]
+            first = x_hi + 1
+            last = x_hi
+            if not rest < -1e-9:
+                low_end = row_f[2, r]
+                high_end = row_f[3, r]
+                first = max(int(math.ceil(low_end)), x_lo)
+                last = min(int(math.floor(high_end)), x_hi)
+                # the estimate is the test's answer unless an end lies
+                # within rounding of a pixel (or the row is the cap's,
+                # where the square root magnifies rounding): only then
+                # the test settles it
+                if rest < _SETTLE or _near_pixel(low_end) \
+                        or _near_pixel(high_end):
+                    first, last = _settle(row_f[0, r], first, last, x_lo,
+                                          x_hi, cx, radius_x)
+            ends[r, 0] = first
+            ends[r, 1] = last
         n_rows = 0
         for z in range(lo[k, 0], hi[k, 0] + 1):
             for y in range(lo[k, 1], hi[k, 1] + 1):
@@ -202,8 +214,9 @@ def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
     centre = np.empty((n_most, 3))
     labels = np.empty(box, dtype=np.int64)
     # image rows a feature's box can span: at most floor(2 r) + 1 per axis
-    ends = np.empty(((2 * int(radius3[0]) + 2) * (2 * int(radius3[1]) + 2),
-                     2), dtype=np.int64)
+    n_box_rows = (2 * int(radius3[0]) + 2) * (2 * int(radius3[1]) + 2)
+    ends = np.empty((n_box_rows, 2), dtype=np.int64)
+    row_f = np.empty((4, n_box_rows))
     for i in range(cluster_ids.shape[0]):
         c = cluster_ids[i]
         im = cluster_image[c]
@@ -217,7 +230,7 @@ def _walk_masks(cluster_ids, pixels, image_off, shapes3, cluster_image, ndim,
             pixels, image_off[im], shapes3, im, ndim, coords, f0, f1,
             radius3, fill, cluster_pix_off[c] if fill else 0, feat_entry_off,
             pix_val, pix_coord, entry_pix, feat_n_entries, lo, hi, centre,
-            labels, ends)
+            labels, ends, row_f)
         if not fill:
             cluster_n_pix[c] = n_pix
 
