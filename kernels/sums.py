@@ -38,34 +38,30 @@ def _check(name, *arrays):
                               f"got {a}")
 
 
-def _sum_ir(context, builder, signature, args, products):
-    """IR for sum(a[i] (* b[i]) for i in first..stop) in the module's order."""
+def _load(builder, ptr, index, vector):
+    """``ptr[index]``, or the vector of _LANES from there (unaligned)."""
+    at = builder.gep(ptr, [index])
+    if vector:
+        at = builder.bitcast(at, ir.VectorType(ir.DoubleType(),
+                                               _LANES).as_pointer())
+    value = builder.load(at)
+    value.align = 8
+    return value
+
+
+def _sums_ir(builder, first, stop, n_sums, n_vectors, addends):
+    """IR for ``n_sums`` sums over the elements ``first..stop`` in the
+    module's order, with ``n_vectors`` vectors per sum: element ``first +
+    step m + _LANES v + l`` (``step = _LANES n_vectors``) goes to lane
+    ``l`` of vector ``v``, the vectors are added in turn, then their lanes
+    as ``(l0 + l2) + (l1 + l3)``, then the elements after the last full
+    step in turn. ``addends(index, vector)`` gives what each sum adds at
+    ``index`` (a vector of _LANES from there, or a scalar). Returns the
+    sums."""
     f64 = ir.DoubleType()
     i64 = ir.IntType(64)
     vec = ir.VectorType(f64, _LANES)
-    n_arrays = 2 if products else 1
-    data = [cgutils.create_struct_proxy(signature.args[k])(
-        context, builder, value=args[k]).data for k in range(n_arrays)]
-    first = context.cast(builder, args[n_arrays], signature.args[n_arrays],
-                         types.int64)
-    stop = context.cast(builder, args[n_arrays + 1],
-                        signature.args[n_arrays + 1], types.int64)
-    step = _LANES * _VECTORS
-
-    def term(index, vector):
-        """a[index..] (* b[index..]), a vector of _LANES or a scalar."""
-        values = []
-        for ptr in data:
-            at = builder.gep(ptr, [index])
-            if vector:
-                at = builder.bitcast(at, vec.as_pointer())
-            value = builder.load(at)
-            value.align = 8
-            values.append(value)
-        if products:
-            return builder.fmul(values[0], values[1], flags=_FLAGS)
-        return values[0]
-
+    step = _LANES * n_vectors
     entry = builder.block
     head = builder.append_basic_block("sum.head")
     body = builder.append_basic_block("sum.body")
@@ -73,55 +69,79 @@ def _sum_ir(context, builder, signature, args, products):
     tail_head = builder.append_basic_block("sum.tail_head")
     tail_body = builder.append_basic_block("sum.tail_body")
     done = builder.append_basic_block("sum.done")
-    zero = ir.Constant(vec, [0.0] * _LANES)
     builder.branch(head)
 
     builder.position_at_end(head)
     i = builder.phi(i64)
     i.add_incoming(first, entry)
-    acc = []
-    for _ in range(_VECTORS):
-        phi = builder.phi(vec)
-        phi.add_incoming(zero, entry)
-        acc.append(phi)
+    acc = [[builder.phi(vec) for _ in range(n_vectors)]
+           for _ in range(n_sums)]
+    for phis in acc:
+        for phi in phis:
+            phi.add_incoming(ir.Constant(vec, [0.0] * _LANES), entry)
     # (first + step <= stop, signed: first <= stop within an array)
     more = builder.icmp_signed("<=", builder.add(i, ir.Constant(i64, step)),
                                stop)
     builder.cbranch(more, body, fold)
 
     builder.position_at_end(body)
-    for v in range(_VECTORS):
+    for v in range(n_vectors):
         at = builder.add(i, ir.Constant(i64, v * _LANES))
-        acc[v].add_incoming(builder.fadd(acc[v], term(at, True),
-                                         flags=_FLAGS), body)
+        for phis, value in zip(acc, addends(at, True)):
+            phis[v].add_incoming(builder.fadd(phis[v], value, flags=_FLAGS),
+                                 body)
     i.add_incoming(builder.add(i, ir.Constant(i64, step)), body)
     builder.branch(head)
 
     builder.position_at_end(fold)
-    both = acc[0]
-    for v in range(1, _VECTORS):
-        both = builder.fadd(both, acc[v], flags=_FLAGS)
-    lane = [builder.extract_element(both, ir.Constant(ir.IntType(32), k))
-            for k in range(_LANES)]
-    folded = builder.fadd(builder.fadd(lane[0], lane[2], flags=_FLAGS),
-                          builder.fadd(lane[1], lane[3], flags=_FLAGS),
-                          flags=_FLAGS)
+    folded = []
+    for phis in acc:
+        both = phis[0]
+        for v in range(1, n_vectors):
+            both = builder.fadd(both, phis[v], flags=_FLAGS)
+        lane = [builder.extract_element(both, ir.Constant(ir.IntType(32), k))
+                for k in range(_LANES)]
+        folded.append(builder.fadd(
+            builder.fadd(lane[0], lane[2], flags=_FLAGS),
+            builder.fadd(lane[1], lane[3], flags=_FLAGS), flags=_FLAGS))
     builder.branch(tail_head)
 
     builder.position_at_end(tail_head)
     j = builder.phi(i64)
     j.add_incoming(i, fold)
-    s = builder.phi(f64)
-    s.add_incoming(folded, fold)
+    sums = [builder.phi(f64) for _ in range(n_sums)]
+    for phi, value in zip(sums, folded):
+        phi.add_incoming(value, fold)
     builder.cbranch(builder.icmp_signed("<", j, stop), tail_body, done)
 
     builder.position_at_end(tail_body)
-    s.add_incoming(builder.fadd(s, term(j, False), flags=_FLAGS), tail_body)
+    for phi, value in zip(sums, addends(j, False)):
+        phi.add_incoming(builder.fadd(phi, value, flags=_FLAGS), tail_body)
     j.add_incoming(builder.add(j, ir.Constant(i64, 1)), tail_body)
     builder.branch(tail_head)
 
     builder.position_at_end(done)
-    return s
+    return sums
+
+
+def _sum_ir(context, builder, signature, args, products):
+    """IR for sum(a[i] (* b[i]) for i in first..stop) in the module's order."""
+    n_arrays = 2 if products else 1
+    data = [cgutils.create_struct_proxy(signature.args[k])(
+        context, builder, value=args[k]).data for k in range(n_arrays)]
+    first = context.cast(builder, args[n_arrays], signature.args[n_arrays],
+                         types.int64)
+    stop = context.cast(builder, args[n_arrays + 1],
+                        signature.args[n_arrays + 1], types.int64)
+
+    def term(index, vector):
+        """a[index..] (* b[index..]), a vector of _LANES or a scalar."""
+        values = [_load(builder, ptr, index, vector) for ptr in data]
+        if products:
+            return [builder.fmul(values[0], values[1], flags=_FLAGS)]
+        return values
+
+    return _sums_ir(builder, first, stop, 1, _VECTORS, term)[0]
 
 
 @intrinsic
@@ -182,9 +202,7 @@ def products(typingctx, rows, r, first, stop, n_rows, out):
     pairs = [(j, k) for j in range(n) for k in range(j, n)]
 
     def codegen(context, builder, signature, args):
-        f64 = ir.DoubleType()
         i64 = ir.IntType(64)
-        vec = ir.VectorType(f64, _LANES)
         rows_arr = cgutils.create_struct_proxy(signature.args[0])(
             context, builder, value=args[0])
         r_data = cgutils.create_struct_proxy(signature.args[1])(
@@ -198,79 +216,15 @@ def products(typingctx, rows, r, first, stop, n_rows, out):
         first = context.cast(builder, args[2], signature.args[2], types.int64)
         stop = context.cast(builder, args[3], signature.args[3], types.int64)
 
-        def load(ptr, index, vector):
-            at = builder.gep(ptr, [index])
-            if vector:
-                at = builder.bitcast(at, vec.as_pointer())
-            value = builder.load(at)
-            value.align = 8
-            return value
+        def addends(index, vector):
+            t = [_load(builder, row_data[j], index, vector) for j in range(n)]
+            res = _load(builder, r_data, index, vector)
+            return ([builder.fmul(t[j], res, flags=_FLAGS) for j in range(n)]
+                    + t
+                    + [builder.fmul(t[j], t[k], flags=_FLAGS)
+                       for j, k in pairs])
 
-        def step(acc, index, vector):
-            """The sums with the element(s) at ``index`` added."""
-            t = [load(row_data[j], index, vector) for j in range(n)]
-            res = load(r_data, index, vector)
-            terms = ([builder.fmul(t[j], res, flags=_FLAGS) for j in range(n)]
-                     + t
-                     + [builder.fmul(t[j], t[k], flags=_FLAGS)
-                        for j, k in pairs])
-            return [builder.fadd(a, v, flags=_FLAGS)
-                    for a, v in zip(acc, terms)]
-
-        entry = builder.block
-        head = builder.append_basic_block("products.head")
-        body = builder.append_basic_block("products.body")
-        fold = builder.append_basic_block("products.fold")
-        tail_head = builder.append_basic_block("products.tail_head")
-        tail_body = builder.append_basic_block("products.tail_body")
-        done = builder.append_basic_block("products.done")
-        builder.branch(head)
-
-        builder.position_at_end(head)
-        i = builder.phi(i64)
-        i.add_incoming(first, entry)
-        acc = []
-        for _ in range(2 * n + len(pairs)):
-            phi = builder.phi(vec)
-            phi.add_incoming(ir.Constant(vec, [0.0] * _LANES), entry)
-            acc.append(phi)
-        more = builder.icmp_signed(
-            "<=", builder.add(i, ir.Constant(i64, _LANES)), stop)
-        builder.cbranch(more, body, fold)
-
-        builder.position_at_end(body)
-        for phi, value in zip(acc, step(acc, i, True)):
-            phi.add_incoming(value, body)
-        i.add_incoming(builder.add(i, ir.Constant(i64, _LANES)), body)
-        builder.branch(head)
-
-        builder.position_at_end(fold)
-        folded = []
-        for a in acc:
-            lane = [builder.extract_element(a, ir.Constant(ir.IntType(32), k))
-                    for k in range(_LANES)]
-            folded.append(builder.fadd(
-                builder.fadd(lane[0], lane[2], flags=_FLAGS),
-                builder.fadd(lane[1], lane[3], flags=_FLAGS), flags=_FLAGS))
-        builder.branch(tail_head)
-
-        builder.position_at_end(tail_head)
-        j = builder.phi(i64)
-        j.add_incoming(i, fold)
-        sums = []
-        for value in folded:
-            phi = builder.phi(f64)
-            phi.add_incoming(value, fold)
-            sums.append(phi)
-        builder.cbranch(builder.icmp_signed("<", j, stop), tail_body, done)
-
-        builder.position_at_end(tail_body)
-        for phi, value in zip(sums, step(sums, j, False)):
-            phi.add_incoming(value, tail_body)
-        j.add_incoming(builder.add(j, ir.Constant(i64, 1)), tail_body)
-        builder.branch(tail_head)
-
-        builder.position_at_end(done)
+        sums = _sums_ir(builder, first, stop, 2 * n + len(pairs), 1, addends)
         for k, value in enumerate(sums):
             builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
         return context.get_dummy_value()
