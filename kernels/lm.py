@@ -404,9 +404,9 @@ def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
     n_iter = 0
     while True:
         # One call site evaluates the start, then each trial point: the
-        # evaluation is inlined here, and inlined twice Numba's SSA pass
-        # warned of a variable out of scope. The start goes to b0, a trial
-        # to the evaluation not holding the current point.
+        # evaluation is inlined here (inlined at two sites, it made Numba's
+        # SSA pass warn of a variable out of scope). The start goes to b0,
+        # a trial to the evaluation not holding the current point.
         into = b0 if n_eval == 0 or cur == 1 else b1
         unpack(x if n_eval == 0 else trial, work, cols)
         value = evaluate_work(dense, work, cols, modes, slot, n_cl, n_var,
