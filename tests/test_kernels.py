@@ -178,15 +178,19 @@ def _modes(name, ndim, n_size, n_params, which):
     return modes
 
 
-def _sum_in_lanes(values):
+def _sum_in_lanes(values, n_vectors=2):
     """The order kernels.sums documents, one Python float operation at a
-    time: element 8 m + l into lane l, the two vectors of 4 added, their
-    lanes as (l0 + l2) + (l1 + l3), then the rest in turn."""
-    lanes = [0.0] * 8
-    full = len(values) // 8 * 8
+    time: element 4 n_vectors m + 4 v + l into lane l of vector v, the
+    vectors added in turn, their lanes as (l0 + l2) + (l1 + l3), then the
+    rest in turn (dot and total: two vectors; products: one)."""
+    step = 4 * n_vectors
+    lanes = [0.0] * step
+    full = len(values) // step * step
     for i in range(full):
-        lanes[i % 8] += values[i]
-    v = [lanes[k] + lanes[k + 4] for k in range(4)]
+        lanes[i % step] += values[i]
+    v = lanes[:4]
+    for vector in range(1, n_vectors):
+        v = [v[k] + lanes[4 * vector + k] for k in range(4)]
     acc = (v[0] + v[2]) + (v[1] + v[3])
     for value in values[full:]:
         acc += value
@@ -219,20 +223,6 @@ def test_sums_follow_their_order_exactly():
         both(np.ones((2, 2)), np.ones(2), 0, 2)
 
 
-def _sum_in_four_lanes(values):
-    """The order of kernels.sums.products, one Python float operation at a
-    time: element 4 m + l into lane l, the lanes as (l0 + l2) + (l1 + l3),
-    then the rest in turn."""
-    lanes = [0.0] * 4
-    full = len(values) // 4 * 4
-    for i in range(full):
-        lanes[i % 4] += values[i]
-    acc = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
-    for value in values[full:]:
-        acc += value
-    return acc
-
-
 @pytest.mark.parametrize("n_rows", [1, 4, 8])
 def test_products_follow_their_order_exactly(n_rows):
     """kernels.sums.products (every sum of a feature's J^T J and J^T r in
@@ -260,10 +250,10 @@ def test_products_follow_their_order_exactly(n_rows):
         t = [[float(x) for x in rows[j, first:stop]]
              for j in range(1, n_rows + 1)]
         res = [float(x) for x in r[first:stop]]
-        expect = [_sum_in_four_lanes([a * b for a, b in zip(t[j], res)])
+        expect = [_sum_in_lanes([a * b for a, b in zip(t[j], res)], 1)
                   for j in range(n_rows)]
-        expect += [_sum_in_four_lanes(t[j]) for j in range(n_rows)]
-        expect += [_sum_in_four_lanes([a * b for a, b in zip(t[j], t[k])])
+        expect += [_sum_in_lanes(t[j], 1) for j in range(n_rows)]
+        expect += [_sum_in_lanes([a * b for a, b in zip(t[j], t[k])], 1)
                    for j in range(n_rows) for k in range(j, n_rows)]
         assert list(out[:n_out]) == expect
         assert np.isnan(out[n_out])
