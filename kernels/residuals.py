@@ -18,7 +18,7 @@ from numba.extending import overload
 from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
 from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
-from .sums import dot, n_products, products, total
+from .sums import cross_products, dot, n_products, products, total
 from .terms import feature_term, model_terms
 
 # arrays of a cluster that do not depend on the point evaluated: its
@@ -32,10 +32,11 @@ Workspace = namedtuple("Workspace", [
     "entry_resid",  # dense: the residual at each entry's pixel
     "pair_feat",    # dense: pairs of features whose masks share pixels (p x 2)
     "pair_off",     # dense: CSR offsets of each pair's shared pixels into
-    "pair_entry",   # dense: the two features' entries there (m x 2)
+    "pair_entry",   # dense: the two features' entries there (2 x m)
     "pair_terms",   # dense: derivatives of a pair at those pixels
     "cross",        # dense: J^T J between features
-    "sums",         # dense: a feature's products (_feature_products)
+    "sums",         # dense: a feature's products (_feature_products), or
+                    # a pair's (_pair_products)
     "in_order",     # dense: one feature whose entries are the pixels in
                     # order (entry i at pixel i: no scatter, no gather)
 ])
@@ -43,6 +44,10 @@ Workspace = namedtuple("Workspace", [
 # derivatives (rows of ``Workspace.terms`` after the term) up to which a
 # feature's products take one pass (:func:`_feature_products`)
 FUSED_ROWS = 8
+# and up to which a pair's take one pass (:func:`_pair_products`): n^2 sums,
+# each in a vector register, and no more than ``Workspace.sums`` holds
+# (n_products(n) >= n^2 up to 4)
+FUSED_CROSS_ROWS = 4
 
 # what an evaluation leaves for the solver at its point (a solver keeps two:
 # the accepted point's, and a trial's)
@@ -159,19 +164,25 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
     n_coord = n_entries if dense else 1
     n_dim = pix_coord.shape[1]
     entry_coord = floats(arena, (n_dim, n_coord))
-    if dense:
-        # (unsigned indices: no negative-index wraparound per access)
-        at = np.uint64(e0)
+    # (unsigned indices: no negative-index wraparound per access; no early
+    # exit from the test, which then vectorises)
+    at = np.uint64(e0)
+    in_order = dense and n_feat == 1 and n_entries == n_pix
+    if in_order:
+        n_apart = 0
+        for el in range(np.uint64(n_entries)):
+            n_apart += entry_pix[at + el] - pix_base != np.int64(el)
+        in_order = n_apart == 0
+    if in_order:  # the pixels' coordinates, transposed
+        base = np.uint64(pix_base)
+        for d in range(np.uint64(n_dim)):
+            for el in range(np.uint64(n_entries)):
+                entry_coord[d, el] = pix_coord[base + el, d]
+    elif dense:
         for d in range(np.uint64(n_dim)):
             for el in range(np.uint64(n_entries)):
                 entry_coord[d, el] = pix_coord[np.uint64(entry_pix[at + el]),
                                                d]
-    in_order = dense and n_feat == 1 and n_entries == n_pix
-    if in_order:
-        for el in range(n_entries):
-            if entry_pix[e0 + el] - pix_base != el:
-                in_order = False
-                break
     longest = longest_pair(pairs)
     n_rows = n_params if dense else 1
     n_dense = n_unk if dense else 1
@@ -236,7 +247,7 @@ def cluster_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
 def no_pairs():
     """:func:`_feature_pairs` of a single feature."""
     return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
-            np.empty((0, 2), dtype=np.int64))
+            np.empty((2, 0), dtype=np.int64))
 
 
 @kernel
@@ -250,13 +261,61 @@ def longest_pair(pairs):
 
 
 @kernel
+def _two_feature_pairs(entry_pix, e0, n_first, n_entries, pix_base):
+    """:func:`_feature_pairs` of two features, the most common cluster,
+    without its linked lists, where the first mask's pixels are the
+    cluster's first pixels in order (as the masks number them: entry ``i``
+    at pixel ``i``). The second mask's entries at those pixels pair with
+    the first's there. Returns a ``pair_off`` of ``[-1]`` if the first mask
+    is not in order."""
+    for i in range(n_first):
+        if entry_pix[e0 + i] - pix_base != i:
+            return (np.empty((0, 2), dtype=np.int64),
+                    np.full(1, -1, dtype=np.int64),
+                    np.empty((2, 0), dtype=np.int64))
+    m = 0
+    for el in range(n_first, n_entries):
+        m += entry_pix[e0 + el] - pix_base < n_first
+    if m == 0:
+        return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
+                np.empty((2, 0), dtype=np.int64))
+    pair_feat = np.zeros((1, 2), dtype=np.int64)
+    pair_feat[0, 1] = 1
+    pair_off = np.zeros(2, dtype=np.int64)
+    pair_off[1] = m
+    pair_entry = np.empty((2, m), dtype=np.int64)
+    at = 0
+    for el in range(n_first, n_entries):
+        q = entry_pix[e0 + el] - pix_base
+        if q < n_first:
+            pair_entry[0, at] = q
+            pair_entry[1, at] = el
+            at += 1
+    return pair_feat, pair_off, pair_entry
+
+
+@kernel
 def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
     """The pairs of features (k < k') whose masks share pixels, and for each
     the entries of both at those pixels (counted from the cluster's first
     entry), grouped by pair (CSR)."""
     if n_feat == 1:
         return (np.empty((0, 2), dtype=np.int64), np.zeros(1, dtype=np.int64),
-                np.empty((0, 2), dtype=np.int64))
+                np.empty((2, 0), dtype=np.int64))
+    if n_feat == 2:
+        e0 = feat_entry_off[f0]
+        pairs = _two_feature_pairs(entry_pix, e0, feat_entry_off[f0 + 1] - e0,
+                                   feat_entry_off[f0 + 2] - e0, pix_base)
+        if pairs[1][0] == 0:  # (else the first mask's pixels are not 0, 1..)
+            return pairs
+    return _linked_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base,
+                         n_pix)
+
+
+@kernel
+def _linked_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
+    """:func:`_feature_pairs` of any cluster, from linked lists of the
+    entries at each pixel."""
     e0 = feat_entry_off[f0]
     n_entries = feat_entry_off[f0 + n_feat] - e0
     # (loops rather than np.full: see linalg)
@@ -301,13 +360,13 @@ def _feature_pairs(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix):
     at = np.empty(n_pairs, dtype=np.int64)
     for p in range(n_pairs):
         at[p] = pair_off[p]
-    pair_entry = np.empty((pair_off[n_pairs], 2), dtype=np.int64)
+    pair_entry = np.empty((2, pair_off[n_pairs]), dtype=np.int64)
     for el in range(n_entries):
         other = later[el]
         while other >= 0:
             p = pair_of[feat_of[other] * n_feat + feat_of[el]]
-            pair_entry[at[p], 0] = other
-            pair_entry[at[p], 1] = el
+            pair_entry[0, at[p]] = other
+            pair_entry[1, at[p]] = el
             at[p] += 1
             other = later[other]
     return pair_feat, pair_off, pair_entry
@@ -428,7 +487,7 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                           normal, grad, ws.sums)
     if ws.pair_feat.shape[0] > 0:
         _pair_products(terms, ws.pair_feat, ws.pair_off, ws.pair_entry,
-                       ws.pair_terms, cols, ws.cross, normal)
+                       ws.pair_terms, cols, ws.cross, normal, ws.sums)
     _mirror(normal)
     return cost
 
@@ -579,18 +638,20 @@ def _products_by_dots(terms, entry_resid, start, end, cols, k, bg, normal,
 
 @leaf_kernel
 def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
-                   cross, normal):
+                   cross, normal, sums):
     """Add the products between different features' derivatives at the
     pixels they share to the upper triangle of ``normal``.
 
     For each pair of features, their derivatives at the shared pixels are
-    gathered side by side, and each product is a dot product over those
-    pixels (:func:`.sums.dot`, vectorised). ``cross`` collects the products
+    gathered side by side; up to :data:`FUSED_CROSS_ROWS` derivatives, all
+    their products come from one pass (:func:`.sums.cross_products`, into
+    ``sums``), else one dot product each. ``cross`` collects the products
     of the first feature's derivative columns with the second's; J^T J
     gains cross plus its transpose.
     """
     n_unk = normal.shape[0]
     n_params = terms.shape[0]
+    n_rows = n_params - 1
     for i in range(n_unk):
         for j in range(n_unk):
             cross[i, j] = 0.0
@@ -598,21 +659,42 @@ def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
         ka = pair_feat[p, 0]
         kb = pair_feat[p, 1]
         m = pair_off[p + 1] - pair_off[p]
-        for i in range(m):
-            ea = pair_entry[pair_off[p] + i, 0]
-            eb = pair_entry[pair_off[p] + i, 1]
-            for j in range(1, n_params):
+        # (a row at a time, unsigned: plain indexed loads, no wraparound)
+        at = np.uint64(pair_off[p])
+        for j in range(1, n_params):
+            for i in range(np.uint64(m)):
+                ea = np.uint64(pair_entry[0, at + i])
                 pair_terms[0, j, i] = terms[j, ea]
+            for i in range(np.uint64(m)):
+                eb = np.uint64(pair_entry[1, at + i])
                 pair_terms[1, j, i] = terms[j, eb]
+        if n_rows > FUSED_CROSS_ROWS:
+            for j in range(1, n_params):
+                a = cols[ka, j]
+                if a < 0:
+                    continue
+                for j2 in range(1, n_params):
+                    b = cols[kb, j2]
+                    if b >= 0:
+                        cross[a, b] += dot(pair_terms[0, j],
+                                           pair_terms[1, j2], 0, m)
+            continue
+        if n_rows == 1:
+            cross_products(pair_terms, 0, m, 1, sums)
+        elif n_rows == 2:
+            cross_products(pair_terms, 0, m, 2, sums)
+        elif n_rows == 3:
+            cross_products(pair_terms, 0, m, 3, sums)
+        else:
+            cross_products(pair_terms, 0, m, 4, sums)
+        at = 0
         for j in range(1, n_params):
             a = cols[ka, j]
-            if a < 0:
-                continue
             for j2 in range(1, n_params):
                 b = cols[kb, j2]
-                if b < 0:
-                    continue
-                cross[a, b] += dot(pair_terms[0, j], pair_terms[1, j2], 0, m)
+                if a >= 0 and b >= 0:
+                    cross[a, b] += sums[at]
+                at += 1
     for i in range(n_unk):
         normal[i, i] += 2.0 * cross[i, i]
         for j in range(i + 1, n_unk):

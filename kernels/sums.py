@@ -229,3 +229,54 @@ def products(typingctx, rows, r, first, stop, n_rows, out):
             builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
         return context.get_dummy_value()
     return types.void(rows, r, first, stop, n_rows, out), codegen
+
+
+@intrinsic(prefer_literal=True)
+def cross_products(typingctx, pair_rows, first, stop, n_rows, out):
+    """The products between two features' derivatives, in one pass.
+
+    ``pair_rows`` is 3-d (C order): ``pair_rows[0]`` and ``pair_rows[1]``
+    hold the two features' derivatives in rows ``1..n_rows`` (a literal)
+    over the columns ``first..stop``. Writes to ``out`` ``sum(a_j * b_k)``
+    at ``(j - 1) * n_rows + k - 1`` for j, k in ``1..n_rows``, in
+    :func:`products`' order. No bounds check (as :func:`products`).
+    """
+    if not isinstance(n_rows, types.IntegerLiteral):
+        return None
+    if not (isinstance(pair_rows, types.Array) and pair_rows.ndim == 3
+            and pair_rows.layout == "C"
+            and pair_rows.dtype == types.float64):
+        raise TypingError("cross_products: needs a 3-d C float64 array, "
+                          f"got {pair_rows}")
+    _check("cross_products", out)
+    n = n_rows.literal_value
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        arr = cgutils.create_struct_proxy(signature.args[0])(
+            context, builder, value=args[0])
+        out_data = cgutils.create_struct_proxy(signature.args[4])(
+            context, builder, value=args[4]).data
+        _, n_params, n_cols = cgutils.unpack_tuple(builder, arr.shape, 3)
+
+        def row_ptr(feature, j):
+            row = builder.add(builder.mul(n_params, ir.Constant(i64, feature)),
+                              ir.Constant(i64, j))
+            return builder.gep(arr.data, [builder.mul(row, n_cols)])
+
+        a_data = [row_ptr(0, j) for j in range(1, n + 1)]
+        b_data = [row_ptr(1, j) for j in range(1, n + 1)]
+        first = context.cast(builder, args[1], signature.args[1], types.int64)
+        stop = context.cast(builder, args[2], signature.args[2], types.int64)
+
+        def addends(index, vector):
+            a = [_load(builder, ptr, index, vector) for ptr in a_data]
+            b = [_load(builder, ptr, index, vector) for ptr in b_data]
+            return [builder.fmul(a[j], b[k], flags=_FLAGS)
+                    for j in range(n) for k in range(n)]
+
+        sums = _sums_ir(builder, first, stop, n * n, 1, addends)
+        for k, value in enumerate(sums):
+            builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
+        return context.get_dummy_value()
+    return types.void(pair_rows, first, stop, n_rows, out), codegen

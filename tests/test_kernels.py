@@ -259,6 +259,78 @@ def test_products_follow_their_order_exactly(n_rows):
         assert np.isnan(out[n_out])
 
 
+@pytest.mark.parametrize("n_rows", [1, 3, 4])
+def test_cross_products_follow_their_order_exactly(n_rows):
+    """kernels.sums.cross_products (the products between two features'
+    derivatives, in one pass) against their documented sums, bit for bit;
+    the rows before and after those it reads left alone."""
+    from refinefit.kernels import sums
+
+    @numba.njit(fastmath={"contract", "reassoc", "nsz", "arcp"})
+    def run(pair_rows, first, stop, out):
+        sums.cross_products(pair_rows, first, stop, n_rows, out)
+
+    rng = np.random.default_rng(31 + n_rows)
+    for _ in range(200):
+        n = int(rng.integers(0, 40))
+        pair_rows = rng.normal(size=(2, n_rows + 2, n)) * 10.0 ** \
+            rng.integers(-3, 4, (2, n_rows + 2, n))
+        first = int(rng.integers(0, n + 1))
+        stop = int(rng.integers(first, n + 1))
+        out = np.full(n_rows * n_rows + 1, np.nan)
+        run(pair_rows, first, stop, out)
+        a, b = ([[float(x) for x in pair_rows[f, j, first:stop]]
+                 for j in range(1, n_rows + 1)] for f in (0, 1))
+        expect = [_sum_in_lanes([x * y for x, y in zip(a[j], b[k])], 1)
+                  for j in range(n_rows) for k in range(n_rows)]
+        assert list(out[:-1]) == expect
+        assert np.isnan(out[-1])
+
+
+@numba.njit
+def _pairs_both_ways(entry_pix, feat_entry_off, f0, pix_base, n_pix):
+    """A two-feature cluster's pairs by the shortcut and by linked lists."""
+    e0 = feat_entry_off[f0]
+    short = residuals._two_feature_pairs(
+        entry_pix, e0, feat_entry_off[f0 + 1] - e0,
+        feat_entry_off[f0 + 2] - e0, pix_base)
+    linked = residuals._linked_pairs(entry_pix, feat_entry_off, f0, 2,
+                                     pix_base, n_pix)
+    return short, linked
+
+
+@pytest.mark.parametrize("ndim,iso", GEOMETRIES)
+def test_two_feature_pairs_match_linked_lists(ndim, iso):
+    """The pairs of two-feature clusters (shared pixels, with NaN pixels
+    among them) as the general path finds them; and the shortcut declines
+    when the first mask's pixels are not the cluster's first, in order."""
+    rng = np.random.default_rng(40 + ndim + iso)
+    images, batch, centres = _random_batch(ndim, iso, rng, [2] * 12)
+    for image in images:  # NaN pixels: neither mask has an entry there
+        image[rng.random(image.shape) < 0.1] = np.nan
+    batch = flatten_masks(images, (np.arange(12) >= 6).astype(np.int64),
+                          np.arange(0, 26, 2, dtype=np.int64), centres,
+                          _radius(ndim, iso))
+    n_shared = 0
+    for c in range(12):
+        p0, p1 = batch.cluster_pix_off[c], batch.cluster_pix_off[c + 1]
+        short, linked = _pairs_both_ways(batch.entry_pix, batch.feat_entry_off,
+                                         2 * c, p0, p1 - p0)
+        for got, expected in zip(short, linked):
+            np.testing.assert_array_equal(got, expected)
+        n_shared += short[1][-1]
+    assert n_shared > 0
+    # the second mask's entries first: no shortcut
+    f0 = 0
+    e0, e1, e2 = batch.feat_entry_off[f0:f0 + 3]
+    entry_pix = batch.entry_pix.copy()
+    entry_pix[e0:e2] = np.r_[batch.entry_pix[e1:e2], batch.entry_pix[e0:e1]]
+    short, _ = _pairs_both_ways(entry_pix, np.array([e0, e0 + e2 - e1, e2]),
+                                0, batch.cluster_pix_off[0],
+                                batch.cluster_pix_off[1])
+    assert short[1][0] == -1
+
+
 @numba.njit
 def _arena_round(sizes):
     """Arrays of ``sizes`` from an arena, each filled with its index; the
