@@ -175,9 +175,14 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
         in_order = n_apart == 0
     if in_order:  # the pixels' coordinates, transposed
         base = np.uint64(pix_base)
-        for d in range(np.uint64(n_dim)):
+        if n_dim == 2:  # (a known row length: LLVM vectorises it)
             for el in range(np.uint64(n_entries)):
-                entry_coord[d, el] = pix_coord[base + el, d]
+                entry_coord[0, el] = pix_coord[base + el, 0]
+                entry_coord[1, el] = pix_coord[base + el, 1]
+        else:
+            for d in range(np.uint64(n_dim)):
+                for el in range(np.uint64(n_entries)):
+                    entry_coord[d, el] = pix_coord[base + el, d]
     elif dense:
         for d in range(np.uint64(n_dim)):
             for el in range(np.uint64(n_entries)):
