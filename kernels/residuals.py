@@ -692,14 +692,14 @@ def _pair_products(terms, pair_feat, pair_off, pair_entry, pair_terms, cols,
             cross_products(pair_terms, 0, m, 3, sums)
         else:
             cross_products(pair_terms, 0, m, 4, sums)
-        at = 0
+        k = 0
         for j in range(1, n_params):
             a = cols[ka, j]
             for j2 in range(1, n_params):
                 b = cols[kb, j2]
                 if a >= 0 and b >= 0:
-                    cross[a, b] += sums[at]
-                at += 1
+                    cross[a, b] += sums[k]
+                k += 1
     for i in range(n_unk):
         normal[i, i] += 2.0 * cross[i, i]
         for j in range(i + 1, n_unk):

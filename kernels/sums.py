@@ -13,7 +13,8 @@ LLVM IR), in one order: element ``first + 8 m + l`` goes to lane ``l``
 are added in turn. The order depends on the elements alone, not on where
 the arrays lie in memory or on what the compiler decides. :func:`products`
 takes all the sums of a feature's J^T J and J^T r in one pass, in an order
-of its own (documented there).
+of its own (documented there); :func:`cross_products` those between two
+features' derivatives, in the same order.
 """
 from llvmlite import ir
 from numba import types
@@ -47,6 +48,13 @@ def _load(builder, ptr, index, vector):
     value = builder.load(at)
     value.align = 8
     return value
+
+
+def _store(builder, ptr, values):
+    """``ptr[k] = values[k]`` for each k."""
+    i64 = ir.IntType(64)
+    for k, value in enumerate(values):
+        builder.store(value, builder.gep(ptr, [ir.Constant(i64, k)]))
 
 
 def _sums_ir(builder, first, stop, n_sums, n_vectors, addends):
@@ -224,9 +232,8 @@ def products(typingctx, rows, r, first, stop, n_rows, out):
                     + [builder.fmul(t[j], t[k], flags=_FLAGS)
                        for j, k in pairs])
 
-        sums = _sums_ir(builder, first, stop, 2 * n + len(pairs), 1, addends)
-        for k, value in enumerate(sums):
-            builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
+        _store(builder, out_data,
+               _sums_ir(builder, first, stop, 2 * n + len(pairs), 1, addends))
         return context.get_dummy_value()
     return types.void(rows, r, first, stop, n_rows, out), codegen
 
@@ -275,8 +282,7 @@ def cross_products(typingctx, pair_rows, first, stop, n_rows, out):
             return [builder.fmul(a[j], b[k], flags=_FLAGS)
                     for j in range(n) for k in range(n)]
 
-        sums = _sums_ir(builder, first, stop, n * n, 1, addends)
-        for k, value in enumerate(sums):
-            builder.store(value, builder.gep(out_data, [ir.Constant(i64, k)]))
+        _store(builder, out_data, _sums_ir(builder, first, stop, n * n, 1,
+                                           addends))
         return context.get_dummy_value()
     return types.void(pair_rows, first, stop, n_rows, out), codegen
