@@ -14,7 +14,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .jit import Specialized, exact_kernel, inline_kernel, kernel
 from .threads import OverChunks
@@ -38,6 +38,18 @@ def _prefetch(typingctx, array, index):
                                             byte_ptr), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return types.void(array, index), codegen
+
+
+def _may_be_nan(pixels):
+    """Whether the pixels of ``pixels`` (an array) can be NaN: a constant
+    of its type, in compiled code."""
+    return np.issubdtype(pixels.dtype, np.floating)
+
+
+@overload(_may_be_nan)
+def _may_be_nan_overload(pixels):
+    floating = isinstance(pixels.dtype, types.Float)
+    return lambda pixels: floating
 
 
 @kernel
@@ -107,11 +119,13 @@ def _walk_cluster(pixels, image_base, shapes3, im, ndim, coords, f0, f1,
         n_entries = 0
         # the image rows, from wherever in memory they are, while the ends
         # are computed: a row's first pixels would otherwise wait for them
-        for z in range(lo[k, 0], hi[k, 0] + 1):
-            for y in range(lo[k, 1], hi[k, 1] + 1):
-                row = image_base + (z * height + y) * width
-                _prefetch(pixels, row + x_lo)
-                _prefetch(pixels, row + x_hi)
+        # (counting reads no pixel of an integer image)
+        if fill or _may_be_nan(pixels):
+            for z in range(lo[k, 0], hi[k, 0] + 1):
+                for y in range(lo[k, 1], hi[k, 1] + 1):
+                    row = image_base + (z * height + y) * width
+                    _prefetch(pixels, row + x_lo)
+                    _prefetch(pixels, row + x_hi)
         # the ends of every row first, then the pixels: the rows' chains of
         # divisions and square roots do not wait for each other's pixels.
         # A row's ends are estimated from the ellipse, in a loop over the
