@@ -50,6 +50,12 @@ def _load(builder, ptr, index, vector):
     return value
 
 
+def _array(context, builder, signature, args, k):
+    """The array structure (data, shape, ...) of intrinsic argument ``k``."""
+    return cgutils.create_struct_proxy(signature.args[k])(
+        context, builder, value=args[k])
+
+
 def _store(builder, ptr, values):
     """``ptr[k] = values[k]`` for each k."""
     i64 = ir.IntType(64)
@@ -135,8 +141,8 @@ def _sums_ir(builder, first, stop, n_sums, n_vectors, addends):
 def _sum_ir(context, builder, signature, args, products):
     """IR for sum(a[i] (* b[i]) for i in first..stop) in the module's order."""
     n_arrays = 2 if products else 1
-    data = [cgutils.create_struct_proxy(signature.args[k])(
-        context, builder, value=args[k]).data for k in range(n_arrays)]
+    data = [_array(context, builder, signature, args, k).data
+            for k in range(n_arrays)]
     first = context.cast(builder, args[n_arrays], signature.args[n_arrays],
                          types.int64)
     stop = context.cast(builder, args[n_arrays + 1],
@@ -211,12 +217,9 @@ def products(typingctx, rows, r, first, stop, n_rows, out):
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        rows_arr = cgutils.create_struct_proxy(signature.args[0])(
-            context, builder, value=args[0])
-        r_data = cgutils.create_struct_proxy(signature.args[1])(
-            context, builder, value=args[1]).data
-        out_data = cgutils.create_struct_proxy(signature.args[5])(
-            context, builder, value=args[5]).data
+        rows_arr = _array(context, builder, signature, args, 0)
+        r_data = _array(context, builder, signature, args, 1).data
+        out_data = _array(context, builder, signature, args, 5).data
         n_cols = cgutils.unpack_tuple(builder, rows_arr.shape, 2)[1]
         row_data = [builder.gep(rows_arr.data,
                                 [builder.mul(n_cols, ir.Constant(i64, j))])
@@ -260,10 +263,8 @@ def cross_products(typingctx, pair_rows, first, stop, n_rows, out):
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        arr = cgutils.create_struct_proxy(signature.args[0])(
-            context, builder, value=args[0])
-        out_data = cgutils.create_struct_proxy(signature.args[4])(
-            context, builder, value=args[4]).data
+        arr = _array(context, builder, signature, args, 0)
+        out_data = _array(context, builder, signature, args, 4).data
         _, n_params, n_cols = cgutils.unpack_tuple(builder, arr.shape, 3)
 
         def row_ptr(feature, j):
