@@ -11,6 +11,7 @@ clusters it is given, each writing only its own slice of the outputs;
   term at one pixel, with derivatives;
 - ``residuals``: a cluster's unknowns, residuals and normal equations;
 - ``lm``: the bounded Levenberg-Marquardt solver, one cluster per iteration;
+- ``covariance``: standard errors that hold under shot noise (sandwich);
 - ``constrained``, ``shared``, ``objective``: steps under equality
   constraints, reduced normal equations of shared parameters, cost and
   gradient for general optimisers;

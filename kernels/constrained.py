@@ -15,8 +15,14 @@ import math
 import numba
 import numpy as np
 
+from .covariance import (
+    inverse_from_factor,
+    jacobian_rows,
+    row_count,
+    sandwich_std,
+)
 from .jit import Specialized, inline_kernel, kernel
-from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
+from .linalg import cholesky_inplace, cholesky_solve
 from .lm import cluster_scratch
 from .residuals import (
     cluster_workspace,
@@ -101,35 +107,44 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
             acc -= big_y[i, u] * rhs[i]
         step[g, u] = acc
     if with_error:
-        _constrained_std(m, big_y, schur, n_unk, n_con, b.excluded, cost_out[g],
-                         std_out[g])
+        n_rows = row_count(n_pix, n_entries, n_cl, n_var)
+        rows = (np.empty(n_pix), np.empty(n_pix), np.empty(n_pix, np.bool_),
+                np.empty(n_pix + 1, np.int64), np.empty(n_pix, np.int64),
+                np.empty(n_rows, np.int64), np.empty(n_rows))
+        jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
+                      feat_entry_off, f0, n_feat, pix_base, n_pix, ndim,
+                      n_size, model_id, continuous, deriv, dextra, rows)
+        _constrained_std(m, big_y, schur, n_unk, n_con, rows, std_out[g])
 
 
 @kernel
-def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, excluded,
-                     cost, std):
+def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, rows, std):
     """Standard errors of the unknowns under linearised equality
-    constraints: s^2 diag(M^-1 - Y^T S^-1 Y), with M = L L^T factored,
-    Y = M^-1 A^T (rows), S = A Y factored, s^2 = cost / (pixels - unknowns
-    + constraints)."""
+    constraints: the sandwich of :mod:`.covariance` with
+    ``P = M^-1 - Y^T S^-1 Y`` (M = L L^T factored, Y = M^-1 A^T by rows,
+    S = A Y factored), J's rows from :func:`.covariance.jacobian_rows`."""
+    resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
+                                                  rows[5], rows[6])
     n_valid = 0
     for q in range(excluded.shape[0]):
         n_valid += 0 if excluded[q] else 1
-    dof = n_valid - n_unk + n_con
     std[:] = math.nan
-    if dof <= 0:
+    if n_valid - n_unk + n_con <= 0:
         return
-    variance = cost / dof
-    inverse_diagonal(factor, n_unk, std, np.empty(n_unk))  # diag(M^-1)
+    inverse = np.empty((n_unk, n_unk))
+    inverse_from_factor(factor, n_unk, inverse)
     w = np.empty(n_con)
     for u in range(n_unk):
-        total = std[u]
         for i in range(n_con):
             w[i] = big_y[i, u]
-        cholesky_solve(schur_factor, n_con, w)
-        for i in range(n_con):
-            total -= big_y[i, u] * w[i]
-        std[u] = math.sqrt(variance * max(total, 0.0))
+        cholesky_solve(schur_factor, n_con, w)  # S^-1 Y e_u
+        for v in range(n_unk):
+            total = 0.0
+            for i in range(n_con):
+                total += big_y[i, v] * w[i]
+            inverse[v, u] -= total
+    sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col, row_val,
+                 np.empty(n_unk), std)
 
 
 @kernel(entry=True)

@@ -34,6 +34,15 @@ from .codes import (
     NOT_FINITE,
     SINGULAR,
 )
+from .covariance import (
+    dense_sandwich_std,
+    inverse_from_factor,
+    jacobian_by_unknown,
+    jacobian_rows,
+    normal_from_rows,
+    row_count,
+    sandwich_std,
+)
 from .custom import CUSTOM_BASE
 from .jit import (
     LITERALS,
@@ -49,7 +58,6 @@ from .linalg import (
     cholesky_inplace,
     cholesky_solve,
     dot,
-    inverse_diagonal,
 )
 from .models import BUILTIN_MODELS
 from .residuals import (
@@ -57,7 +65,6 @@ from .residuals import (
     cluster_workspace,
     column,
     column_table,
-    dense_normal,
     diag_scale,
     evaluate_work,
     evaluation_buffers,
@@ -179,23 +186,6 @@ def _solve_sparse(grad, lam, scale, free, modes, slot, n_cl, n_var,
             p[i] = z[i] + beta * p[i]
         rz = rz_new
     return True
-
-
-@kernel
-def _unknown_std(normal, variance, std, factor, z):
-    """sqrt(variance * diag(normal^-1)); NaN when normal is singular.
-    ``factor`` (n x n) and ``z`` (n) are scratch."""
-    n = std.shape[0]
-    for i in range(n):
-        for j in range(n):
-            factor[i, j] = normal[i, j]
-    if not cholesky_inplace(factor, n):
-        for i in range(n):
-            std[i] = math.nan
-        return
-    inverse_diagonal(factor, n, std, z)
-    for i in range(n):
-        std[i] = math.sqrt(variance * std[i])
 
 
 @leaf_kernel
@@ -332,10 +322,11 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
     if with_error and status_out[c] == CONVERGED:
-        _standard_errors(dense, b0 if cur == 0 else b1, cost,
-                         n_unk, n_pix, modes, slot, n_cl, n_var, entry_pix,
-                         feat_entry_off, f0, n_feat, pix_base, cols, std_out,
-                         arena)
+        _standard_errors(dense, work, cols, modes, slot, n_cl, n_unk,
+                         pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                         n_feat, pix_base, n_pix, ndim, n_size, model_id,
+                         continuous, deriv, dextra, ws, b1 if cur == 0 else b0,
+                         std_out, arena)
 
 
 # One cluster's solve, compiled twice: without reference counting (see
@@ -393,10 +384,15 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              # the steps
              + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
              + n_sparse_f * n_var * n_var + n_pix)
-    if with_error:
-        n_f64 += 2 * n_unk + n_unk * n_unk
     n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
     n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
+    if with_error and dense:  # _standard_errors
+        n_f64 += 2 * n_unk * n_pix + 2 * n_unk * n_unk + n_unk + 2 * n_pix
+    elif with_error:
+        n_rows = row_count(n_pix, n_entries, n_cl, n_var)
+        n_f64 += 2 * n_pix + n_rows + 2 * n_unk * n_unk + n_unk + n_unk
+        n_i64 += 2 * n_pix + 1 + n_rows
+        n_flags += n_pix
     return n_f64, n_i64, n_flags
 
 
@@ -575,34 +571,78 @@ def _damped_step_overload(dense, b, grad, lam, scale, free, mat, rhs, index,
     return dense_step if dense.literal_value else sparse_step
 
 
-def _standard_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
-                     entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-                     std_out, arena):
-    """Standard errors of a converged cluster's fitted parameters into
-    ``std_out`` (see the overload)."""
+def _standard_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+                     pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                     pix_base, n_pix, ndim, n_size, model_id, continuous,
+                     deriv, dextra, ws, b, std_out, arena):
+    """Standard errors of a converged cluster's fitted parameters (at the
+    parameters in ``work``) into ``std_out``: the sandwich covariance of
+    :mod:`.covariance` with ``P = (J^T J)^-1``; NaN where J^T J is singular
+    or there are no more valid pixels than unknowns. (See the overload;
+    ``ws`` and ``b`` are overwritten.)"""
     raise NotImplementedError("callable only from kernels")
 
 
 @overload(_standard_errors, prefer_literal=True, jit_options=_INLINE)
-def _standard_errors_overload(dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
-                              n_var, entry_pix, feat_entry_off, f0, n_feat,
-                              pix_base, cols, std_out, arena):
-    # (one function per path: the dense one allocates nothing, the sparse
-    # one builds J^T J)
-    def dense_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
-                     entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-                     std_out, arena):
-        _errors_from(b.normal, b.excluded, cost, n_unk, n_pix, f0, cols,
-                     std_out, arena)
+def _standard_errors_overload(dense, work, cols, modes, slot, n_cl, n_unk,
+                              pix_val, pix_coord, entry_pix, feat_entry_off,
+                              f0, n_feat, pix_base, n_pix, ndim, n_size,
+                              model_id, continuous, deriv, dextra, ws, b,
+                              std_out, arena):
+    # a dense cluster holds J whole, by unknown (every sum over pixels a
+    # vectorised loop), from its workspace's derivatives; a sparse one,
+    # which may be too large for that, takes J by pixel, compressed
+    def dense_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+                     pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                     pix_base, n_pix, ndim, n_size, model_id, continuous,
+                     deriv, dextra, ws, b, std_out, arena):
+        evaluate_work(True, work, cols, modes, slot, n_cl,
+                      (n_unk - n_cl) // n_feat, pix_val, pix_coord,
+                      entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
+                      model_id, continuous, False, deriv, dextra, ws, b)
+        if _valid_pixels(b.excluded, n_pix) <= n_unk:
+            return
+        jac = floats(arena, (n_unk, n_pix))
+        jacobian_by_unknown(ws.terms, cols, entry_pix, feat_entry_off, f0,
+                            n_feat, pix_base, b.excluded, jac)
+        std = floats(arena, n_unk)
+        if dense_sandwich_std(jac, ws.resid, b.excluded,
+                              floats(arena, (n_unk, n_unk)),
+                              floats(arena, (n_unk, n_unk)),
+                              floats(arena, (n_unk, n_pix)),
+                              floats(arena, n_pix), floats(arena, n_pix),
+                              std):
+            _write_std(std, cols, f0, std_out)
 
-    def sparse_errors(dense, b, cost, n_unk, n_pix, modes, slot, n_cl, n_var,
-                      entry_pix, feat_entry_off, f0, n_feat, pix_base, cols,
-                      std_out, arena):
-        normal = dense_normal(n_unk, modes, slot, n_cl, n_var, entry_pix,
-                              feat_entry_off, f0, n_feat, pix_base,
-                              b.excluded, b.entry_deriv, b.jac_cl, n_pix)
-        _errors_from(normal, b.excluded, cost, n_unk, n_pix, f0, cols,
-                     std_out, arena)
+    def sparse_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+                      pix_coord, entry_pix, feat_entry_off, f0, n_feat,
+                      pix_base, n_pix, ndim, n_size, model_id, continuous,
+                      deriv, dextra, ws, b, std_out, arena):
+        n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+        n_var = (n_unk - n_cl) // n_feat
+        n_rows = row_count(n_pix, n_entries, n_cl, n_var)
+        rows = (floats(arena, n_pix), floats(arena, n_pix),
+                flags(arena, n_pix), ints(arena, n_pix + 1),
+                ints(arena, n_pix), ints(arena, n_rows),
+                floats(arena, n_rows))
+        jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
+                      feat_entry_off, f0, n_feat, pix_base, n_pix, ndim,
+                      n_size, model_id, continuous, deriv, dextra, rows)
+        resid, excluded, row_off, row_col, row_val = (rows[1], rows[2],
+                                                      rows[3], rows[5],
+                                                      rows[6])
+        if _valid_pixels(excluded, n_pix) <= n_unk:
+            return
+        factor = floats(arena, (n_unk, n_unk))
+        normal_from_rows(n_unk, excluded, row_off, row_col, row_val, factor)
+        if not cholesky_inplace(factor, n_unk):
+            return
+        inverse = floats(arena, (n_unk, n_unk))
+        inverse_from_factor(factor, n_unk, inverse)
+        std = floats(arena, n_unk)
+        sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col,
+                     row_val, floats(arena, n_unk), std)
+        _write_std(std, cols, f0, std_out)
 
     if not isinstance(dense, types.BooleanLiteral):
         raise TypeError("_standard_errors needs a literal 'dense'")
@@ -610,23 +650,19 @@ def _standard_errors_overload(dense, b, cost, n_unk, n_pix, modes, slot, n_cl,
 
 
 @kernel
-def _errors_from(normal, excluded, cost, n_unk, n_pix, f0, cols, std_out,
-                 arena):
-    """Covariance s^2 (J^T J)^-1, s^2 the residual variance: the standard
-    errors of the cluster's fitted parameters into ``std_out``."""
+def _valid_pixels(excluded, n_pix):
     n_valid = 0
     for q in range(n_pix):
         n_valid += 0 if excluded[q] else 1
-    if n_valid <= n_unk:
-        return
-    unknown_std = floats(arena, n_unk)
-    factor = floats(arena, (n_unk, n_unk))
-    _unknown_std(normal, cost / (n_valid - n_unk), unknown_std, factor,
-                 floats(arena, n_unk))
+    return n_valid
+
+
+@kernel
+def _write_std(std, cols, f0, std_out):
     for k in range(cols.shape[0]):
         for j in range(cols.shape[1]):
             if cols[k, j] >= 0:
-                std_out[f0 + k, j] = unknown_std[cols[k, j]]
+                std_out[f0 + k, j] = std[cols[k, j]]
 
 
 @inline_kernel
@@ -737,7 +773,7 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     residuals, ``status_out`` a status code (0 converged), ``n_eval_out`` the
     number of model evaluations. With ``with_error``, ``std_out`` (features x
     parameters) receives the standard error of every fitted parameter
-    (``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual variance), NaN
+    (the sandwich covariance of :mod:`.covariance` at the optimum), NaN
     for constants and failed fits. Clusters with more than ``dense_limit``
     unknowns take the sparse path (see the module docstring); each path is
     compiled when a batch first needs it.

@@ -12,6 +12,8 @@ cluster's contribution to the shared system (a Schur complement)::
 Summed over clusters, ``S dtheta = -h`` is the Gauss-Newton step of the whole
 problem in the shared parameters, with the locals following at their optimum.
 
+The standard errors at the optimum follow the same split (:func:`_pixel_sums`).
+
 Within a cluster a shared parameter is a 'cluster' unknown when it takes one
 value per cluster (global, frame) and a 'var' unknown when it takes one value
 per feature (particle); ``kernel_modes`` gives that mapping and
@@ -22,8 +24,9 @@ import math
 import numba
 import numpy as np
 
+from .covariance import MIN_ONE_MINUS_H, jacobian_rows, row_count
 from .jit import Specialized, inline_kernel, kernel
-from .linalg import cholesky_inplace, cholesky_solve, inverse_diagonal
+from .linalg import cholesky_inplace, cholesky_solve
 from .lm import cluster_scratch
 from .residuals import (
     cluster_workspace,
@@ -39,6 +42,7 @@ from .threads import OverChunks
 
 STAGE_SYSTEM = 0
 STAGE_STD = 1
+STAGE_MEAT = 2
 
 
 @inline_kernel
@@ -47,7 +51,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
                     kernel_modes, shared_index, ndim, n_size, model_id,
                     continuous, dense_limit, stage, shared_off, block_off,
                     index_out, system_out, grad_out, sumsq_out, n_valid_out,
-                    n_local_out, sinv_blocks, variance, std_out):
+                    n_local_out, sinv_blocks, cov_blocks, std_out):
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -162,22 +166,113 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
         n_valid_out[c] = n_valid
         n_local_out[c] = n_l
         return
-    # STAGE_STD: Cov(locals) = A^-1 + W^T Sinv W, scaled by the variance
-    diag = np.empty(n_l)
-    inverse_diagonal(factor, n_l, diag, np.empty(n_l))
-    for a in range(n_l):
-        total = diag[a]
+    # STAGE_MEAT and STAGE_STD: the sandwich covariance (see _pixel_sums)
+    n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
+    n_rows = row_count(n_pix, n_entries, n_cl, n_var)
+    rows = (np.empty(n_pix), np.empty(n_pix), np.empty(n_pix, np.bool_),
+            np.empty(n_pix + 1, np.int64), np.empty(n_pix, np.int64),
+            np.empty(n_rows, np.int64), np.empty(n_rows))
+    jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
+                  feat_entry_off, f0, n_feat, pix_base, n_pix, ndim, n_size,
+                  model_id, continuous, deriv, dextra, rows)
+    sinv = np.empty((n_sh, n_sh))
+    for s in range(n_sh):
+        for s2 in range(n_sh):
+            sinv[s, s2] = sinv_blocks[b0 + s * n_sh + s2]
+    meat, local_var = _pixel_sums(rows, factor, w, sinv, loc_cols, n_l,
+                                  sh_cols, n_sh, n_unk)
+    if stage == STAGE_MEAT:
         for s in range(n_sh):
+            index_out[s0 + s] = shared_of[sh_cols[s]]
             for s2 in range(n_sh):
-                total += w[s, a] * sinv_blocks[b0 + s * n_sh + s2] * w[s2, a]
-        diag[a] = math.sqrt(variance[c] * total) if total >= 0.0 else math.nan
+                system_out[b0 + s * n_sh + s2] = meat[s, s2]
+        return
+    # STAGE_STD: add W Cov(shared) W^T, the shared values' share
     col_std = np.full(n_unk, math.nan)
     for a in range(n_l):
-        col_std[loc_cols[a]] = diag[a]
+        total = local_var[a]
+        for s in range(n_sh):
+            for s2 in range(n_sh):
+                total += w[s, a] * cov_blocks[b0 + s * n_sh + s2] * w[s2, a]
+        col_std[loc_cols[a]] = math.sqrt(total) if total >= 0.0 else math.nan
     for k in range(n_feat):
         for j in range(n_params):
             if cols[k, j] >= 0 and shared_of[cols[k, j]] < 0:
                 std_out[f0 + k, j] = col_std[cols[k, j]]
+
+
+@kernel
+def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk):
+    """A cluster's sums over its pixels for the sandwich covariance of the
+    whole problem (:mod:`.covariance`), whose inverse ``P`` has the blocks
+    ``P_ll = A^-1 + W Sinv W^T``, ``P_ls = -W Sinv``, ``P_ss = Sinv`` (locals
+    l, shared s; ``W = A^-1 B``; ``Sinv`` the inverse of the summed reduced
+    system). With J_q split into its locals' and shared parts and
+    ``z_q = J_q,s - W^T J_q,l`` (pixel q's row of the reduced problem):
+
+    - leverage ``h_q = J_q,l A^-1 J_q,l^T + z_q Sinv z_q^T``, weight
+      ``w_q = r_q^2 / (1 - h_q)^2``;
+    - ``meat = sum_q w_q z_q^T z_q`` (shared x shared): summed over all
+      clusters, ``Cov(shared) = Sinv meat Sinv``;
+    - ``local_var[a] = sum_q w_q (t_a^2 - 2 t_a u_a)`` with
+      ``t = A^-1 J_q,l^T`` and ``u = W Sinv z_q^T``: a local's variance is
+      this plus ``(W Cov(shared) W^T)_aa`` (a pixel of another cluster
+      moves a local only through the shared values).
+
+    ``factor`` is A's Cholesky factor, ``w`` holds W^T by rows (n_sh x
+    n_l)."""
+    resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
+                                                  rows[5], rows[6])
+    where = np.full(n_unk, -1, dtype=np.int64)  # local a, or n_l + shared s
+    for a in range(n_l):
+        where[loc_cols[a]] = a
+    for s in range(n_sh):
+        where[sh_cols[s]] = n_l + s
+    jl = np.empty(n_l)
+    t = np.empty(n_l)
+    z = np.empty(n_sh)
+    sz = np.empty(n_sh)
+    meat = np.zeros((n_sh, n_sh))
+    local_var = np.zeros(n_l)
+    for q in range(resid.shape[0]):
+        if excluded[q]:
+            continue
+        for a in range(n_l):
+            jl[a] = 0.0
+        for s in range(n_sh):
+            z[s] = 0.0
+        for e in range(row_off[q], row_off[q + 1]):
+            at = where[row_col[e]]
+            if 0 <= at < n_l:
+                jl[at] += row_val[e]
+            elif at >= n_l:
+                z[at - n_l] += row_val[e]
+        leverage = 0.0
+        for a in range(n_l):
+            t[a] = jl[a]
+        cholesky_solve(factor, n_l, t)
+        for a in range(n_l):
+            leverage += jl[a] * t[a]
+        for s in range(n_sh):
+            for a in range(n_l):
+                z[s] -= w[s, a] * jl[a]
+        for s in range(n_sh):
+            total = 0.0
+            for s2 in range(n_sh):
+                total += sinv[s, s2] * z[s2]
+            sz[s] = total
+            leverage += z[s] * total
+        weight = resid[q] / max(1.0 - leverage, MIN_ONE_MINUS_H)
+        weight *= weight
+        for s in range(n_sh):
+            for s2 in range(n_sh):
+                meat[s, s2] += weight * z[s] * z[s2]
+        for a in range(n_l):
+            u = 0.0
+            for s in range(n_sh):
+                u += w[s, a] * sz[s]
+            local_var[a] += weight * (t[a] * t[a] - 2.0 * t[a] * u)
+    return meat, local_var
 
 
 @kernel(entry=True)
@@ -186,7 +281,7 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                      lower, upper, kernel_modes, shared_index, ndim, n_size,
                      model_id, continuous, dense_limit, stage, shared_off,
                      block_off, index_out, system_out, grad_out, sumsq_out,
-                     n_valid_out, n_local_out, sinv_blocks, variance,
+                     n_valid_out, n_local_out, sinv_blocks, cov_blocks,
                      std_out):
     """Reduced normal equations of the shared parameters, per cluster.
 
@@ -198,12 +293,19 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     free local unknowns. A cluster that cannot be evaluated keeps index -1,
     zero contributions and a NaN sum of squares.
 
-    Stage 1 (``STAGE_STD``) reads the matching blocks of the inverse of the
-    summed shared system from ``sinv_blocks`` and writes the standard errors
-    of the local unknowns to ``std_out`` (features x parameters):
-    ``sqrt(variance[c] * diag(A^-1 + W^T Sinv W))`` with ``W = A^-1 B``
-    (``variance`` holds one residual variance per cluster). Without shared
-    unknowns this is the plain ``s^2 A^-1`` of a per-cluster fit.
+    The standard errors at the optimum are the sandwich covariance of
+    :mod:`.covariance` for the whole problem (see :func:`_pixel_sums`), in
+    two stages that read the matching blocks of the inverse ``Sinv`` of the
+    summed reduced system from ``sinv_blocks``:
+
+    Stage 2 (``STAGE_MEAT``) writes the cluster's share of the meat of the
+    shared unknowns' covariance to ``system_out`` (layout and indices as in
+    stage 0); summed over clusters, ``Cov(shared) = Sinv meat Sinv``.
+
+    Stage 1 (``STAGE_STD``) reads the blocks of ``Cov(shared)`` from
+    ``cov_blocks`` and writes the standard errors of the local unknowns to
+    ``std_out`` (features x parameters). Without shared unknowns this is
+    the sandwich of a per-cluster fit.
     """
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
@@ -215,7 +317,7 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                         lower, upper, kernel_modes, shared_index, ndim, n_size,
                         model_id, continuous, dense_limit, stage, shared_off,
                         block_off, index_out, system_out, grad_out, sumsq_out,
-                        n_valid_out, n_local_out, sinv_blocks, variance,
+                        n_valid_out, n_local_out, sinv_blocks, cov_blocks,
                         std_out)
 
 

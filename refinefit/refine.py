@@ -112,9 +112,12 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         positions move at most the mask radius.
     compute_error : bool
         Add ``<param>_std`` for every fitted parameter: the standard error
-        from the covariance of the least-squares fit at the optimum,
-        ``s^2 (J^T J)^-1`` with ``s^2`` the residual variance (numdifftools
-        is not needed). Equality constraints and active inequality
+        from the covariance of the least-squares fit at the optimum, in
+        the sandwich form ``P J^T diag(w) J P`` with ``P = (J^T J)^-1``
+        and each pixel's variance ``w`` estimated from its own residual,
+        so that it holds under shot noise as under uniform noise (trackpy
+        assumes uniform noise; numdifftools is not needed). Equality
+        constraints and active inequality
         constraints enter linearised; shared ('global', 'frame',
         'particle') values are accounted for in every local error. NaN
         where the fit failed.

@@ -113,7 +113,8 @@ def test_large_cluster_errors_match_dense_solve():
 
 
 def test_errors_under_dimer_constraint_are_calibrated():
-    """Constrained dimers: s^2 (N^-1 - N^-1 A^T (A N^-1 A^T)^-1 A N^-1)."""
+    """Constrained dimers: the sandwich with
+    P = N^-1 - N^-1 A^T (A N^-1 A^T)^-1 A N^-1."""
     rng = np.random.default_rng(41)
     truth, guess, movie = grid_scene(1000, rng, dimer_distance=4.0)
     result = refinefit.refine_leastsq(guess, movie, DIAMETER,

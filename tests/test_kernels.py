@@ -11,7 +11,7 @@ from scipy.optimize import approx_fprime
 import refinefit
 from refinefit import kernels
 from refinefit.config import Model, Settings, Solver
-from refinefit.kernels import arena, lm, residuals
+from refinefit.kernels import arena, covariance, linalg, lm, residuals
 from refinefit.problem.models import resolve_model
 from refinefit.solvers.engine import flatten_masks, refine_chunk
 
@@ -877,3 +877,63 @@ def test_internal_kernels_refuse_python_calls():
     TypeError that says so, not a jump to missing code."""
     with pytest.raises(TypeError, match="internal to the compiled kernels"):
         residuals.mode_counts(np.zeros(3, dtype=np.int64))
+
+
+@numba.njit
+def _sandwich_both_ways(jac_by_unknown, resid, excluded, row_off, row_col,
+                        row_val):
+    """kernels.covariance's sandwich from J held whole and from J's
+    compressed rows."""
+    n_unk, n_pix = jac_by_unknown.shape
+    whole = np.full(n_unk, np.nan)
+    covariance.dense_sandwich_std(
+        jac_by_unknown, resid, excluded, np.empty((n_unk, n_unk)),
+        np.empty((n_unk, n_unk)), np.empty((n_unk, n_pix)),
+        np.empty(n_pix), np.empty(n_pix), whole)
+    normal = np.empty((n_unk, n_unk))
+    covariance.normal_from_rows(n_unk, excluded, row_off, row_col, row_val,
+                                normal)
+    linalg.cholesky_inplace(normal, n_unk)
+    inverse = np.empty((n_unk, n_unk))
+    covariance.inverse_from_factor(normal, n_unk, inverse)
+    by_rows = np.full(n_unk, np.nan)
+    covariance.sandwich_std(inverse, n_unk, resid, excluded, row_off,
+                            row_col, row_val, np.empty(n_unk), by_rows)
+    return whole, by_rows
+
+
+def test_sandwich_errors_match_numpy():
+    """The sandwich covariance (kernels.covariance, from J whole and from
+    its compressed rows, and the scipy paths' NumPy version) against its
+    formula written out in NumPy: P = (J^T J)^-1, h = diag(J P J^T),
+    Cov = P J^T diag(r^2 / (1 - h)^2) J P; excluded pixels add nothing."""
+    from refinefit.solvers.scipy_errors import sandwich_std
+
+    rng = np.random.default_rng(41)
+    for _ in range(50):
+        n_unk = int(rng.integers(1, 9))
+        n_pix = int(rng.integers(n_unk + 2, 60))
+        jac = rng.normal(size=(n_pix, n_unk))
+        jac[rng.random(jac.shape) < 0.3] = 0.0  # a sparse pattern
+        resid = rng.normal(size=n_pix) * rng.uniform(0.1, 5.0, n_pix)
+        excluded = rng.random(n_pix) < 0.1
+        valid = ~excluded
+        j, r = jac[valid], resid[valid]
+        if np.linalg.matrix_rank(j) < n_unk:
+            continue
+        p = np.linalg.inv(j.T @ j)
+        h = np.einsum("qi,ij,qj->q", j, p, j)
+        cov = p @ j.T @ np.diag(r ** 2 / (1 - h) ** 2) @ j @ p
+        expect = np.sqrt(np.diag(cov))
+
+        rows = [np.nonzero(jac[q])[0] for q in range(n_pix)]
+        row_off = np.r_[0, np.cumsum([len(c) for c in rows])].astype(np.int64)
+        row_col = np.concatenate(rows).astype(np.int64)
+        row_val = np.concatenate([jac[q, c] for q, c in enumerate(rows)])
+        by_unknown = np.ascontiguousarray(jac.T)
+        by_unknown[:, excluded] = 0.0  # as covariance.jacobian_by_unknown
+        whole, by_rows = _sandwich_both_ways(by_unknown, resid, excluded,
+                                             row_off, row_col, row_val)
+        np.testing.assert_allclose(whole, expect, rtol=1e-9)
+        np.testing.assert_allclose(by_rows, expect, rtol=1e-9)
+        np.testing.assert_allclose(sandwich_std(p, j, r), expect, rtol=1e-9)

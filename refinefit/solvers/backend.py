@@ -20,10 +20,11 @@ sees only arrays:
 It returns the least-squares optimum of each cluster within its bounds, its
 sum of squared residuals (``cost``), a status code of
 :mod:`refinefit.kernels.codes`, with ``settings.solver.with_error`` the standard
-errors ``s^2 (J^T J)^-1``, and the model evaluations spent. A cluster's
-result must depend only on that cluster's arrays, bit for bit, whatever
-the batch, its order or the number of threads: chunking and Dask rely on
-it. A backend never raises for a failed fit; it reports a status.
+errors (the sandwich covariance of ``kernels/covariance.py``), and the model
+evaluations spent. A cluster's result must depend only on that cluster's
+arrays, bit for bit, whatever the batch, its order or the number of
+threads: chunking and Dask rely on it. A backend never raises for a failed
+fit; it reports a status.
 
 :data:`BACKENDS` names the implementations; a new objective (Poisson) or
 device (CUDA) is one module here plus its kernels, registered in the table.

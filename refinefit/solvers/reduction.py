@@ -4,12 +4,12 @@ import numpy as np
 
 from ..kernels import reduce_clusters
 from ..kernels.codes import MODE_CLUSTER, MODE_VAR
-from ..kernels.shared import STAGE_STD, STAGE_SYSTEM
+from ..kernels.shared import STAGE_STD
 
 
 def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
                  shared_index, stage, offsets=None, sinv_blocks=None,
-                 variance=0.0, std=None):
+                 cov_blocks=None, std=None):
     """Run ``kernels.reduce_clusters`` over all clusters of a flattened
     batch (see its docstring for the stages); returns the offsets and the
     kernel's outputs."""
@@ -33,6 +33,8 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
     n_local = np.empty(n_clusters, dtype=np.int64)
     if sinv_blocks is None:
         sinv_blocks = np.empty(0)
+    if cov_blocks is None:
+        cov_blocks = np.empty(0)
     if std is None:
         std = np.empty((0, params.shape[1]))
     reduce_clusters(np.arange(n_clusters, dtype=np.int64), batch.pix_val,
@@ -42,31 +44,26 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
                     np.ascontiguousarray(upper), kernel_modes,
                     np.ascontiguousarray(shared_index), *settings.model.literals,
                     settings.solver.dense_limit, stage, shared_off, block_off, index,
-                    system, grad, sumsq, n_valid, n_local, sinv_blocks,
-                    np.broadcast_to(np.asarray(variance, dtype=np.float64),
-                                    (n_clusters,)).copy(), std)
+                    system, grad, sumsq, n_valid, n_local,
+                    np.ascontiguousarray(sinv_blocks, dtype=np.float64),
+                    np.ascontiguousarray(cov_blocks, dtype=np.float64), std)
     return shared_off, block_off, index, system, grad, sumsq, n_valid, n_local
 
 
 
 def errors_at(batch, ids, params, lower, upper, settings):
-    """Standard errors ``s^2 (J^T J)^-1`` of clusters ``ids`` of ``batch``
-    at ``params`` (as the engine reports them), for fits made elsewhere
-    (scipy); NaN for constants and clusters that cannot be evaluated."""
+    """Standard errors of clusters ``ids`` of ``batch`` at ``params`` (the
+    engine's sandwich covariance, ``kernels/covariance.py``), for fits made
+    elsewhere (scipy); NaN for constants and clusters that cannot be
+    evaluated."""
     n_clusters = len(batch.cluster_feat_off) - 1
     off = batch.cluster_feat_off
     no_shared = np.full(params.shape, -1, dtype=np.int64)
     std = np.full(params.shape, np.nan)
-    args = (batch, off, params, lower, upper, settings, settings.model.modes,
-            no_shared)
-    _, _, _, _, _, sumsq, n_valid, n_local = reduce_batch(*args,
-                                                           STAGE_SYSTEM)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        variance = np.where(n_valid > n_local,
-                            sumsq / (n_valid - n_local), np.nan)
     zeros = np.zeros(n_clusters + 1, dtype=np.int64)
-    reduce_batch(*args, STAGE_STD, offsets=(zeros, zeros),
-                  variance=variance, std=std)
+    reduce_batch(batch, off, params, lower, upper, settings,
+                 settings.model.modes, no_shared, STAGE_STD,
+                 offsets=(zeros, zeros), std=std)
     keep = np.repeat(np.isin(np.arange(n_clusters), ids), np.diff(off))
     std[~keep] = np.nan
     return std

@@ -7,10 +7,12 @@ at the optimum:
   model derivatives (``kernels.evaluate_model``, or the NumPy evaluation of
   a custom model) times the linear map from ``v`` to the per-feature
   parameters (``vect_to_params``), assembled sparse;
-- ``N = J^T J`` and ``s^2`` = sum of squared residuals / (pixels - unknowns);
-- equality constraints, and inequality constraints that are active
-  (|value| <= 1e-6), enter linearised: with ``A`` their finite-difference
-  Jacobian, Cov = s^2 (N^-1 - N^-1 A^T (A N^-1 A^T)^-1 A N^-1);
+- with ``N = J^T J``, ``P = N^-1``; equality constraints, and inequality
+  constraints that are active (|value| <= 1e-6), enter linearised: with
+  ``A`` their finite-difference Jacobian,
+  ``P = N^-1 - N^-1 A^T (A N^-1 A^T)^-1 A N^-1``;
+- the covariance is the sandwich ``P J^T diag(w) J P`` of
+  ``kernels/covariance.py`` (:func:`sandwich_std`);
 - the standard error of every unknown is mapped back to the features.
 
 This path is the slow one (a Python loop over groups); the engine's own
@@ -22,6 +24,7 @@ from scipy import sparse
 from ..problem.params import vect_to_params
 
 _ACTIVE = 1e-6
+_MIN_ONE_MINUS_H = 1e-6  # as kernels/covariance.py
 _FD_STEP = 1e-7
 
 
@@ -88,23 +91,31 @@ def _one_group(batch, params, model, excluded, entry_deriv, ids, members, x,
     jac_params = sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])),
                                    shape=(len(pix), len(members) * n_params))
     jac = (jac_params @ vmap).toarray()
-    normal = jac.T @ jac
+    jac = jac[valid]
     resid = (model[pix] - batch.pix_val[pix])[valid]
-    dof = int(valid.sum()) - n_v
-    if dof <= 0:
+    if len(resid) <= n_v:
         return np.full((len(members), n_params), np.nan)
-    variance = float(resid @ resid) / dof
-    inverse = np.linalg.inv(normal)
+    inverse = np.linalg.inv(jac.T @ jac)
     active = _active_constraint_jacobian(constraints, x)
     if len(active):
         middle = active @ inverse @ active.T
         inverse = inverse - inverse @ active.T @ np.linalg.solve(
             middle, active @ inverse)
-    diag = np.diag(inverse) * variance
-    with np.errstate(invalid="ignore"):
-        std_v = np.where(diag >= 0, np.sqrt(np.abs(diag)), np.nan)
+    std_v = sandwich_std(inverse, jac, resid)
     nan_base = np.full((len(members), n_params), np.nan)
     return vect_to_params(std_v, nan_base, modes, spec)
+
+
+def sandwich_std(inverse, jac, resid):
+    """Standard errors from the sandwich covariance
+    ``P (sum_q w_q J_q^T J_q) P`` with ``w_q = r_q^2 / (1 - h_q)^2`` and
+    ``h_q = J_q P J_q^T`` (``kernels/covariance.py``, which the engine
+    uses); NaN where ``P``'s diagonal is negative."""
+    phi = jac @ inverse  # row q: (P J_q^T)^T
+    leverage = np.einsum("ij,ij->i", phi, jac)
+    weight = (resid / np.maximum(1.0 - leverage, _MIN_ONE_MINUS_H)) ** 2
+    variance = weight @ phi ** 2
+    return np.where(np.diag(inverse) >= 0, np.sqrt(variance), np.nan)
 
 
 def _active_constraint_jacobian(constraints, x):

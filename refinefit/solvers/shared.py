@@ -18,6 +18,7 @@ Every pass reads the frames chunk by chunk, as the per-cluster engine does,
 so memory does not grow with the movie. A pass costs one warm-started solve
 of every cluster plus one Jacobian evaluation.
 """
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from ..kernels.codes import (
     MODE_VAR,
     SHARED_MODES,
 )
-from ..kernels.shared import STAGE_STD, STAGE_SYSTEM
+from ..kernels.shared import STAGE_MEAT, STAGE_STD, STAGE_SYSTEM
 from .engine import flatten_masks, map_chunks, refine_chunk
 from .reduction import reduce_batch
 from .result import Solution
@@ -293,11 +294,8 @@ def _solve_pass(source, cluster_frames, cluster_feat_off, lower, upper,
         iterations[c0:c1] = chunk.iterations
         centres[f0:f1] = chunk.centres
         shared_off, index = chunk.shared_off, chunk.index
-        chunk_ok = np.isfinite(chunk.cost) & np.isfinite(chunk.sumsq)
-        bad_index = np.minimum.reduceat(index, shared_off[:-1]) < 0 \
-            if len(index) else np.zeros(c1 - c0, dtype=bool)
-        has_shared = np.diff(shared_off) > 0
-        chunk_ok &= ~(bad_index & has_shared)
+        chunk_ok = _reduced(np.isfinite(chunk.cost) & np.isfinite(chunk.sumsq),
+                            shared_off, index)
         ok[c0:c1] = chunk_ok
         sumsq[c0:c1] = chunk.sumsq
         n_valid[c0:c1] = chunk.n_valid
@@ -364,6 +362,14 @@ def _pass_chunk(images, frame_max, cluster_image, payload):
                       *reduced)
 
 
+def _reduced(ok, shared_off, index):
+    """``ok`` without the clusters whose shared unknowns the reduction
+    kernel left unindexed (it could not evaluate them)."""
+    bad_index = np.minimum.reduceat(index, shared_off[:-1]) < 0 \
+        if len(index) else np.zeros(len(ok), dtype=bool)
+    return ok & ~(bad_index & (np.diff(shared_off) > 0))
+
+
 def _block_entries(shared_off, block_off, index, system, keep):
     """COO entries (row, column, value) of the per-cluster blocks."""
     n_sh = np.diff(shared_off)
@@ -379,42 +385,70 @@ def _block_entries(shared_off, block_off, index, system, keep):
 
 def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
                      settings, layout, state, executor):
-    """Standard errors of the whole problem: the shared unknowns from the
-    inverse of the summed reduced system, the locals from the inverse of
-    their block corrected by the uncertainty of the shared values."""
+    """Standard errors of the whole problem: the sandwich covariance of
+    ``kernels/covariance.py`` through the reduced system
+    (``kernels/shared.py``). A pass over the clusters sums the meat of the
+    shared unknowns, whose covariance is ``Sinv meat Sinv``; a second gives
+    the locals theirs, from their own clusters' pixels plus the shared
+    values' share."""
+    from scipy import sparse
+
     n_params = state.params.shape[1]
     std = np.full((len(state.params), n_params), np.nan)
     ok = state.ok
     dof = state.n_valid[ok].sum() - state.n_local[ok].sum() - layout.n_shared
     if dof <= 0:
         return std
-    variance = state.sumsq[ok].sum() / dof
     inverse = _SelectedInverse(state.system)
-    shared_std = np.sqrt(variance * inverse.values(
-        np.arange(layout.n_shared), np.arange(layout.n_shared)))
-    rows, cols = np.nonzero(layout.index >= 0)
-    std[rows, cols] = shared_std[layout.index[rows, cols]]
-    chunk_of = {}  # first cluster of each chunk -> its blocks in state
+    chunk_of = {c0: k for k, c0 in enumerate(state.chunk_starts)}
 
-    def payload(c0, c1):
-        f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+    def block_values(c0, matrix):
+        """``matrix``'s entries at the blocks of the chunk from ``c0``."""
         shared_off, block_off, index = state.blocks[chunk_of[c0]]
         n_sh = np.diff(shared_off)
         cluster = np.repeat(np.arange(len(n_sh)), n_sh ** 2)
         local = np.arange(block_off[-1]) - block_off[cluster]
         width = np.maximum(n_sh[cluster], 1)
-        sinv = inverse.values(index[shared_off[cluster] + local // width],
-                              index[shared_off[cluster] + local % width])
-        return (cluster_feat_off[c0:c1 + 1] - f0, state.centres[f0:f1],
-                state.params[f0:f1], lower[f0:f1], upper[f0:f1], settings,
-                layout.kernel_modes, layout.index[f0:f1], shared_off,
-                block_off, sinv, variance)
+        return matrix.values(index[shared_off[cluster] + local // width],
+                             index[shared_off[cluster] + local % width])
 
-    chunk_of.update((c0, k) for k, c0 in enumerate(state.chunk_starts))
+    def payload(stage, covariance=None):
+        def chunk(c0, c1):
+            f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
+            shared_off, block_off, _ = state.blocks[chunk_of[c0]]
+            cov = (np.empty(0) if covariance is None
+                   else block_values(c0, covariance))
+            return (cluster_feat_off[c0:c1 + 1] - f0, state.centres[f0:f1],
+                    state.params[f0:f1], lower[f0:f1], upper[f0:f1],
+                    settings, layout.kernel_modes, layout.index[f0:f1],
+                    shared_off, block_off, block_values(c0, inverse), cov,
+                    stage)
+        return chunk
+
+    rows, cols, vals = [], [], []
+    for c0, c1, (index, meat) in map_chunks(
+            source, cluster_frames, cluster_feat_off, settings, _error_chunk,
+            payload(STAGE_MEAT), executor):
+        shared_off, block_off, _ = state.blocks[chunk_of[c0]]
+        r, c, v = _block_entries(shared_off, block_off, index, meat,
+                                 _reduced(ok[c0:c1], shared_off, index))
+        rows.append(r)
+        cols.append(c)
+        vals.append(v)
+    n = layout.n_shared
+    meat = sparse.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n, n)).tocsr()
+    covariance = inverse.sandwich(meat)
+    with np.errstate(invalid="ignore"):
+        shared_std = np.sqrt(covariance.values(np.arange(n), np.arange(n)))
+    rows, cols = np.nonzero(layout.index >= 0)
+    std[rows, cols] = shared_std[layout.index[rows, cols]]
+
     fitted_local = (layout.local_modes != MODE_CONST)[None, :]
-    for c0, c1, local_std in map_chunks(source, cluster_frames,
-                                        cluster_feat_off, settings,
-                                        _std_chunk, payload, executor):
+    for c0, c1, local_std in map_chunks(
+            source, cluster_frames, cluster_feat_off, settings, _error_chunk,
+            payload(STAGE_STD, covariance), executor):
         f0, f1 = cluster_feat_off[c0], cluster_feat_off[c1]
         bad = np.repeat(~ok[c0:c1], np.diff(cluster_feat_off[c0:c1 + 1]))
         local_std[bad] = np.nan
@@ -423,17 +457,22 @@ def _standard_errors(source, cluster_frames, cluster_feat_off, lower, upper,
     return std
 
 
-def _std_chunk(images, frame_max, cluster_image, payload):
-    """Standard errors of one chunk's local unknowns, given the entries of
-    the inverse reduced system that its clusters touch."""
+def _error_chunk(images, frame_max, cluster_image, payload):
+    """One chunk's share of the standard errors (``stage``): the meat of
+    the shared unknowns' covariance (indices and blocks), or the standard
+    errors of its local unknowns, given the entries of the inverse reduced
+    system (and of the shared unknowns' covariance) its clusters touch."""
     off, centres, params, lower, upper, settings, kernel_modes, index, \
-        shared_off, block_off, sinv, variance = payload
+        shared_off, block_off, sinv, cov, stage = payload
     local_std = np.full(params.shape, np.nan)
     batch = flatten_masks(images, cluster_image, off,
                           np.ascontiguousarray(centres), settings.model.radius)
-    reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
-                 index, STAGE_STD, offsets=(shared_off, block_off),
-                 sinv_blocks=sinv, variance=variance, std=local_std)
+    reduced = reduce_batch(batch, off, params, lower, upper, settings,
+                           kernel_modes, index, stage,
+                           offsets=(shared_off, block_off), sinv_blocks=sinv,
+                           cov_blocks=cov, std=local_std)
+    if stage == STAGE_MEAT:
+        return reduced[2], reduced[3]
     return local_std
 
 
@@ -456,23 +495,50 @@ class _SelectedInverse:
         position[order] = np.arange(n) - np.repeat(starts, sizes)
         self.label, self.position, self.sizes = label, position, sizes
         self.blocks = {}  # size -> (component -> slot, stacked inverses)
-        coo = matrix.tocoo()
-        for size in np.unique(sizes):
-            comps = np.nonzero(sizes == size)[0]
-            slot = np.full(n_comp, -1, dtype=np.int64)
-            slot[comps] = np.arange(len(comps))
+        for size, (slot, dense) in self._stacks(matrix).items():
             if size > _MAX_DENSE_COMPONENT:
                 warnings.warn(f"compute_error: {size} shared unknowns are "
                               "coupled; their standard errors are not "
                               "computed (NaN)", UserWarning, stacklevel=4)
                 self.blocks[size] = (slot, None)
                 continue
-            dense = np.zeros((len(comps), size, size))
-            use = slot[label[coo.row]] >= 0
-            use &= sizes[label[coo.row]] == size
-            dense[slot[label[coo.row[use]]], position[coo.row[use]],
-                  position[coo.col[use]]] = coo.data[use]
             self.blocks[size] = (slot, _batched_inverse(dense))
+
+    def _stacks(self, matrix):
+        """``matrix`` (with the sparsity of the inverted one, or less) as
+        dense components: size -> (component -> slot, stacked blocks);
+        None for components too large to hold."""
+        from scipy import sparse
+
+        coo = sparse.coo_matrix(matrix)
+        label, position, sizes = self.label, self.position, self.sizes
+        stacks = {}
+        for size in np.unique(sizes):
+            comps = np.nonzero(sizes == size)[0]
+            slot = np.full(len(sizes), -1, dtype=np.int64)
+            slot[comps] = np.arange(len(comps))
+            if size > _MAX_DENSE_COMPONENT:
+                stacks[size] = (slot, None)
+                continue
+            dense = np.zeros((len(comps), size, size))
+            use = sizes[label[coo.row]] == size
+            np.add.at(dense, (slot[label[coo.row[use]]],
+                              position[coo.row[use]],
+                              position[coo.col[use]]), coo.data[use])
+            stacks[size] = (slot, dense)
+        return stacks
+
+    def sandwich(self, meat):
+        """The entries of ``M^-1 meat M^-1`` (M the inverted matrix;
+        ``meat`` couples no two of its components), in the same form."""
+        out = copy.copy(self)
+        out.blocks = {}
+        stacks = self._stacks(meat)
+        for size, (slot, inverses) in self.blocks.items():
+            dense = stacks[size][1]
+            out.blocks[size] = (slot, None if inverses is None
+                                else inverses @ dense @ inverses)
+        return out
 
     def values(self, rows, cols):
         rows = np.asarray(rows, dtype=np.int64)
