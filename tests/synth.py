@@ -388,3 +388,18 @@ def position_errors(result, scene):
 def rms(values):
     """Root mean square over all entries (per coordinate, as trackpy)."""
     return float(np.sqrt(np.mean(np.square(values))))
+
+
+def grid_centres(rng, per_side, spacing, dimer_distance=None):
+    """One frame's centres: a feature in each cell of a ``per_side`` square
+    grid of ``spacing`` px cells, within 1 px of the cell's middle; with
+    ``dimer_distance``, a dimer of that length at a random angle instead
+    (first all first members, then all second members)."""
+    cells = np.indices((per_side, per_side)).reshape(2, -1).T
+    centres = (cells + 0.5) * spacing + rng.uniform(-1, 1, cells.shape)
+    if dimer_distance is None:
+        return centres
+    angle = rng.uniform(0, np.pi, len(centres))
+    half = 0.5 * dimer_distance * np.column_stack([np.sin(angle),
+                                                   np.cos(angle)])
+    return np.concatenate([centres - half, centres + half])

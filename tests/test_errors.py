@@ -9,6 +9,7 @@ model's truncation at the mask is negligible.
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 
 import refinefit
 
@@ -32,13 +33,7 @@ def grid_scene(n_cells, rng, dimer_distance=None):
     truths, guesses, images = [], [], []
     per_image = 10
     for frame in range(int(np.ceil(n_cells / per_image ** 2))):
-        cells = np.indices((per_image, per_image)).reshape(2, -1).T
-        centres = (cells + 0.5) * SPACING + rng.uniform(-1, 1, cells.shape)
-        if dimer_distance is not None:
-            angle = rng.uniform(0, np.pi, len(centres))
-            half = 0.5 * dimer_distance * np.column_stack(
-                [np.sin(angle), np.cos(angle)])
-            centres = np.concatenate([centres - half, centres + half])
+        centres = synth.grid_centres(rng, per_image, SPACING, dimer_distance)
         images.append(draw((per_image * SPACING,) * 2, centres, rng))
         truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
                                         x=centres[:, 1])))

@@ -16,6 +16,7 @@ estimate their variance only roughly; their spread is held within
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 
 import refinefit
 
@@ -40,13 +41,7 @@ def count_scene(n_cells, photons, background, rng, dimer_distance=None):
     amplitude = photons / (np.pi * SIZE ** 2)  # sum over the plane: photons
     truths, guesses, images = [], [], []
     for frame in range(int(np.ceil(n_cells / PER_SIDE ** 2))):
-        cells = np.indices((PER_SIDE, PER_SIDE)).reshape(2, -1).T
-        centres = (cells + 0.5) * SPACING + rng.uniform(-1, 1, cells.shape)
-        if dimer_distance is not None:
-            angle = rng.uniform(0, np.pi, len(centres))
-            half = 0.5 * dimer_distance * np.column_stack(
-                [np.sin(angle), np.cos(angle)])
-            centres = np.concatenate([centres - half, centres + half])
+        centres = synth.grid_centres(rng, PER_SIDE, SPACING, dimer_distance)
         images.append(draw_counts((PER_SIDE * SPACING,) * 2, centres,
                                   amplitude, background, rng))
         truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
