@@ -18,10 +18,12 @@ distribution. The truth is the continuous Gaussian's centre.
 The methods, each given the same frames and start positions:
 
 - refinefit: ``refine_leastsq(start, frames, diameter=11,
-  param_mode={"size": "var"})``: the Gaussian model, isotropic, background
-  fitted per cluster (the default), and the size fitted too, as Picasso
-  fits the width. Start values: the start position, the signal from the
-  pixel there and the nominal size ``2.0 * sqrt(2)`` (a standard deviation
+  param_mode={"size": "var"})`` (least squares, and with
+  ``estimator="poisson"`` maximum likelihood, as Picasso's MLE fitters):
+  the Gaussian model, isotropic, background fitted per cluster (the
+  default), and the size fitted too, as Picasso fits the width. Start
+  values: the start position, the signal from the pixel there and the
+  nominal size ``2.0 * sqrt(2)`` (a standard deviation
   of 2.0 px, 13 % above the truth; refinefit's ``size`` is ``sqrt(2)``
   times the standard deviation), computed inside the timed call. Masks are
   discs of radius 5 px around the start.
@@ -152,7 +154,7 @@ def i1():
     return make_i1(FRAMES)
 
 
-def run_refinefit(frames, guess):
+def run_refinefit(frames, guess, estimator="lsq"):
     """Refined (y, x) and whether each fit converged."""
     start = guess.copy()
     yi = np.rint(start["y"].to_numpy()).astype(np.int64)
@@ -160,7 +162,8 @@ def run_refinefit(frames, guess):
     start["signal"] = frames[start["frame"].to_numpy(), yi, xi].astype(float)
     start["size"] = START_SIZE
     refined = refinefit.refine_leastsq(start, frames, diameter=DIAMETER,
-                                       param_mode={"size": "var"})
+                                       param_mode={"size": "var"},
+                                       estimator=estimator)
     ok = (refined["status"] == 0).to_numpy()
     return refined[["y", "x"]].to_numpy(), ok, None
 
@@ -259,12 +262,15 @@ def test_i1_peers(benchmark, i1, results):
     true_pos = truth[["y", "x"]].to_numpy()
     _import_picasso()
 
-    run_refinefit(frames, guess[guess["frame"] == 0].iloc[:20])  # warm
+    for estimator in ("lsq", "poisson"):  # warm
+        run_refinefit(frames, guess[guess["frame"] == 0].iloc[:20], estimator)
     benchmark.pedantic(run_refinefit, args=(frames, guess), rounds=ROUNDS,
                        iterations=1)
     benchmark.extra_info["spots"] = n
     workers = threads_rf
-    methods = {"refinefit": lambda: run_refinefit(frames, guess)}
+    methods = {"refinefit": lambda: run_refinefit(frames, guess),
+               "refinefit poisson": lambda: run_refinefit(frames, guess,
+                                                          "poisson")}
     with warnings.catch_warnings(), ThreadPoolExecutor(workers) as threads:
         # picasso.gaussmle and gausslq warn that they are deprecated, on
         # every call, in every thread
@@ -298,13 +304,16 @@ def test_i1_peers(benchmark, i1, results):
     for name in methods:
         results[f"I1 {name} spots/s"] = round(rate[name])
     for name in methods:
-        if name != "refinefit":
+        if not name.startswith("refinefit"):
             results[f"I1 ratio refinefit / {name}"] = round(
                 rate["refinefit"] / rate[name], 2)
+    results["I1 ratio refinefit poisson / picasso gaussmle"] = round(
+        rate["refinefit poisson"] / rate["picasso gaussmle"], 2)
     for name in methods:
         results[f"I1 {name} rms position error (px)"] = round(rms[name], 4)
-    results["I1 rms refinefit / rms picasso gaussmle"] = round(
-        rms["refinefit"] / rms["picasso gaussmle"], 3)
+    for name in ("refinefit", "refinefit poisson"):
+        results[f"I1 rms {name} / rms picasso gaussmle"] = round(
+            rms[name] / rms["picasso gaussmle"], 3)
     results["I1 Cramer-Rao bound, rms position (px, gaussmle's CRLB)"] = \
         round(float(np.sqrt(np.mean(crlb[ok_all].sum(axis=1)))), 4)
     results["I1 spots in the rms (fitted by every method)"] = int(
@@ -323,6 +332,7 @@ def test_i1_peers(benchmark, i1, results):
     for name, (_, ok, _) in out.items():
         assert ok.mean() > 0.98, name
     assert rms["refinefit"] < 0.15
+    assert rms["refinefit poisson"] < 0.15
 
 
 def _interleaved(methods, rounds):

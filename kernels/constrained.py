@@ -55,7 +55,7 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cols = column_table(modes, slot, n_cl, n_var, n_feat, arena)
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, True,
-                           pairs, arena)
+                           pairs, False, pix_val[:0], arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, True, arena)
     deriv = np.empty(n_params)

@@ -58,6 +58,7 @@ from .linalg import (
     cholesky_inplace,
     cholesky_solve,
     dot,
+    inverse_diagonal,
 )
 from .models import BUILTIN_MODELS
 from .residuals import (
@@ -233,16 +234,24 @@ def _relative_steps(modes, slot, n_cl, n_var, n_feat, ndim, n_size, arena):
     return relative
 
 
-def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
-                  feat_entry_off, cluster_feat_off, params, lower, upper,
-                  modes, ndim, n_size, model_id, continuous, tol, max_eval,
-                  dense, params_out, sumsq_out, status_out, n_eval_out,
-                  with_error, std_out, pairs, arena):
+def solve_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
+                  entry_pix, feat_entry_off, cluster_feat_off, params, lower,
+                  upper, modes, ndim, n_size, model_id, continuous, tol,
+                  max_eval, dense, poisson, params_out, sumsq_out,
+                  deviance_out, status_out, n_eval_out, with_error, std_out,
+                  pairs, arena):
     """Refine cluster ``c`` (Levenberg-Marquardt, :func:`_lm_loop`);
     write its parameters, cost and status, and with ``with_error`` the
-    standard errors of its fitted parameters. ``pairs`` are the cluster's
-    (:func:`.residuals.cluster_pairs`); its arrays come from ``arena``
-    (:mod:`.arena`), from the beginning, sized by :func:`cluster_needs`."""
+    standard errors of its fitted parameters. With ``poisson`` (dense
+    only) it maximises the Poisson likelihood of the photons ``pix_val``
+    (see :func:`.residuals._evaluate_poisson`; ``pix_extra`` adds expected
+    photons at each pixel, or is empty), writes the deviance to
+    ``deviance_out`` (per degree of freedom: valid pixels minus unknowns)
+    and the sum of squared residuals still to
+    ``sumsq_out``; its errors are the Cramer-Rao bound at the fit.
+    ``pairs`` are the cluster's (:func:`.residuals.cluster_pairs`); its
+    arrays come from ``arena`` (:mod:`.arena`), from the beginning, sized
+    by :func:`cluster_needs`."""
     reset(arena)
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
@@ -287,7 +296,7 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_sparse_f = 1 if dense else n_feat
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, dense, pairs,
-                           arena)
+                           poisson, pix_extra, arena)
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     b0 = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                             n_unk, dense, arena)
@@ -311,18 +320,27 @@ def solve_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cost, status, n_eval, cur = _lm_loop_inline(
         (x, lo, hi, relative), tiny, tol, max_eval, work, cols, modes, slot,
         n_cl, n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-        n_feat, pix_base, ndim, n_size, model_id, continuous, dense, ws, b0,
-        b1, (deriv, dextra, free, scale, step, trial, mat, rhs, index, fac_cl,
+        n_feat, pix_base, ndim, n_size, model_id, continuous, dense, poisson,
+        ws, b0, b1, (deriv, dextra, free, scale, step, trial, mat, rhs, index, fac_cl,
              fac_blocks, pix_scratch))
     unpack(x, work, cols)
     for k in range(n_feat):
         for j in range(n_params):
             params_out[f0 + k, j] = work[k, j]
     sumsq_out[c] = cost
+    if poisson:  # the sum of squares at the fit; deviance per dof
+        spare = b1 if cur == 0 else b0
+        evaluate_work(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                      pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                      pix_base, ndim, n_size, model_id, continuous, False,
+                      deriv, dextra, ws, spare)
+        sumsq_out[c] = dot(ws.resid, ws.resid)
+        dof = _valid_pixels(spare.excluded, n_pix) - n_unk
+        deviance_out[c] = cost / dof if dof > 0 else math.nan
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
     if with_error and status_out[c] == CONVERGED:
-        _standard_errors(dense, work, cols, modes, slot, n_cl, n_unk,
+        _standard_errors(dense, poisson, work, cols, modes, slot, n_cl, n_unk,
                          pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                          n_feat, pix_base, n_pix, ndim, n_size, model_id,
                          continuous, deriv, dextra, ws, b1 if cur == 0 else b0,
@@ -352,13 +370,13 @@ def cluster_scratch(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
                           n_pix, dense)
     n_f64, n_i64, n_flags = cluster_needs(
         n_pix, n_entries, n_feat, modes.shape[0], n_cl, n_var, ndim, n_size,
-        dense, False, longest_pair(pairs))
+        dense, False, False, longest_pair(pairs))
     return pairs, new_arena(n_f64, n_i64, n_flags)
 
 
 @kernel
 def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
-                  n_size, dense, with_error, longest):
+                  n_size, dense, poisson, with_error, longest):
     """Elements :func:`solve_cluster` takes from its arena: (float64, int64,
     bool), in the order it takes them. ``longest`` is the
     :func:`.residuals.longest_pair` of the cluster's pairs."""
@@ -384,6 +402,8 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              # the steps
              + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
              + n_sparse_f * n_var * n_var + n_pix)
+    # the workspace's Poisson arrays
+    n_f64 += n_unk * n_pix + 2 * n_pix if poisson else 3
     n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
     n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
     if with_error and dense:  # _standard_errors
@@ -398,8 +418,8 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
 
 def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
              n_var, n_unk, pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-             n_feat, pix_base, ndim, n_size, model_id, continuous, dense, ws,
-             b0, b1, scratch):
+             n_feat, pix_base, ndim, n_size, model_id, continuous, dense,
+             poisson, ws, b0, b1, scratch):
     """The Levenberg-Marquardt iterations of one cluster from ``x`` (updated
     in place; ``unknowns`` is ``(x, lo, hi, relative)``). ``b0`` and ``b1``
     take the evaluations of the current and the trial point, in turn;
@@ -429,10 +449,11 @@ def _lm_loop(unknowns, tiny, tol, max_eval, work, cols, modes, slot, n_cl,
         # a trial to the evaluation not holding the current point.
         into = b0 if n_eval == 0 or cur == 1 else b1
         unpack(x if n_eval == 0 else trial, work, cols)
-        value = evaluate_work(dense, work, cols, modes, slot, n_cl, n_var,
-                              pix_val, pix_coord, entry_pix, feat_entry_off,
-                              f0, pix_base, ndim, n_size, model_id,
-                              continuous, True, deriv, dextra, ws, into)
+        value = evaluate_work(dense, poisson, work, cols, modes, slot, n_cl,
+                              n_var, pix_val, pix_coord, entry_pix,
+                              feat_entry_off, f0, pix_base, ndim, n_size,
+                              model_id, continuous, True, deriv, dextra, ws,
+                              into)
         n_eval += 1
         if n_eval == 1:
             cost = value
@@ -571,20 +592,24 @@ def _damped_step_overload(dense, b, grad, lam, scale, free, mat, rhs, index,
     return dense_step if dense.literal_value else sparse_step
 
 
-def _standard_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+def _standard_errors(dense, poisson, work, cols, modes, slot, n_cl, n_unk,
+                     pix_val,
                      pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                      pix_base, n_pix, ndim, n_size, model_id, continuous,
                      deriv, dextra, ws, b, std_out, arena):
     """Standard errors of a converged cluster's fitted parameters (at the
     parameters in ``work``) into ``std_out``: the sandwich covariance of
     :mod:`.covariance` with ``P = (J^T J)^-1``; NaN where J^T J is singular
-    or there are no more valid pixels than unknowns. (See the overload;
-    ``ws`` and ``b`` are overwritten.)"""
+    or there are no more valid pixels than unknowns. With ``poisson``, the
+    Cramer-Rao bound at the fit: the inverse of the Fisher information
+    ``sum J^T J / mu``. (See the overload; ``ws`` and ``b`` are
+    overwritten.)"""
     raise NotImplementedError("callable only from kernels")
 
 
 @overload(_standard_errors, prefer_literal=True, jit_options=_INLINE)
-def _standard_errors_overload(dense, work, cols, modes, slot, n_cl, n_unk,
+def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
+                              n_unk,
                               pix_val, pix_coord, entry_pix, feat_entry_off,
                               f0, n_feat, pix_base, n_pix, ndim, n_size,
                               model_id, continuous, deriv, dextra, ws, b,
@@ -592,20 +617,32 @@ def _standard_errors_overload(dense, work, cols, modes, slot, n_cl, n_unk,
     # a dense cluster holds J whole, by unknown (every sum over pixels a
     # vectorised loop), from its workspace's derivatives; a sparse one,
     # which may be too large for that, takes J by pixel, compressed
-    def dense_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+    def dense_errors(dense, poisson, work, cols, modes, slot, n_cl, n_unk,
+                     pix_val,
                      pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                      pix_base, n_pix, ndim, n_size, model_id, continuous,
                      deriv, dextra, ws, b, std_out, arena):
-        evaluate_work(True, work, cols, modes, slot, n_cl,
+        evaluate_work(True, poisson, work, cols, modes, slot, n_cl,
                       (n_unk - n_cl) // n_feat, pix_val, pix_coord,
                       entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-                      model_id, continuous, False, deriv, dextra, ws, b)
+                      model_id, continuous, poisson, deriv, dextra, ws, b)
         if _valid_pixels(b.excluded, n_pix) <= n_unk:
+            return
+        std = floats(arena, n_unk)
+        if poisson:
+            factor = floats(arena, (n_unk, n_unk))
+            for i in range(n_unk):
+                for j in range(n_unk):
+                    factor[i, j] = b.normal[i, j]
+            if cholesky_inplace(factor, n_unk):
+                inverse_diagonal(factor, n_unk, std, floats(arena, n_unk))
+                for i in range(n_unk):
+                    std[i] = math.sqrt(std[i])
+                _write_std(std, cols, f0, std_out)
             return
         jac = floats(arena, (n_unk, n_pix))
         jacobian_by_unknown(ws.terms, cols, entry_pix, feat_entry_off, f0,
                             n_feat, pix_base, b.excluded, jac)
-        std = floats(arena, n_unk)
         if dense_sandwich_std(jac, ws.resid, b.excluded,
                               floats(arena, (n_unk, n_unk)),
                               floats(arena, (n_unk, n_unk)),
@@ -614,7 +651,8 @@ def _standard_errors_overload(dense, work, cols, modes, slot, n_cl, n_unk,
                               std):
             _write_std(std, cols, f0, std_out)
 
-    def sparse_errors(dense, work, cols, modes, slot, n_cl, n_unk, pix_val,
+    def sparse_errors(dense, poisson, work, cols, modes, slot, n_cl, n_unk,
+                      pix_val,
                       pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                       pix_base, n_pix, ndim, n_size, model_id, continuous,
                       deriv, dextra, ws, b, std_out, arena):
@@ -666,10 +704,11 @@ def _write_std(std, cols, f0, std_out):
 
 
 @inline_kernel
-def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
-                    upper, modes, ndim, n_size, model_id, continuous, tol,
-                    max_eval, dense, params_out, sumsq_out, status_out,
+def _solve_clusters(cluster_ids, pix_val, pix_extra, pix_coord,
+                    cluster_pix_off, entry_pix, feat_entry_off,
+                    cluster_feat_off, params, lower, upper, modes, ndim,
+                    n_size, model_id, continuous, tol, max_eval, dense,
+                    poisson, params_out, sumsq_out, deviance_out, status_out,
                     n_eval_out, with_error, std_out, solve):
     """:func:`solve_clusters` for clusters that are all dense or all sparse
     (``dense``): each by ``solve`` (a compiled :func:`solve_cluster`). The
@@ -690,17 +729,17 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
             entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix, dense)
         n_f64, n_i64, n_flags = cluster_needs(
             n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim, n_size,
-            dense, with_error, longest_pair(pairs))
+            dense, poisson, with_error, longest_pair(pairs))
         if n_f64 > arena.f64.shape[0] or n_i64 > arena.i64.shape[0] \
                 or n_flags > arena.flags.shape[0]:
             arena = new_arena(max(2 * n_f64, arena.f64.shape[0]),
                               max(2 * n_i64, arena.i64.shape[0]),
                               max(2 * n_flags, arena.flags.shape[0]))
-        solve(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
+        solve(c, pix_val, pix_extra, pix_coord, cluster_pix_off, entry_pix,
               feat_entry_off, cluster_feat_off, params, lower, upper, modes,
               ndim, n_size, model_id, continuous, tol, max_eval, dense,
-              params_out, sumsq_out, status_out, n_eval_out, with_error,
-              std_out, pairs, arena)
+              poisson, params_out, sumsq_out, deviance_out, status_out,
+              n_eval_out, with_error, std_out, pairs, arena)
         if arena.used[0] > n_f64 or arena.used[1] > n_i64 \
                 or arena.used[2] > n_flags:
             raise AssertionError("solve_cluster took more from its arena "
@@ -714,29 +753,33 @@ def _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
 # rather than made by one factory: Numba's cache files a compiled function
 # under its source line, and two functions from one line would share them.
 @kernel(entry=True)
-def _solve_leaf(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                entry_pix, feat_entry_off, cluster_feat_off, params, lower,
-                upper, modes, ndim, n_size, model_id, continuous, tol,
-                max_eval, dense, params_out, sumsq_out, status_out,
-                n_eval_out, with_error, std_out):
+def _solve_leaf(cluster_ids, pix_val, pix_extra, pix_coord,
+                cluster_pix_off, entry_pix, feat_entry_off, cluster_feat_off,
+                params, lower, upper, modes, ndim, n_size, model_id,
+                continuous, tol, max_eval, dense, poisson, params_out,
+                sumsq_out, deviance_out, status_out, n_eval_out, with_error,
+                std_out):
     """:func:`_solve_clusters` with :func:`_solve_one_leaf`: the dense path
     of a built-in model. Compiled once for every geometry and built-in
     model: they are run-time values here, and the per-pixel kernels are
     chosen by them (:func:`.terms.model_terms`)."""
     numba.literally(dense)
-    _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                    entry_pix, feat_entry_off, cluster_feat_off, params,
-                    lower, upper, modes, ndim, n_size, model_id, continuous,
-                    tol, max_eval, dense, params_out, sumsq_out, status_out,
+    numba.literally(poisson)
+    _solve_clusters(cluster_ids, pix_val, pix_extra, pix_coord,
+                    cluster_pix_off, entry_pix, feat_entry_off,
+                    cluster_feat_off, params, lower, upper, modes, ndim,
+                    n_size, model_id, continuous, tol, max_eval, dense,
+                    poisson, params_out, sumsq_out, deviance_out, status_out,
                     n_eval_out, with_error, std_out, _solve_one_leaf)
 
 
 @kernel(entry=True)
-def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                   entry_pix, feat_entry_off, cluster_feat_off, params, lower,
-                   upper, modes, ndim, n_size, model_id, continuous, tol,
-                   max_eval, dense, params_out, sumsq_out, status_out,
-                   n_eval_out, with_error, std_out):
+def _solve_counted(cluster_ids, pix_val, pix_extra, pix_coord,
+                   cluster_pix_off, entry_pix, feat_entry_off, cluster_feat_off,
+                   params, lower, upper, modes, ndim, n_size, model_id,
+                   continuous, tol, max_eval, dense, poisson, params_out,
+                   sumsq_out, deviance_out, status_out, n_eval_out, with_error,
+                   std_out):
     """:func:`_solve_clusters` with :func:`_solve_one_counted`: custom
     models and the sparse path."""
     numba.literally(ndim)
@@ -744,19 +787,21 @@ def _solve_counted(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(model_id)
     numba.literally(continuous)
     numba.literally(dense)
-    _solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                    entry_pix, feat_entry_off, cluster_feat_off, params,
-                    lower, upper, modes, ndim, n_size, model_id, continuous,
-                    tol, max_eval, dense, params_out, sumsq_out, status_out,
+    numba.literally(poisson)
+    _solve_clusters(cluster_ids, pix_val, pix_extra, pix_coord,
+                    cluster_pix_off, entry_pix, feat_entry_off,
+                    cluster_feat_off, params, lower, upper, modes, ndim,
+                    n_size, model_id, continuous, tol, max_eval, dense,
+                    poisson, params_out, sumsq_out, deviance_out, status_out,
                     n_eval_out, with_error, std_out, _solve_one_counted)
 
 
 # (_solve_clusters is inlined into both entries)
 # (not on with_error: the errors are a branch per cluster, and the
 # refinements with and without them share one compiled solver)
-_SPECIALISE = LITERALS + ("dense",)
-_solve_leaf_in_parallel = OverChunks(Specialized(_solve_leaf, ("dense",)),
-                                     min_chunk=16)
+_SPECIALISE = LITERALS + ("dense", "poisson")
+_solve_leaf_in_parallel = OverChunks(
+    Specialized(_solve_leaf, ("dense", "poisson")), min_chunk=16)
 _solve_counted_in_parallel = OverChunks(
     Specialized(_solve_counted, _SPECIALISE), min_chunk=16)
 
@@ -765,7 +810,8 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                    entry_pix, feat_entry_off, cluster_feat_off, params, lower,
                    upper, modes, ndim, n_size, model_id, continuous, tol,
                    max_eval, dense_limit, params_out, sumsq_out, status_out,
-                   n_eval_out, with_error, std_out):
+                   n_eval_out, with_error, std_out, poisson=False,
+                   pix_extra=None, deviance_out=None):
     """Refine the clusters ``cluster_ids`` of a flattened batch.
 
     Parameters are read from ``params`` (features x parameters) and written
@@ -777,6 +823,11 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     for constants and failed fits. Clusters with more than ``dense_limit``
     unknowns take the sparse path (see the module docstring); each path is
     compiled when a batch first needs it.
+
+    With ``poisson``, the fit maximises the Poisson likelihood of photon
+    counts ``pix_val`` (``pix_extra``: expected photons added at each
+    pixel, optional); ``deviance_out`` receives each cluster's deviance and
+    ``std_out`` the Cramer-Rao bound. Every cluster takes the dense path.
     """
     if model_id < CUSTOM_BASE and model_id not in BUILTIN_MODELS:
         # (the dense solver takes any other id for the last built-in)
@@ -786,14 +837,22 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     n_var = int(np.count_nonzero(modes == MODE_VAR))
     n_feat = cluster_feat_off[cluster_ids + 1] - cluster_feat_off[cluster_ids]
     dense = n_cl + n_feat * n_var <= dense_limit
+    poisson = bool(poisson)
+    if poisson:
+        dense[:] = True
+    if pix_extra is None:
+        pix_extra = pix_val[:0]
+    if deviance_out is None:
+        deviance_out = sumsq_out[:0]
     with_error = bool(with_error)
     for path, ids in ((True, cluster_ids[dense]), (False, cluster_ids[~dense])):
         if len(ids):
             solve = _solve_leaf_in_parallel if path and model_id < CUSTOM_BASE \
                 else _solve_counted_in_parallel
             solve(
-                np.ascontiguousarray(ids), pix_val, pix_coord,
+                np.ascontiguousarray(ids), pix_val, pix_extra, pix_coord,
                 cluster_pix_off, entry_pix, feat_entry_off, cluster_feat_off,
                 params, lower, upper, modes, ndim, n_size, model_id,
-                continuous, tol, max_eval, path, params_out, sumsq_out,
-                status_out, n_eval_out, with_error, std_out)
+                continuous, tol, max_eval, path, poisson, params_out,
+                sumsq_out, deviance_out, status_out, n_eval_out, with_error,
+                std_out)

@@ -17,6 +17,7 @@ from numba.extending import overload
 
 from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
+from .covariance import jacobian_by_unknown
 from .jit import SERIAL, inline_kernel, kernel, leaf_kernel
 from .sums import cross_products, dot, n_products, products, total
 from .terms import feature_term, model_terms
@@ -39,6 +40,11 @@ Workspace = namedtuple("Workspace", [
                     # a pair's (_pair_products)
     "in_order",     # dense: one feature whose entries are the pixels in
                     # order (entry i at pixel i: no scatter, no gather)
+    "jac",          # Poisson: J by unknown (unknowns x pixels)
+    "weight",       # Poisson: 1 / expected photons at each pixel (row 0),
+                    # scratch (row 1)
+    "extra",        # Poisson: expected photons added at each pixel (the
+                    # read noise's variance), or empty
 ])
 
 # derivatives (rows of ``Workspace.terms`` after the term) up to which a
@@ -154,11 +160,14 @@ def start_values(params, lower, upper, f0, n_feat, modes, slot, n_cl, n_var,
 
 @inline_kernel
 def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
-                      pix_base, n_pix, n_params, n_unk, dense, pairs, arena):
+                      pix_base, n_pix, n_params, n_unk, dense, pairs, poisson,
+                      pix_extra, arena):
     """The :data:`Workspace` of a cluster: for the dense path its entries'
     coordinates and the pixels that several features' masks share
     (``pairs``, from :func:`cluster_pairs`), which couple those features in
-    J^T J; scratch arrays sized for it."""
+    J^T J; scratch arrays sized for it. With ``poisson``, J's rows and the
+    pixels' weights, and the cluster's part of ``pix_extra`` (all pixels'
+    extra expected photons, or empty)."""
     e0 = feat_entry_off[f0]
     n_entries = feat_entry_off[f0 + n_feat] - e0
     n_coord = n_entries if dense else 1
@@ -203,7 +212,11 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
         pair_terms=floats(arena, (2, n_params, longest)),
         cross=floats(arena, (n_dense, n_dense)),
         sums=floats(arena, n_sums(n_params, dense)),
-        in_order=in_order)
+        in_order=in_order,
+        jac=floats(arena, (n_unk, n_pix) if poisson else (1, 1)),
+        weight=floats(arena, (2, n_pix) if poisson else (2, 1)),
+        extra=pix_extra[pix_base:pix_base + n_pix] if pix_extra.shape[0]
+        else pix_extra)
 
 
 @kernel
@@ -391,18 +404,19 @@ def evaluate(x, work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     of J^T J.
     """
     unpack(x, work, cols)
-    return evaluate_work(dense, work, cols, modes, slot, n_cl, n_var,
+    return evaluate_work(dense, False, work, cols, modes, slot, n_cl, n_var,
                          pix_val, pix_coord, entry_pix, feat_entry_off, f0,
                          pix_base, ndim, n_size, model_id, continuous,
                          with_jac, deriv, dextra, ws, buf)
 
 
-def evaluate_work(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
-                  pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                  n_size, model_id, continuous, with_jac, deriv, dextra, ws,
-                  buf):
+def evaluate_work(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                  pix_val, pix_coord, entry_pix, feat_entry_off, f0, pix_base,
+                  ndim, n_size, model_id, continuous, with_jac, deriv, dextra,
+                  ws, buf):
     """:func:`evaluate` at the parameters already in ``work``:
     :func:`_evaluate_dense` or :func:`_evaluate_sparse` (see the overload),
+    or with ``poisson`` (dense only) :func:`_evaluate_poisson`,
     inlined where it is called (the solver's loop calls it once, and passing
     its arrays to a call cost as much as a small cluster's arithmetic)."""
     raise NotImplementedError("callable only from kernels")
@@ -410,13 +424,14 @@ def evaluate_work(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
 
 @overload(evaluate_work, prefer_literal=True, inline="always",
           jit_options=SERIAL)
-def _evaluate_work_overload(dense, work, cols, modes, slot, n_cl, n_var,
-                            pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                            pix_base, ndim, n_size, model_id, continuous,
-                            with_jac, deriv, dextra, ws, buf):
+def _evaluate_work_overload(dense, poisson, work, cols, modes, slot, n_cl,
+                            n_var, pix_val, pix_coord, entry_pix,
+                            feat_entry_off, f0, pix_base, ndim, n_size,
+                            model_id, continuous, with_jac, deriv, dextra, ws,
+                            buf):
     # with a literal ``dense`` (the solver's entry kernel specialises on it)
     # only that path is compiled
-    def dense_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+    def dense_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
                    buf):
@@ -425,7 +440,7 @@ def _evaluate_work_overload(dense, work, cols, modes, slot, n_cl, n_var,
                                model_id, continuous, with_jac, dextra, ws,
                                buf)
 
-    def sparse_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+    def sparse_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                     n_size, model_id, continuous, with_jac, deriv, dextra, ws,
                     buf):
@@ -434,7 +449,7 @@ def _evaluate_work_overload(dense, work, cols, modes, slot, n_cl, n_var,
                                 f0, pix_base, ndim, n_size, model_id,
                                 continuous, with_jac, deriv, dextra, ws, buf)
 
-    def either_path(dense, work, cols, modes, slot, n_cl, n_var, pix_val,
+    def either_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
                     pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
                     n_size, model_id, continuous, with_jac, deriv, dextra, ws,
                     buf):
@@ -448,6 +463,17 @@ def _evaluate_work_overload(dense, work, cols, modes, slot, n_cl, n_var,
                                 f0, pix_base, ndim, n_size, model_id,
                                 continuous, with_jac, deriv, dextra, ws, buf)
 
+    def poisson_path(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                     pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                     pix_base, ndim, n_size, model_id, continuous, with_jac,
+                     deriv, dextra, ws, buf):
+        return _evaluate_poisson(work, cols, pix_val, entry_pix,
+                                 feat_entry_off, f0, pix_base, ndim, n_size,
+                                 model_id, continuous, with_jac, dextra, ws,
+                                 buf)
+
+    if isinstance(poisson, types.BooleanLiteral) and poisson.literal_value:
+        return poisson_path
     if isinstance(dense, types.BooleanLiteral):
         return dense_path if dense.literal_value else sparse_path
     return either_path
@@ -495,6 +521,80 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                        ws.pair_terms, cols, ws.cross, normal, ws.sums)
     _mirror(normal)
     return cost
+
+
+@inline_kernel
+def _evaluate_poisson(work, cols, pix_val, entry_pix, feat_entry_off, f0,
+                      pix_base, ndim, n_size, model_id, continuous, with_jac,
+                      dextra, ws, buf):
+    """:func:`_evaluate_dense` for Poisson maximum likelihood: returns the
+    deviance ``2 sum(mu - n - n log(mu / n))`` of the expected photons
+    ``mu`` (the model, plus ``ws.extra``) against the photons ``n``; with
+    ``with_jac``, into ``buf`` the Fisher information ``sum J^T J / mu``
+    (as ``normal``) and ``sum J^T (mu - n) / mu`` (as ``grad``): with the
+    deviance as the cost they are what J^T J and J^T r are to a sum of
+    squares (Laurence & Chromy, Nat. Methods 7:338, 2010). The deviance is
+    infinite where ``mu`` is not positive at a pixel: no step goes there.
+    """
+    terms = ws.terms
+    n_feat = work.shape[0]
+    e0 = feat_entry_off[f0]
+    for k in range(n_feat):
+        model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
+                    feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
+                    model_id, continuous, terms, dextra)
+    _model_and_cost(terms, work[0, 0], pix_val, entry_pix, e0, pix_base,
+                    ws.in_order, ws.model, buf.excluded, ws.resid)
+    deviance = _deviance(ws.model, ws.extra, pix_val, pix_base, buf.excluded,
+                         ws.resid, ws.weight)
+    if not with_jac or not math.isfinite(deviance):
+        return deviance
+    jacobian_by_unknown(terms, cols, entry_pix, feat_entry_off, f0, n_feat,
+                        pix_base, buf.excluded, ws.jac)
+    _weighted_normal(ws.jac, ws.weight, ws.resid, buf.normal, buf.grad)
+    return deviance
+
+
+@leaf_kernel
+def _deviance(model, extra, pix_val, pix_base, excluded, resid, weight):
+    """The Poisson deviance over a cluster's valid pixels (see
+    :func:`_evaluate_poisson`); ``resid`` receives mu - n, ``weight[0]``
+    1 / mu, ``weight[1]`` each pixel's term (all 0 at excluded pixels).
+    Infinite if mu <= 0 at a valid pixel."""
+    n_pix = np.uint64(model.shape[0])
+    base = np.uint64(pix_base)
+    with_extra = extra.shape[0] > 0
+    positive = True
+    for q in range(n_pix):
+        mu = model[q] + (extra[q] if with_extra else 0.0)
+        n = pix_val[base + q]
+        valid = not excluded[q]
+        positive &= mu > 0.0 or not valid
+        term = mu - n
+        if n > 0.0:
+            term -= n * math.log(mu / n)
+        resid[q] = mu - n if valid else 0.0
+        weight[0, q] = 1.0 / mu if valid else 0.0
+        weight[1, q] = 2.0 * term if valid else 0.0
+    if not positive:
+        return math.inf
+    return total(weight[1], 0, n_pix)
+
+
+@leaf_kernel
+def _weighted_normal(jac, weight, resid, normal, grad):
+    """``normal = J W J^T`` and ``grad = J W resid`` with ``W`` the diagonal
+    of ``weight[0]`` and J by unknown (``jac``); ``weight[1]`` is scratch.
+    """
+    n_unk = jac.shape[0]
+    n_pix = jac.shape[1]
+    for i in range(n_unk):
+        for q in range(n_pix):
+            weight[1, q] = weight[0, q] * jac[i, q]
+        grad[i] = dot(weight[1], resid, 0, n_pix)
+        for j in range(i, n_unk):
+            normal[i, j] = dot(weight[1], jac[j], 0, n_pix)
+            normal[j, i] = normal[i, j]
 
 
 @leaf_kernel

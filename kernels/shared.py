@@ -90,7 +90,7 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, dense,
-                           pairs, arena)
+                           pairs, False, pix_val[:0], arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, dense, arena)
     cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,

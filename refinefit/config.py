@@ -1,6 +1,6 @@
 """Options in named groups, and every default and tunable in one place.
 
-A refinement is described by four groups, built once per call by
+A refinement is described by five groups, built once per call by
 :func:`refinefit.refine_leastsq` and handed down unchanged:
 
 - :class:`Model`: what is fitted (model shape, dimensions, parameter modes,
@@ -9,7 +9,9 @@ A refinement is described by four groups, built once per call by
   solver backend, standard errors);
 - :class:`Scipy`: the general optimiser used under inequality constraints,
   with a named ``method`` or a custom model that Numba cannot compile;
-- :class:`Chunking`: how many frames and features one solve sees.
+- :class:`Chunking`: how many frames and features one solve sees;
+- :class:`Noise`: the estimator (least squares or Poisson maximum
+  likelihood) and the camera that turns counts into photons.
 
 Values no argument sets (chunk sizes of the engine and of
 :func:`refinefit.refine_movie`, the solver's dense limit, table batch sizes)
@@ -55,6 +57,13 @@ class Solver:
     dense_limit: int = 48      # more unknowns: sparse conjugate gradients
     with_error: bool = False   # standard errors of the fitted parameters
     backend: str = "numba"     # a name in solvers.backend.BACKENDS
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What the pixels count and how the fit weighs them."""
+    estimator: str = "lsq"     # "lsq" (least squares) or "poisson"
+    camera: object = None      # problem.camera.Camera under "poisson"
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Settings:
     solver: Solver = Solver()
     scipy: Scipy = Scipy()
     chunking: Chunking = Chunking()
+    noise: Noise = Noise()
 
     def replace(self, **groups):
         """A copy with fields of groups changed: ``replace(solver=dict(

@@ -1,13 +1,14 @@
 """The public ``refine_leastsq``: validate, cluster, refine, write back."""
 import inspect
 import numbers
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from . import config
-from .config import Model, Scipy, Settings, Solver
+from .config import Model, Noise, Scipy, Settings, Solver
 from .io.frames import (
     check_frame_column,
     colour_frames,
@@ -23,6 +24,7 @@ from .kernels.codes import (
     OUTSIDE_FRAME,
 )
 from .problem.bounds import bound_spec, compute_bounds, degenerate
+from .problem.camera import make_camera
 from .problem.clustering import cluster_features
 from .problem.constraints import validate_constraints
 from .problem.models import resolve_model
@@ -40,7 +42,9 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
                    param_mode=None, param_val=None, constraints=None,
                    bounds=None, compute_error=False, pos_columns=None,
                    t_column="frame", max_iter=10, max_shift=1,
-                   max_rms_dev=1.0, residual_factor=100000.0, **kwargs):
+                   max_rms_dev=1.0, residual_factor=100000.0, *,
+                   estimator="lsq", gain=None, offset=None, read_noise=None,
+                   **kwargs):
     """Refine feature positions by least-squares fits of radial models.
 
     A drop-in replacement for ``trackpy.refine_leastsq``: same arguments,
@@ -117,10 +121,11 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         and each pixel's variance ``w`` estimated from its own residual,
         so that it holds under shot noise as under uniform noise (trackpy
         assumes uniform noise; numdifftools is not needed). Equality
-        constraints and active inequality
-        constraints enter linearised; shared ('global', 'frame',
-        'particle') values are accounted for in every local error. NaN
-        where the fit failed.
+        constraints and active inequality constraints enter linearised;
+        shared ('global', 'frame', 'particle') values are accounted for in
+        every local error. Under ``estimator='poisson'``, the Cramer-Rao
+        bound at the fit (the inverse Fisher information). NaN where the
+        fit failed.
     pos_columns : list of str, optional
         Default ``['z', 'y', 'x']`` if ``f`` has a 'z' column, else
         ``['y', 'x']``.
@@ -135,6 +140,24 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     residual_factor : float
         Accepted for compatibility; it scaled trackpy's SLSQP objective and
         has no effect on the Levenberg-Marquardt engine.
+    estimator : {'lsq', 'poisson'}
+        'lsq' (default): least squares, as trackpy. 'poisson': maximum
+        likelihood for frames that count photons (fluorescence), on the same
+        engine: more precise under shot noise, and its errors are the
+        Cramer-Rao bound. The frames are converted to photons with
+        ``gain``, ``offset`` and ``read_noise``; a column ``deviance_dof``
+        (the Poisson deviance per degree of freedom, about 1 for a good fit)
+        is added, and ``cost`` keeps its meaning (in photons). Not yet with
+        constraints, shared parameter modes, a named ``method`` or a custom
+        model that Numba cannot compile.
+    gain, offset : float or ndarray, optional
+        The camera: ``counts = offset + gain * photons``, scalars or maps
+        the shape of a frame (sCMOS). Default 1 and 0. Pixels below the
+        offset are taken as zero photons (one warning says how many).
+    read_noise : float or ndarray, optional
+        Read-noise variance in counts^2 (a scalar or a map the shape of a
+        frame), added to the expected photons as ``read_noise / gain^2``
+        (the usual sCMOS approximation). Default none.
     **kwargs
         ``tol`` (relative cost reduction at convergence, default 1e-6) and
         ``options=dict(maxiter=...)`` (model evaluations per solve, default
@@ -183,7 +206,8 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
     return _refine(None, f, reader, diameter, separation, fit_function,
                    param_mode, param_val, constraints, bounds, compute_error,
                    pos_columns, t_column, max_iter, max_shift, max_rms_dev,
-                   residual_factor, **kwargs)
+                   residual_factor, estimator=estimator, gain=gain,
+                   offset=offset, read_noise=read_noise, **kwargs)
 
 
 def refine_features(f, reader, executor=None, **options):
@@ -200,7 +224,8 @@ def refine_features(f, reader, executor=None, **options):
 def _refine(executor, f, reader, diameter, separation, fit_function,
             param_mode, param_val, constraints, bounds, compute_error,
             pos_columns, t_column, max_iter, max_shift, max_rms_dev,
-            residual_factor, **kwargs):
+            residual_factor, estimator="lsq", gain=None, offset=None,
+            read_noise=None, **kwargs):
     if not isinstance(f, pd.DataFrame):
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
     constraints = validate_constraints(constraints)
@@ -239,6 +264,12 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
                          "is that of one feature's mask, in pixels")
     isotropic = len(set(diameter)) == 1
     layout = make_layout(model, pos_columns, isotropic, param_mode)
+    camera = _camera(estimator, gain, offset, read_noise, source,
+                     constraints=bool(constraints), method_given="method" in
+                     kwargs, custom=custom is not None,
+                     shared=has_shared(layout.modes))
+    if camera is not None:
+        source = source.converted(camera.photons)
     spec = bound_spec(bounds, layout, radius)
     for name, value in (("max_iter", max_iter), ("max_shift", max_shift),
                         ("max_rms_dev", max_rms_dev),
@@ -272,6 +303,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     written["cluster"] = labels
     written["cluster_size"] = sizes
     cost = np.full(len(f), np.nan)
+    deviance = np.full(len(f), np.nan)
 
     fit = np.nonzero(valid)[0]
     order = fit[np.argsort(labels[fit], kind="stable")]
@@ -292,7 +324,8 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
             scipy=Scipy(method=method, method_given=method_given,
                         constraints=constraints, options=options,
                         residual_factor=float(residual_factor)),
-            chunking=defaults.chunking)
+            chunking=defaults.chunking,
+            noise=Noise(estimator=estimator, camera=camera))
         start = np.clip(params[order], lower, upper)
         sorted_particles = None if particles is None else particles[order]
         if joint:
@@ -318,6 +351,8 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
         # keep their start values, as trackpy keeps those of a failed fit
         ok = (feature_status == CONVERGED) & np.isfinite(feature_cost)
         feature_status[~ok & (feature_status == CONVERGED)] = NOT_FINITE
+        if camera is not None:
+            deviance[order[ok]] = np.repeat(solution.deviance, members)[ok]
         params[order[ok]] = solution.params[ok]
         std[order[ok]] = solution.std[ok][:, fitted]
         cost[order] = np.where(ok, feature_cost, np.nan)
@@ -328,8 +363,19 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
         for i, j in enumerate(fitted):
             written[layout.names[j] + "_std"] = std[:, i]
     written["cost"] = cost
+    if camera is not None:
+        written["deviance_dof"] = deviance
+        _warn_below_offset(camera)
     written["status"] = status
     return _with_columns(f, written)
+
+
+def _warn_below_offset(camera):
+    n_below = camera.below_offset()
+    if n_below:
+        warnings.warn(f"{n_below} pixel(s) of the frames read had counts "
+                      "below the camera offset; they were taken as zero "
+                      "photons (check offset=)", UserWarning, stacklevel=3)
 
 
 def _with_columns(f, written):
@@ -370,6 +416,37 @@ def _particle_ids(f, layout):
         raise ValueError("column 'particle' must hold finite numeric particle "
                          "ids for the 'particle' mode")
     return ids
+
+
+ESTIMATORS = ("lsq", "poisson")
+
+
+def _camera(estimator, gain, offset, read_noise, source, **unsupported):
+    """The camera of the Poisson estimator (None for least squares), after
+    checking what goes with which estimator."""
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got "
+                         f"{estimator!r}")
+    given = [name for name, value in (("gain", gain), ("offset", offset),
+                                      ("read_noise", read_noise))
+             if value is not None]
+    if estimator == "lsq":
+        if given:
+            raise ValueError(f"{', '.join(given)}: the camera model applies "
+                             "to estimator='poisson' (least squares fits the "
+                             "counts as they are)")
+        return None
+    names = dict(constraints="constraints", method_given="a named method",
+                 custom="a custom model that Numba cannot compile",
+                 shared="shared parameter modes ('global', 'frame', "
+                        "'particle')")
+    used = [names[key] for key, value in unsupported.items() if value]
+    if used:
+        raise ValueError(f"estimator='poisson' does not yet support "
+                         f"{' or '.join(used)}; use estimator='lsq'")
+    return make_camera(1.0 if gain is None else gain,
+                       0.0 if offset is None else offset, read_noise,
+                       source.frame_shape)
 
 
 def _engine_options(kwargs, constrained, custom):

@@ -1,7 +1,8 @@
 """The calls the ahead-of-time kernels are built for (``kernels/aot.py``).
 
 A default refinement with every built-in model, in 2D and in 3D, and the
-usual image types; in 2D, a Gaussian's size shared by a frame's features.
+usual image types; in 2D, a Gaussian's size shared by a frame's features,
+and a Gaussian under the Poisson estimator.
 ``tests/test_aot.py`` checks that these calls compile nothing where the
 install built the modules. Run as a script, this file rewrites
 ``kernels/aot_signatures.txt`` from the entry kernels these calls compile
@@ -57,6 +58,9 @@ def run(ndim, models=MODELS, image_types=IMAGE_TYPES):
         results[ndim, "float64", "gauss", "shared"] = \
             refinefit.refine_leastsq(features, image, 9,
                                      param_mode={"size": "frame"})
+        # the Poisson estimator (the solver's other dense path)
+        results[ndim, "float64", "gauss", "poisson"] = \
+            refinefit.refine_leastsq(features, image, 9, estimator="poisson")
     return results
 
 

@@ -384,10 +384,10 @@ def _evaluate_cluster(x, work, cols, modes, slot, n_cl, n_var, pix_val,
     n_cl_, n_var_ = residuals.mode_counts(modes)
     store = arena.new_arena(*lm.cluster_needs(
         n_pix, n_entries, n_feat, n_params, n_cl_, n_var_, ndim, n_size, True,
-        False, residuals.longest_pair(pairs)))
+        False, False, residuals.longest_pair(pairs)))
     ws = residuals.cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0,
                                      n_feat, p0, n_pix, n_params, n_unk, True,
-                                     pairs, store)
+                                     pairs, False, pix_val[:0], store)
     buf = residuals.evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var,
                                        n_feat, n_unk, True, store)
     cost = residuals.evaluate(

@@ -2,6 +2,8 @@
 
 Frames are read one at a time, when the engine asks for them.
 """
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -40,6 +42,7 @@ class FrameSource:
         self.n_frames = n_frames
         self.is_single = is_single
         self.single_frame = single_frame
+        self._convert = None
 
     def check_frames(self, frame_numbers):
         """Raise ValueError naming frames the reader cannot have."""
@@ -47,13 +50,24 @@ class FrameSource:
             check_within(frame_numbers, self.n_frames, "the reader")
 
     def image(self, frame_no):
-        """Frame ``frame_no`` as a C-contiguous array of a kernel dtype."""
+        """Frame ``frame_no`` as a C-contiguous array of a kernel dtype
+        (converted by :meth:`converted`'s function, if any)."""
         try:
             frame = self._get(int(frame_no))
         except (IndexError, KeyError) as exc:
             raise ValueError(f"frame {int(frame_no)} cannot be read from the "
                              f"reader: {exc}") from None
-        return as_kernel_image(frame, self.ndim)
+        image = as_kernel_image(frame, self.ndim)
+        if self._convert is not None:
+            image = self._convert(image, frame_no)
+        return image
+
+    def converted(self, convert):
+        """This source with every frame passed through
+        ``convert(image, frame_no)`` (e.g. counts to photons)."""
+        source = copy.copy(self)
+        source._convert = convert
+        return source
 
 
 def as_kernel_image(frame, ndim):

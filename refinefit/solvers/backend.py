@@ -43,6 +43,10 @@ def solve_batch_numba(batch, start, lower, upper, cluster_ids, settings):
     solver = settings.solver
     if len(cluster_ids):
         std = result.std if solver.with_error else start[:0]
+        noise = settings.noise
+        poisson = noise.estimator == "poisson"
+        extra = noise.camera.extra_at(batch.pix_coord) \
+            if poisson and noise.camera is not None else None
         solve_clusters(cluster_ids, batch.pix_val, batch.pix_coord,
                        batch.cluster_pix_off, batch.entry_pix,
                        batch.feat_entry_off, batch.cluster_feat_off, start,
@@ -50,7 +54,8 @@ def solve_batch_numba(batch, start, lower, upper, cluster_ids, settings):
                        *settings.model.literals, solver.tol, solver.max_eval,
                        solver.dense_limit, result.params, result.cost,
                        result.status, result.iterations, solver.with_error,
-                       std)
+                       std, poisson=poisson, pix_extra=extra,
+                       deviance_out=result.deviance)
     return result
 
 

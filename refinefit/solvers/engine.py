@@ -192,7 +192,7 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
     sizes = np.diff(batch.cluster_feat_off)
     result = solve_batch(batch, start, lower, upper,
                          np.nonzero(~on_scipy)[0], settings)
-    out, sumsq, status, std, n_eval = result
+    out, sumsq, status, std, n_eval, _ = result
     scipy_ids = np.nonzero(on_scipy)[0]
     if len(scipy_ids) and _lockstep_possible(settings):
         scipy_ids = _solve_lockstep(scipy_ids, batch, start, lower, upper,
@@ -277,6 +277,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     if centres is None:
         centres = np.ascontiguousarray(params[:, pos])
     sumsq = np.full(n_clusters, np.nan)
+    deviance = np.full(n_clusters, np.nan)
     n_pix = np.zeros(n_clusters, dtype=np.int64)
     status = np.full(n_clusters, CONVERGED, dtype=np.int64)
     iterations = np.zeros(n_clusters, dtype=np.int64)
@@ -292,7 +293,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         batch = flatten_masks(frames, cluster_image[active], sub_off,
                               np.ascontiguousarray(centres[members]),
                               settings.model.radius, scratch)
-        out, sub_sumsq, sub_status, sub_std, sub_iter = _solve_round(
+        out, sub_sumsq, sub_status, sub_std, sub_iter, sub_dev = _solve_round(
             batch, np.ascontiguousarray(current[members]),
             np.ascontiguousarray(lower[members]),
             np.ascontiguousarray(upper[members]), scipy_cluster[active],
@@ -301,6 +302,7 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
         if settings.solver.with_error:
             std[members] = sub_std
         sumsq[active] = sub_sumsq
+        deviance[active] = sub_dev
         status[active] = sub_status
         iterations[active] += sub_iter
         n_pix[active] = np.diff(batch.cluster_pix_off)
@@ -318,7 +320,9 @@ def refine_chunk(images, frame_max, cluster_image, cluster_feat_off, params,
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
     cost, status = judge(cost, status, settings.solver.max_rms_dev)
-    solution = Solution(current, cost, status, std, iterations)
+    deviance = None if settings.noise.estimator != "poisson" \
+        else np.where(np.isnan(cost), np.nan, deviance)
+    solution = Solution(current, cost, status, std, iterations, deviance)
     if return_batch:
         return solution, final_batch
     return solution

@@ -29,6 +29,10 @@ class Solution(NamedTuple):
         fits and when errors were not asked for.
     iterations : ndarray of int64
         Model evaluations spent (summed over re-centring rounds).
+    deviance : ndarray or None
+        Under the Poisson estimator, each cluster's deviance per degree of
+        freedom (valid pixels minus unknowns; NaN where the fit failed);
+        None under least squares.
     """
 
     params: np.ndarray
@@ -36,6 +40,7 @@ class Solution(NamedTuple):
     status: np.ndarray
     std: np.ndarray
     iterations: np.ndarray
+    deviance: np.ndarray = None
 
 
 def empty_solution(params, n_clusters, status):
@@ -44,7 +49,8 @@ def empty_solution(params, n_clusters, status):
     return Solution(params.copy(), np.full(n_clusters, np.nan),
                     np.full(n_clusters, status, dtype=np.int64),
                     np.full_like(params, np.nan),
-                    np.zeros(n_clusters, dtype=np.int64))
+                    np.zeros(n_clusters, dtype=np.int64),
+                    np.full(n_clusters, np.nan))
 
 
 def store(result, part, clusters, features):
@@ -55,6 +61,8 @@ def store(result, part, clusters, features):
     result.cost[clusters] = part.cost
     result.status[clusters] = part.status
     result.iterations[clusters] = part.iterations
+    if result.deviance is not None and part.deviance is not None:
+        result.deviance[clusters] = part.deviance
 
 
 def judge(cost, status, max_rms_dev):

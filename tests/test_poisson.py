@@ -1,0 +1,221 @@
+"""estimator='poisson': maximum likelihood on photon counts.
+
+The images are spots (or touching dimers) of a given number of photons on
+a background, with Poisson noise, drawn with plain NumPy in the model's own
+form (``A exp(-d^2 / size^2)`` at the pixel centres; ``shot_noise`` tests).
+The Cramer-Rao bound is computed here, independently of the fitter: the
+inverse of the Fisher information ``sum_q grad(mu_q) grad(mu_q)^T / mu_q``
+at the true parameters over the mask's pixels. So is the precision that
+least squares can reach on the same images, ``(J^T J)^-1 J^T diag(mu) J
+(J^T J)^-1``: Poisson noise's variance is its mean.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_shot_noise import DIAMETER, SIZE, count_scene
+
+import refinefit
+
+RADIUS = DIAMETER // 2
+FITTED = {"param_mode": {"size": "var"}, "compute_error": True}
+
+
+def _jacobian(centres, amplitude, background, mask_centres):
+    """Expected photons and their derivatives (background, then signal, y,
+    x, size of each spot) over the pixels within the mask radius of
+    ``mask_centres``."""
+    lo = np.floor(mask_centres.min(axis=0)).astype(int) - RADIUS - 1
+    hi = np.ceil(mask_centres.max(axis=0)).astype(int) + RADIUS + 2
+    yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(float)
+    inside = np.zeros(yy.shape, bool)
+    for cy, cx in mask_centres:
+        inside |= (yy - cy) ** 2 + (xx - cx) ** 2 <= RADIUS ** 2
+    yy, xx = yy[inside], xx[inside]
+    mu = np.full(len(yy), float(background))
+    columns = [np.ones(len(yy))]
+    for cy, cx in centres:
+        u = ((yy - cy) ** 2 + (xx - cx) ** 2) / SIZE ** 2
+        e = np.exp(-u)
+        mu += amplitude * e
+        columns += [e, amplitude * e * 2 * (yy - cy) / SIZE ** 2,
+                    amplitude * e * 2 * (xx - cx) / SIZE ** 2,
+                    amplitude * e * 2 * u / SIZE]
+    return mu, np.column_stack(columns)
+
+
+def bounds_of(truth, amplitude, background, per_cluster=1):
+    """Mean Cramer-Rao variance of a position, and least squares' variance
+    on the same images, over the clusters of ``truth`` (rows in clusters of
+    ``per_cluster`` consecutive... see :func:`count_scene`)."""
+    crb, lsq = [], []
+    for frame, rows in truth.groupby("frame"):
+        pos = rows[["y", "x"]].to_numpy()
+        n = len(pos) // per_cluster
+        for i in range(min(n, 100)):
+            centres = pos[[i + k * n for k in range(per_cluster)]]
+            mu, jac = _jacobian(centres, amplitude, background, centres)
+            fisher_inv = np.linalg.inv((jac / mu[:, None]).T @ jac)
+            bread = np.linalg.inv(jac.T @ jac)
+            lsq_cov = bread @ (jac.T * mu) @ jac @ bread
+            for k in range(per_cluster):
+                at = 2 + 4 * k  # y; x follows
+                crb.append(fisher_inv[at, at] + fisher_inv[at + 1, at + 1])
+                lsq.append(lsq_cov[at, at] + lsq_cov[at + 1, at + 1])
+        break  # the bounds hardly vary between frames
+    return np.mean(crb) / 2, np.mean(lsq) / 2
+
+
+def position_rms(result, truth):
+    ok = result["status"] == 0
+    err = np.concatenate([(result["y"] - truth["y"])[ok],
+                          (result["x"] - truth["x"])[ok]])
+    return np.sqrt(np.mean(err ** 2))
+
+
+def spreads(result, truth, amplitude):
+    ok = result["status"] == 0
+    values = {}
+    for name, true_value in (("y", truth["y"]), ("x", truth["x"]),
+                             ("signal", amplitude), ("size", SIZE)):
+        pulls = (result[name] - true_value) / result[name + "_std"]
+        values[name] = float(np.std(pulls[ok]))
+    return values
+
+
+@pytest.mark.parametrize("photons, background", [
+    (100, 0), (100, 1), (300, 10), (1000, 0), (1000, 10), (1000, 50),
+    (10000, 0), (10000, 50)])
+def test_isolated_spots_reach_the_bound(photons, background):
+    """The rms position error within 1.05 of the Cramer-Rao bound; the
+    reported errors calibrated (spread 0.9-1.1 for y, x, signal, size);
+    least squares on the same images worse by the ratio theory predicts
+    (within 6%); the deviance per degree of freedom near 1."""
+    rng = np.random.default_rng(photons * 7 + background)
+    truth, guess, movie, amplitude = count_scene(2000, photons, background,
+                                                 rng)
+    guess["background"] = max(background, 0.5)
+    mle = refinefit.refine_leastsq(guess, movie, DIAMETER,
+                                   estimator="poisson", **FITTED)
+    lsq = refinefit.refine_leastsq(guess, movie, DIAMETER, **FITTED)
+    assert (mle["status"] == 0).mean() > 0.99
+    crb, lsq_bound = bounds_of(truth, amplitude, background)
+    ratio = position_rms(mle, truth) / np.sqrt(crb)
+    assert ratio <= 1.05, f"rms / Cramer-Rao bound {ratio:.3f}"
+    for name, value in spreads(mle, truth, amplitude).items():
+        assert 0.9 <= value <= 1.1, f"{name}: spread {value:.3f}"
+    measured = position_rms(lsq, truth) / position_rms(mle, truth)
+    predicted = np.sqrt(lsq_bound / crb)
+    assert abs(measured / predicted - 1) <= 0.06, \
+        f"least squares / Poisson {measured:.3f}, theory {predicted:.3f}"
+    if background >= 10:  # (at few counts a pixel, the deviance is not
+        # chi-square distributed, and its mean per pixel is below 1)
+        assert 0.97 <= mle["deviance_dof"].mean() <= 1.05
+
+
+def test_touching_dimers_reach_the_bound():
+    """Pairs 4 px apart (size 2) fitted jointly: the bound from the pair's
+    Fisher information (both spots' unknowns and the background)."""
+    rng = np.random.default_rng(81)
+    truth, guess, movie, amplitude = count_scene(1000, 2000, 10, rng,
+                                                 dimer_distance=4.0)
+    mle = refinefit.refine_leastsq(guess, movie, DIAMETER,
+                                   estimator="poisson", **FITTED)
+    assert (mle["cluster_size"] == 2).all()
+    assert (mle["status"] == 0).mean() > 0.99
+    crb, _ = bounds_of(truth, amplitude, 10, per_cluster=2)
+    ratio = position_rms(mle, truth) / np.sqrt(crb)
+    assert ratio <= 1.05, f"rms / Cramer-Rao bound {ratio:.3f}"
+    for name, value in spreads(mle, truth, amplitude).items():
+        assert 0.9 <= value <= 1.1, f"{name}: spread {value:.3f}"
+
+
+def _counts_scene(seed=91):
+    rng = np.random.default_rng(seed)
+    truth, guess, movie, _ = count_scene(200, 2000, 10, rng)
+    return guess, movie
+
+
+def test_camera_counts_give_the_photons_fit():
+    """Counts = offset + gain * photons, with scalars and with maps: the
+    same fit as on the photons themselves."""
+    guess, photons = _counts_scene()
+    expected = refinefit.refine_leastsq(guess, photons, DIAMETER,
+                                        estimator="poisson", **FITTED)
+    shape = photons.shape[1:]
+    gain = np.random.default_rng(1).uniform(1.5, 3.0, shape)
+    offset = np.random.default_rng(2).uniform(90, 110, shape)
+    for g, o in ((2.5, 100.0), (gain, offset)):
+        counts = o + g * photons
+        got = refinefit.refine_leastsq(guess, counts, DIAMETER,
+                                       estimator="poisson", gain=g, offset=o,
+                                       **FITTED)
+        columns = ["y", "x", "signal", "size", "y_std", "x_std",
+                   "deviance_dof"]
+        np.testing.assert_allclose(got[columns], expected[columns],
+                                   rtol=1e-9, atol=1e-9)
+
+
+def test_counts_below_the_offset_are_zero_photons_and_counted():
+    guess, photons = _counts_scene()
+    counts = 100.0 + photons
+    counts[0, :3, :4] = 95.0  # 12 pixels below the offset, far from spots
+    with pytest.warns(UserWarning, match="12 pixel"):
+        got = refinefit.refine_leastsq(guess, counts, DIAMETER,
+                                       estimator="poisson", offset=100.0)
+    photons[0, :3, :4] = 0.0
+    expected = refinefit.refine_leastsq(guess, photons, DIAMETER,
+                                        estimator="poisson")
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_read_noise_enters_as_extra_photons():
+    """A read-noise variance s2 adds s2 / gain^2 to the photons and their
+    expectation: with the image drawn so (Poisson noise of mu + v, minus
+    v), the errors stay calibrated; without it they are too small."""
+    rng = np.random.default_rng(92)
+    truth, guess, movie, amplitude = count_scene(1500, 1000, 1, rng)
+    gain, read_noise = 2.0, 64.0  # v = 16 photons^2
+    v = read_noise / gain ** 2
+    noisy = movie + rng.normal(0.0, np.sqrt(v), movie.shape)
+    counts = 100.0 + gain * noisy
+    options = dict(estimator="poisson", gain=gain, offset=100.0, **FITTED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dark pixels < offset
+        with_noise = refinefit.refine_leastsq(guess, counts, DIAMETER,
+                                              read_noise=read_noise, **options)
+        without = refinefit.refine_leastsq(guess, counts, DIAMETER, **options)
+    assert 0.9 <= spreads(with_noise, truth, amplitude)["x"] <= 1.1
+    assert spreads(without, truth, amplitude)["x"] > 1.15
+
+
+def test_nan_pixels_are_left_out():
+    guess, photons = _counts_scene()
+    holed = photons.copy()
+    holed[0, 20, 20] = np.nan  # within the first spot's mask
+    got = refinefit.refine_leastsq(guess, holed, DIAMETER,
+                                   estimator="poisson")
+    assert (got["status"] == 0).all()
+    assert np.isfinite(got["deviance_dof"]).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimator="mle"), "estimator must be one of"),
+    (dict(estimator="poisson", gain=0.0), "gain must be positive"),
+    (dict(estimator="poisson", gain=-2.0), "gain must be positive"),
+    (dict(estimator="poisson", gain=np.nan), "gain must be finite"),
+    (dict(estimator="poisson", offset=np.inf), "offset must be finite"),
+    (dict(estimator="poisson", gain=np.ones((3, 3))), "gain: a map must"),
+    (dict(estimator="poisson", read_noise=-1.0), "read_noise"),
+    (dict(gain=2.0), "gain: the camera model applies"),
+    (dict(estimator="poisson", constraints=refinefit.dimer(4.0)),
+     "does not yet support constraints"),
+    (dict(estimator="poisson", param_mode={"size": "global"}),
+     "shared parameter modes"),
+    (dict(estimator="poisson", method="L-BFGS-B"), "a named method"),
+])
+def test_bad_poisson_input_is_a_value_error(kwargs, match):
+    guess, photons = _counts_scene()
+    with pytest.raises(ValueError, match=match):
+        refinefit.refine_leastsq(guess, photons, DIAMETER, **kwargs)
