@@ -34,7 +34,9 @@ EXIT_INTERRUPTED = 130
 FIT_KEYS = ("diameter", "separation", "fit_function", "param_mode",
             "param_val", "bounds", "compute_error", "pos_columns", "t_column",
             "max_iter", "max_shift", "max_rms_dev", "residual_factor", "tol",
-            "options", "method")
+            "options", "method", "estimator", "gain", "offset", "read_noise")
+# camera values: a number, or a file holding a map (.npy, .tif)
+_CAMERA = ("gain", "offset", "read_noise")
 RUN_KEYS = ("threads", "chunk_frames", "lanes", "channel", "grey", "invert")
 # what refine_movie raises for input the user can fix; any other exception
 # is a bug and keeps its traceback
@@ -156,6 +158,18 @@ def _build_parser():
     refine.add_argument("--compute-error",
                         action=argparse.BooleanOptionalAction, default=None,
                         help="add <param>_std standard errors")
+    refine.add_argument("--estimator", choices=("lsq", "poisson"),
+                        help="lsq: least squares (default); poisson: "
+                        "maximum likelihood on photon counts")
+    refine.add_argument("--gain", metavar="G",
+                        help="camera counts per photon (--estimator "
+                        "poisson): a number or a map file (.npy, .tif)")
+    refine.add_argument("--offset", metavar="O",
+                        help="camera offset in counts: a number or a map "
+                        "file (.npy, .tif)")
+    refine.add_argument("--read-noise", metavar="VAR",
+                        help="read-noise variance in counts^2: a number or "
+                        "a map file (.npy, .tif)")
     refine.add_argument("--max-iter", metavar="N", type=int,
                         help="at most N solves while re-centring the masks "
                         "(default 10)")
@@ -439,11 +453,16 @@ def _options(args):
                  chunk_frames=args.chunk_frames, channel=args.channel,
                  grey=args.grey, invert=args.invert,
                  pos_columns=args.pos_columns, t_column=args.t_column,
-                 compute_error=args.compute_error, max_iter=args.max_iter)
+                 compute_error=args.compute_error, max_iter=args.max_iter,
+                 estimator=args.estimator, gain=args.gain, offset=args.offset,
+                 read_noise=args.read_noise)
     if args.channel is not None or args.grey:  # one replaces the other
         options.pop("channel", None)
         options.pop("grey", None)
     options.update({k: v for k, v in flags.items() if v is not None})
+    for key in _CAMERA:
+        if key in options:
+            options[key] = _camera_value(key, options[key])
     for key, entries, parse in (("param_mode", args.param_mode, str),
                                 ("param_val", args.param_val, _number),
                                 ("bounds", args.bounds, _bound)):
@@ -485,6 +504,33 @@ def _read_config(path):
         config["bounds"] = {name: tuple(v) if isinstance(v, list) else v
                             for name, v in config["bounds"].items()}
     return config
+
+
+def _camera_value(key, value):
+    """A camera value: a number as it is, text as a number or the path of a
+    map (.npy, or a TIFF image)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return _number(value)
+    except ValueError:
+        pass
+    flag = "--" + key.replace("_", "-")
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{flag}: {value!r} is neither a number nor a map "
+                         "file (.npy, .tif)")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+            return tifffile.imread(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{flag}: cannot read the map {value!r}: {exc}") \
+            from None
+    raise UsageError(f"{flag}: a map file must be .npy or .tif, got "
+                     f"{value!r}")
 
 
 def _assignment(flag, entry):

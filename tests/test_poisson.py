@@ -9,11 +9,15 @@ at the true parameters over the mask's pixels. So is the precision that
 least squares can reach on the same images, ``(J^T J)^-1 J^T diag(mu) J
 (J^T J)^-1``: Poisson noise's variance is its mean.
 """
+import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from test_shot_noise import DIAMETER, SIZE, count_scene
 
 import refinefit
@@ -219,3 +223,68 @@ def test_bad_poisson_input_is_a_value_error(kwargs, match):
     guess, photons = _counts_scene()
     with pytest.raises(ValueError, match=match):
         refinefit.refine_leastsq(guess, photons, DIAMETER, **kwargs)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "refinefit", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def counts_movie(tmp_path_factory):
+    """A TIFF of camera counts (per-pixel gain and offset, maps in .npy),
+    the features, and the photons."""
+    folder = tmp_path_factory.mktemp("counts")
+    guess, photons = _counts_scene(seed=93)
+    shape = photons.shape[1:]
+    gain = np.random.default_rng(3).uniform(1.5, 3.0, shape)
+    offset = np.random.default_rng(4).uniform(90, 110, shape)
+    tifffile.imwrite(folder / "movie.tif",
+                     (offset + gain * photons).astype(np.float32),
+                     photometric="minisblack")
+    np.save(folder / "gain.npy", gain)
+    np.save(folder / "offset.npy", offset)
+    np.save(folder / "small.npy", gain[:10])
+    guess.to_csv(folder / "features.csv", index=False)
+    return folder, guess, photons
+
+
+def test_the_command_fits_camera_counts(counts_movie, tmp_path):
+    folder, guess, photons = counts_movie
+    out = tmp_path / "out.csv"
+    done = _cli("refine", folder / "movie.tif", folder / "features.csv",
+                "-o", out, "--diameter", DIAMETER, "--estimator", "poisson",
+                "--gain", folder / "gain.npy", "--offset",
+                folder / "offset.npy", "--compute-error")
+    assert done.returncode == 0, done.stderr
+    got = pd.read_csv(out)
+    counts = tifffile.imread(folder / "movie.tif")
+    expected = refinefit.refine_leastsq(
+        guess, counts, DIAMETER, estimator="poisson", compute_error=True,
+        gain=np.load(folder / "gain.npy"),
+        offset=np.load(folder / "offset.npy"))
+    columns = ["y", "x", "signal", "y_std", "deviance_dof", "status"]
+    np.testing.assert_allclose(got[columns], expected[columns], rtol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--estimator", "mle"), "argument --estimator: invalid choice"),
+    (("--estimator", "poisson", "--gain", "0"), "gain must be positive"),
+    (("--estimator", "poisson", "--gain", "{folder}/small.npy"),
+     "gain: a map must have the shape of a frame"),
+    (("--estimator", "poisson", "--offset", "{folder}/none.npy"),
+     "--offset: '.*none.npy' is neither a number nor a map file"),
+    (("--gain", "2"), "the camera model applies to estimator='poisson'"),
+])
+def test_bad_camera_flags_exit_2_and_write_nothing(counts_movie, tmp_path,
+                                                   flags, message):
+    folder, _, _ = counts_movie
+    out = tmp_path / "out.csv"
+    done = _cli("refine", folder / "movie.tif", folder / "features.csv",
+                "-o", out, "--diameter", DIAMETER,
+                *(f.format(folder=folder) for f in flags))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refinefit: error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert list(tmp_path.iterdir()) == []
