@@ -163,34 +163,43 @@ def sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col, row_val,
 
 @leaf_kernel
 def jacobian_by_unknown(terms, cols, entry_pix, feat_entry_off, f0, n_feat,
-                        pix_base, excluded, jac):
-    """J of a dense cluster as ``jac`` (unknowns x pixels) from the
+                        pix_base, in_order, excluded, jac, row0):
+    """J of a dense cluster as rows ``row0..`` of ``jac`` (one per unknown,
+    a column per pixel; the rows above are left alone) from the
     per-entry derivatives of its features (``terms``, rows 1.., as
-    ``residuals.Workspace.terms`` holds them); the background's row is 1.
+    ``residuals.Workspace.terms`` holds them; ``in_order`` as there: one
+    feature whose entry i is pixel i); the background's row is 1.
     Excluded pixels get a zero column."""
-    n_unk = jac.shape[0]
+    n_unk = jac.shape[0] - row0
     n_pix = jac.shape[1]
-    for i in range(n_unk):
-        for q in range(n_pix):
-            jac[i, q] = 0.0
     e0 = feat_entry_off[f0]
     bg = cols[0, 0]
-    for k in range(n_feat):
-        start = feat_entry_off[f0 + k] - e0
-        end = feat_entry_off[f0 + k + 1] - e0
+    if in_order:  # rows copied: no scatter
         for j in range(1, terms.shape[0]):
-            col = cols[k, j]
-            if col < 0:
-                continue
-            for e in range(start, end):
-                jac[col, entry_pix[e0 + e] - pix_base] += terms[j, e]
+            col = cols[0, j]
+            if col >= 0:
+                for q in range(n_pix):
+                    jac[row0 + col, q] = terms[j, q]
+    else:
+        for i in range(n_unk):
+            for q in range(n_pix):
+                jac[row0 + i, q] = 0.0
+        for k in range(n_feat):
+            start = feat_entry_off[f0 + k] - e0
+            end = feat_entry_off[f0 + k + 1] - e0
+            for j in range(1, terms.shape[0]):
+                col = cols[k, j]
+                if col < 0:
+                    continue
+                for e in range(start, end):
+                    jac[row0 + col, entry_pix[e0 + e] - pix_base] += terms[j, e]
     if bg >= 0:
         for q in range(n_pix):
-            jac[bg, q] = 1.0
+            jac[row0 + bg, q] = 1.0
     for q in range(n_pix):
         if excluded[q]:
             for i in range(n_unk):
-                jac[i, q] = 0.0
+                jac[row0 + i, q] = 0.0
 
 
 @leaf_kernel

@@ -329,13 +329,9 @@ def solve_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
             params_out[f0 + k, j] = work[k, j]
     sumsq_out[c] = cost
     if poisson:  # the sum of squares at the fit; deviance per dof
-        spare = b1 if cur == 0 else b0
-        evaluate_work(dense, poisson, work, cols, modes, slot, n_cl, n_var,
-                      pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                      pix_base, ndim, n_size, model_id, continuous, False,
-                      deriv, dextra, ws, spare)
-        sumsq_out[c] = dot(ws.resid, ws.resid)
-        dof = _valid_pixels(spare.excluded, n_pix) - n_unk
+        stats = b0.stats if cur == 0 else b1.stats
+        sumsq_out[c] = stats[0]
+        dof = stats[1] - n_unk
         deviance_out[c] = cost / dof if dof > 0 else math.nan
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
@@ -395,16 +391,17 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              # workspace
              + ndim * n_coord + 2 * n_pix + n_rows * n_coord + n_coord
              + 2 * n_params * longest + n_dense * n_dense
-             + n_sums(n_params, dense)
+             + n_sums(n_params, dense, poisson, n_unk)
              # two evaluations
              + 2 * (n_deriv * n_params + n_jac * n_jac_cl + n_dense * n_dense
-                    + n_blocks * n_var * n_var + n_cl * n_cl + n_unk)
+                    + n_blocks * n_var * n_var + n_cl * n_cl + n_unk + 2)
              # the steps
              + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
              + n_sparse_f * n_var * n_var + n_pix)
     # the workspace's Poisson arrays
-    n_f64 += n_unk * n_pix + 2 * n_pix if poisson else 3
+    n_f64 += (n_unk + 1) * n_pix + 2 * n_pix if poisson else 3
     n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
+    n_i64 += n_unk + 1 if poisson else 1  # the workspace's unit_cols
     n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
     if with_error and dense:  # _standard_errors
         n_f64 += 2 * n_unk * n_pix + 2 * n_unk * n_unk + n_unk + 2 * n_pix
@@ -642,7 +639,7 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
             return
         jac = floats(arena, (n_unk, n_pix))
         jacobian_by_unknown(ws.terms, cols, entry_pix, feat_entry_off, f0,
-                            n_feat, pix_base, b.excluded, jac)
+                            n_feat, pix_base, ws.in_order, b.excluded, jac, 0)
         if dense_sandwich_std(jac, ws.resid, b.excluded,
                               floats(arena, (n_unk, n_unk)),
                               floats(arena, (n_unk, n_unk)),

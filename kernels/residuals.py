@@ -15,6 +15,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from . import vlog
 from .arena import flags, floats, ints
 from .codes import MODE_CLUSTER, MODE_VAR
 from .covariance import jacobian_by_unknown
@@ -40,7 +41,10 @@ Workspace = namedtuple("Workspace", [
                     # a pair's (_pair_products)
     "in_order",     # dense: one feature whose entries are the pixels in
                     # order (entry i at pixel i: no scatter, no gather)
-    "jac",          # Poisson: J by unknown (unknowns x pixels)
+    "jac",          # Poisson: J by unknown, weighted (row 1 + i: unknown i,
+                    # as ``terms``; 1 + unknowns x pixels)
+    "unit_cols",    # Poisson: row j of ``jac`` is unknown j - 1 (1 x rows),
+                    # as ``column_table`` for _feature_products
     "weight",       # Poisson: 1 / expected photons at each pixel (row 0),
                     # scratch (row 1)
     "extra",        # Poisson: expected photons added at each pixel (the
@@ -65,6 +69,8 @@ Evaluation = namedtuple("Evaluation", [
     "blocks",       # sparse: diagonal blocks of J^T J, one per feature
     "block_cl",     # sparse: the cluster unknowns' block of J^T J (1 x n x n)
     "grad",         # J^T r
+    "stats",        # Poisson: the sum of squared residuals and the number
+                    # of valid pixels at the point
 ])
 
 @inline_kernel
@@ -198,6 +204,13 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                 entry_coord[d, el] = pix_coord[np.uint64(entry_pix[at + el]),
                                                d]
     longest = longest_pair(pairs)
+    # (sizes and views set here: conditional expressions among the
+    # namedtuple's keyword arguments stop Numba's bytecode analysis)
+    jac = floats(arena, (n_unk + 1, n_pix) if poisson else (1, 1))
+    unit_cols = _unit_cols(n_unk if poisson else 0, arena)
+    weight = floats(arena, (2, n_pix) if poisson else (2, 1))
+    extra = pix_extra[pix_base:pix_base + n_pix] if pix_extra.shape[0] \
+        else pix_extra
     n_rows = n_params if dense else 1
     n_dense = n_unk if dense else 1
     return Workspace(
@@ -211,18 +224,30 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
         pair_entry=pairs[2],
         pair_terms=floats(arena, (2, n_params, longest)),
         cross=floats(arena, (n_dense, n_dense)),
-        sums=floats(arena, n_sums(n_params, dense)),
+        sums=floats(arena, n_sums(n_params, dense, poisson, n_unk)),
         in_order=in_order,
-        jac=floats(arena, (n_unk, n_pix) if poisson else (1, 1)),
-        weight=floats(arena, (2, n_pix) if poisson else (2, 1)),
-        extra=pix_extra[pix_base:pix_base + n_pix] if pix_extra.shape[0]
-        else pix_extra)
+        jac=jac,
+        unit_cols=unit_cols,
+        weight=weight,
+        extra=extra)
 
 
 @kernel
-def n_sums(n_params, dense):
-    """Length of :data:`Workspace` ``sums``."""
+def n_sums(n_params, dense, poisson, n_unk):
+    """Length of :data:`Workspace` ``sums`` (under ``poisson``, room for a
+    cluster's whole J^T J in one pass, up to :data:`FUSED_ROWS` unknowns)."""
+    if poisson:
+        return n_products(max(n_params - 1, min(n_unk, FUSED_ROWS)))
     return n_products(n_params - 1) if dense else 1
+
+
+@inline_kernel
+def _unit_cols(n_unk, arena):
+    """Row j of a J held as ``terms`` is unknown j - 1 (see Workspace)."""
+    cols = ints(arena, (1, n_unk + 1))
+    for j in range(n_unk + 1):
+        cols[0, j] = j - 1
+    return cols
 
 
 @inline_kernel
@@ -246,7 +271,8 @@ def evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
         normal=floats(arena, (n_dense, n_dense)),
         blocks=floats(arena, (n_blocks, n_var, n_var)),
         block_cl=floats(arena, (1, n_cl, n_cl)),
-        grad=floats(arena, n_unk))
+        grad=floats(arena, n_unk),
+        stats=floats(arena, 2))
 
 
 @kernel
@@ -546,55 +572,78 @@ def _evaluate_poisson(work, cols, pix_val, entry_pix, feat_entry_off, f0,
     _model_and_cost(terms, work[0, 0], pix_val, entry_pix, e0, pix_base,
                     ws.in_order, ws.model, buf.excluded, ws.resid)
     deviance = _deviance(ws.model, ws.extra, pix_val, pix_base, buf.excluded,
-                         ws.resid, ws.weight)
+                         ws.resid, ws.weight, buf.stats)
     if not with_jac or not math.isfinite(deviance):
         return deviance
+    # weighted least squares in one pass: rows J_i sqrt(w), residuals
+    # r sqrt(w), all sums of J^T W J and J^T W r as a feature's
+    jac = ws.jac
     jacobian_by_unknown(terms, cols, entry_pix, feat_entry_off, f0, n_feat,
-                        pix_base, buf.excluded, ws.jac)
-    _weighted_normal(ws.jac, ws.weight, ws.resid, buf.normal, buf.grad)
+                        pix_base, ws.in_order, buf.excluded, jac, 1)
+    _weigh(jac, ws.weight, ws.resid)
+    normal = buf.normal
+    grad = buf.grad
+    for i in range(grad.shape[0]):
+        grad[i] = 0.0
+        for j in range(grad.shape[0]):
+            normal[i, j] = 0.0
+    _feature_products(jac, ws.weight[1], 0, jac.shape[1], ws.unit_cols, 0,
+                      -1, normal, grad, ws.sums)
+    _mirror(normal)
     return deviance
 
 
 @leaf_kernel
-def _deviance(model, extra, pix_val, pix_base, excluded, resid, weight):
+def _deviance(model, extra, pix_val, pix_base, excluded, resid, weight,
+              stats):
     """The Poisson deviance over a cluster's valid pixels (see
     :func:`_evaluate_poisson`); ``resid`` receives mu - n, ``weight[0]``
-    1 / mu, ``weight[1]`` each pixel's term (all 0 at excluded pixels).
-    Infinite if mu <= 0 at a valid pixel."""
+    1 / mu, ``weight[1]`` each pixel's term (all 0 at excluded pixels),
+    ``stats`` the sum of squared residuals and the valid pixels. Infinite
+    if mu <= 0 at a valid pixel."""
     n_pix = np.uint64(model.shape[0])
     base = np.uint64(pix_base)
-    with_extra = extra.shape[0] > 0
-    positive = True
+    mu = weight[0]
+    if extra.shape[0] > 0:
+        for q in range(n_pix):
+            mu[q] = model[q] + extra[q]
+    else:
+        for q in range(n_pix):
+            mu[q] = model[q]
+    # (no branch in the loop, and none around the logarithm: it vectorises,
+    # with the logarithm's vector version)
+    n_bad = 0
+    n_valid = 0
     for q in range(n_pix):
-        mu = model[q] + (extra[q] if with_extra else 0.0)
+        m = mu[q]
         n = pix_val[base + q]
         valid = not excluded[q]
-        positive &= mu > 0.0 or not valid
-        term = mu - n
-        if n > 0.0:
-            term -= n * math.log(mu / n)
-        resid[q] = mu - n if valid else 0.0
-        weight[0, q] = 1.0 / mu if valid else 0.0
+        n_valid += 1 if valid else 0
+        n_bad += 1 if valid and not m > 0.0 else 0
+        ratio = m / n if n > 0.0 else 1.0
+        term = m - n - n * vlog.log(ratio)
+        resid[q] = m - n if valid else 0.0
         weight[1, q] = 2.0 * term if valid else 0.0
-    if not positive:
+        mu[q] = 1.0 / m if valid else 0.0
+    stats[0] = dot(resid, resid, 0, n_pix)
+    stats[1] = n_valid
+    if n_bad > 0:
         return math.inf
     return total(weight[1], 0, n_pix)
 
 
 @leaf_kernel
-def _weighted_normal(jac, weight, resid, normal, grad):
-    """``normal = J W J^T`` and ``grad = J W resid`` with ``W`` the diagonal
-    of ``weight[0]`` and J by unknown (``jac``); ``weight[1]`` is scratch.
-    """
-    n_unk = jac.shape[0]
+def _weigh(jac, weight, resid):
+    """Rows 1.. of ``jac`` times ``sqrt(weight[0])``; ``weight[1]`` the
+    residuals times it."""
     n_pix = jac.shape[1]
-    for i in range(n_unk):
+    for q in range(n_pix):
+        weight[1, q] = math.sqrt(weight[0, q])
+    for i in range(1, jac.shape[0]):
         for q in range(n_pix):
-            weight[1, q] = weight[0, q] * jac[i, q]
-        grad[i] = dot(weight[1], resid, 0, n_pix)
-        for j in range(i, n_unk):
-            normal[i, j] = dot(weight[1], jac[j], 0, n_pix)
-            normal[j, i] = normal[i, j]
+            jac[i, q] *= weight[1, q]
+    for q in range(n_pix):
+        weight[1, q] *= resid[q]
 
 
 @leaf_kernel

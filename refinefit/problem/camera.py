@@ -36,11 +36,19 @@ class Camera:
         # frame number -> pixels below the offset (one entry per frame: a
         # frame read again is not counted twice)
         self._below = {}
+        # frames that count photons already: unsigned integers are left
+        # as they are (no copy to float64, which the masks then read)
+        self._identity = (np.ndim(gain) == 0 and gain == 1.0
+                          and np.ndim(offset) == 0 and offset == 0.0
+                          and variance is None)
 
     def photons(self, image, frame_no):
         """``image`` (counts) as photons (float64, plus the read noise's
         ``v``); pixels below the offset become zero photons, and are
         counted once per frame."""
+        if self._identity and image.dtype.kind == "u":
+            self._below[int(frame_no)] = 0
+            return image
         photons = (np.asarray(image, dtype=np.float64) - self.offset) \
             / self.gain
         below = photons < 0.0
