@@ -45,6 +45,10 @@ README_ROWS = (
      "I1 ratio refinefit poisson / picasso gaussmle"),
     ("I1, rms position error, refinefit `estimator=\"poisson\"` / `gaussmle`",
      "I1 rms refinefit poisson / rms picasso gaussmle"),
+    ("D1 (overlapping pairs, triplets), refinefit Poisson / 3D-DAOSTORM",
+     "D1 ratio refinefit poisson / daostorm"),
+    ("D1, rms position error, refinefit Poisson / 3D-DAOSTORM",
+     "D1 rms refinefit poisson / rms daostorm"),
     ("`refinefit refine` on the long movie / `refine_leastsq` in process",
      re.compile(r"CLI W1 long .* command / in-process warm \(end to end\)")),
     ("`refinefit refine` peak memory on the W1 movie (MB)",
@@ -54,6 +58,8 @@ README_ROWS = (
 GROUPS = (
     ("W1 and start-up (`test_bench_w1.py`)", ("W1 ", "first call", "one cluster")),
     ("I1, isolated spots against Picasso (`test_bench_peers.py`)", ("I1 ",)),
+    ("D1, overlapping spots against 3D-DAOSTORM (`test_bench_daostorm.py`)",
+     ("D1 ",)),
     ("Latency: first result per model, small calls (`test_bench_latency.py`)",
      ("first result", "small call")),
     ("W2, constrained dimers (`test_bench_constraints.py`)", ("W2 ",)),
@@ -90,7 +96,14 @@ Workloads (defined in the benchmarks' docstrings):
   photons, background 16 photons per pixel, Poisson noise) per 512×512
   frame, starts off by up to 0.6 px; refinefit (11 px masks, size fitted)
   against Picasso 0.11.3 (11×11 boxes: `gaussmle`, `gausslq` and its
-  current MLE, `fit_spots_gauss`) on as many threads or processes.
+  current MLE, `fit_spots_gauss`) on as many threads or processes; the
+  refinefit rows are least squares unless they say Poisson
+  (`estimator="poisson"`).
+- D1: 100 spots per 256×256 uint16 frame in overlapping pairs and triplets
+  (members 3–6 px apart; 2,000 photons a spot, standard deviation 1.41 px,
+  background 10 photons per pixel, Poisson noise), the width fixed;
+  refinefit's Poisson estimator against 3D-DAOSTORM's fitter
+  (`sdt-python`'s `Fitter2DFixed`), frames split over as many threads.
 - The command (`CLI`) runs on W1 as a 1,200-frame uint16 TIFF with Parquet
   features and output, and on a long movie of that movie five times over.
 - Ratios against trackpy and Picasso are measured in the same run, so they
