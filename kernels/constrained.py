@@ -47,7 +47,8 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_params = modes.shape[0]
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
-                                   pix_base, n_pix, modes, ndim, n_size, True)
+                                   pix_base, n_pix, modes, ndim, n_size, True,
+                                   False)
     slot, n_cl, n_var = layout(modes, arena)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]

@@ -356,7 +356,7 @@ _solve_one_counted = kernel(solve_cluster)
 
 @kernel
 def cluster_scratch(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
-                    modes, ndim, n_size, dense):
+                    modes, ndim, n_size, dense, poisson):
     """The pairs of a cluster and an arena with room for what
     :func:`solve_cluster` takes, for kernels that evaluate a cluster outside
     the solver (they take less)."""
@@ -366,7 +366,7 @@ def cluster_scratch(entry_pix, feat_entry_off, f0, n_feat, pix_base, n_pix,
                           n_pix, dense)
     n_f64, n_i64, n_flags = cluster_needs(
         n_pix, n_entries, n_feat, modes.shape[0], n_cl, n_var, ndim, n_size,
-        dense, False, False, longest_pair(pairs))
+        dense, poisson, False, longest_pair(pairs))
     return pairs, new_arena(n_f64, n_i64, n_flags)
 
 

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from .covariance import MIN_ONE_MINUS_H, jacobian_rows, row_count
-from .jit import Specialized, inline_kernel, kernel
+from .jit import LITERALS, Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve
 from .lm import cluster_scratch
 from .residuals import (
@@ -33,10 +33,12 @@ from .residuals import (
     column_table,
     dense_normal,
     evaluate,
+    evaluate_work,
     evaluation_buffers,
     layout,
     mode_counts,
     start_values,
+    unpack,
 )
 from .threads import OverChunks
 
@@ -46,12 +48,15 @@ STAGE_MEAT = 2
 
 
 @inline_kernel
-def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
-                    feat_entry_off, cluster_feat_off, params, lower, upper,
-                    kernel_modes, shared_index, ndim, n_size, model_id,
-                    continuous, dense_limit, stage, shared_off, block_off,
-                    index_out, system_out, grad_out, sumsq_out, n_valid_out,
-                    n_local_out, sinv_blocks, cov_blocks, std_out):
+def _reduce_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
+                    entry_pix, feat_entry_off, cluster_feat_off, params,
+                    lower, upper, kernel_modes, shared_index, ndim, n_size,
+                    model_id, continuous, poisson, dense_limit, stage,
+                    shared_off, block_off, index_out, system_out, grad_out,
+                    sumsq_out, n_valid_out, n_local_out, errors):
+    # (the arrays of the errors in one tuple: Python passes thirty
+    # arguments or more as one, and Numba inlines no call made that way)
+    sinv_blocks, cov_blocks, std_out = errors
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -76,11 +81,11 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
 
     n_cl, n_var = mode_counts(kernel_modes)
     n_unk = n_cl + n_feat * n_var
-    dense = n_unk <= dense_limit
+    dense = poisson or n_unk <= dense_limit
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
                                    pix_base, n_pix, kernel_modes, ndim, n_size,
-                                   dense)
+                                   dense, poisson)
     slot, n_cl, n_var = layout(kernel_modes, arena)
     x, lo, hi = start_values(params, lower, upper, f0, n_feat, kernel_modes, slot,
                        n_cl, n_var, arena)
@@ -90,13 +95,20 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, dense,
-                           pairs, False, pix_val[:0], arena)
+                           pairs, poisson, pix_extra, arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, dense, arena)
-    cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var, pix_val,
-                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, True, dense, deriv, dextra,
-                    ws, b)
+    if poisson:  # (the deviance; its Fisher information as J^T J)
+        unpack(x, work, cols)
+        cost = evaluate_work(True, True, work, cols, kernel_modes, slot, n_cl,
+                             n_var, pix_val, pix_coord, entry_pix,
+                             feat_entry_off, f0, pix_base, ndim, n_size,
+                             model_id, continuous, True, deriv, dextra, ws, b)
+    else:
+        cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var,
+                        pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                        pix_base, ndim, n_size, model_id, continuous, True,
+                        dense, deriv, dextra, ws, b)
     if not math.isfinite(cost):
         return
     if dense:
@@ -175,12 +187,14 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
     jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
                   feat_entry_off, f0, n_feat, pix_base, n_pix, ndim, n_size,
                   model_id, continuous, deriv, dextra, rows)
+    if poisson:
+        _fisher_rows(rows, ws.extra)
     sinv = np.empty((n_sh, n_sh))
     for s in range(n_sh):
         for s2 in range(n_sh):
             sinv[s, s2] = sinv_blocks[b0 + s * n_sh + s2]
     meat, local_var = _pixel_sums(rows, factor, w, sinv, loc_cols, n_l,
-                                  sh_cols, n_sh, n_unk)
+                                  sh_cols, n_sh, n_unk, poisson)
     if stage == STAGE_MEAT:
         for s in range(n_sh):
             index_out[s0 + s] = shared_of[sh_cols[s]]
@@ -202,7 +216,21 @@ def _reduce_cluster(c, pix_val, pix_coord, cluster_pix_off, entry_pix,
 
 
 @kernel
-def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk):
+def _fisher_rows(rows, extra):
+    """J's rows (:func:`.covariance.jacobian_rows`) divided by the square
+    root of the expected photons: then J^T J is the Fisher information, and
+    :func:`_pixel_sums` with unit weights gives its inverse."""
+    model, excluded, row_off, row_val = rows[0], rows[2], rows[3], rows[6]
+    for q in range(model.shape[0]):
+        mu = model[q] + (extra[q] if extra.shape[0] else 0.0)
+        scale = 1.0 / math.sqrt(mu) if mu > 0.0 and not excluded[q] else 0.0
+        for a in range(row_off[q], row_off[q + 1]):
+            row_val[a] *= scale
+
+
+@kernel
+def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk,
+                fisher):
     """A cluster's sums over its pixels for the sandwich covariance of the
     whole problem (:mod:`.covariance`), whose inverse ``P`` has the blocks
     ``P_ll = A^-1 + W Sinv W^T``, ``P_ls = -W Sinv``, ``P_ss = Sinv`` (locals
@@ -220,7 +248,9 @@ def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk):
       moves a local only through the shared values).
 
     ``factor`` is A's Cholesky factor, ``w`` holds W^T by rows (n_sh x
-    n_l)."""
+    n_l). With ``fisher`` (rows of the Fisher information, see
+    :func:`_fisher_rows`) every weight is 1: the sums then give the inverse
+    of the Fisher information, the Cramer-Rao bound."""
     resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
                                                   rows[5], rows[6])
     where = np.full(n_unk, -1, dtype=np.int64)  # local a, or n_l + shared s
@@ -263,7 +293,7 @@ def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk):
             sz[s] = total
             leverage += z[s] * total
         weight = resid[q] / max(1.0 - leverage, MIN_ONE_MINUS_H)
-        weight *= weight
+        weight = 1.0 if fisher else weight * weight
         for s in range(n_sh):
             for s2 in range(n_sh):
                 meat[s, s2] += weight * z[s] * z[s2]
@@ -276,13 +306,13 @@ def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk):
 
 
 @kernel(entry=True)
-def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                     entry_pix, feat_entry_off, cluster_feat_off, params,
-                     lower, upper, kernel_modes, shared_index, ndim, n_size,
-                     model_id, continuous, dense_limit, stage, shared_off,
-                     block_off, index_out, system_out, grad_out, sumsq_out,
-                     n_valid_out, n_local_out, sinv_blocks, cov_blocks,
-                     std_out):
+def _reduce_clusters(cluster_ids, pix_val, pix_extra, pix_coord,
+                     cluster_pix_off, entry_pix, feat_entry_off,
+                     cluster_feat_off, params, lower, upper, kernel_modes,
+                     shared_index, ndim, n_size, model_id, continuous,
+                     poisson, dense_limit, stage, shared_off, block_off,
+                     index_out, system_out, grad_out, sumsq_out, n_valid_out,
+                     n_local_out, sinv_blocks, cov_blocks, std_out):
     """Reduced normal equations of the shared parameters, per cluster.
 
     Stage 0 (``STAGE_SYSTEM``) writes, for cluster ``c``, the global indices
@@ -306,19 +336,27 @@ def _reduce_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     ``cov_blocks`` and writes the standard errors of the local unknowns to
     ``std_out`` (features x parameters). Without shared unknowns this is
     the sandwich of a per-cluster fit.
+
+    With ``poisson`` (every cluster dense) the cost is the Poisson deviance
+    of the photons ``pix_val`` (``pix_extra``: expected photons added at
+    each pixel, or empty), J^T J the Fisher information, and the errors its
+    inverse, the Cramer-Rao bound.
     """
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
+    numba.literally(poisson)
     for i in range(cluster_ids.shape[0]):
-        _reduce_cluster(cluster_ids[i], pix_val, pix_coord, cluster_pix_off,
-                        entry_pix, feat_entry_off, cluster_feat_off, params,
-                        lower, upper, kernel_modes, shared_index, ndim, n_size,
-                        model_id, continuous, dense_limit, stage, shared_off,
-                        block_off, index_out, system_out, grad_out, sumsq_out,
-                        n_valid_out, n_local_out, sinv_blocks, cov_blocks,
-                        std_out)
+        _reduce_cluster(cluster_ids[i], pix_val, pix_extra, pix_coord,
+                        cluster_pix_off, entry_pix, feat_entry_off,
+                        cluster_feat_off, params, lower, upper, kernel_modes,
+                        shared_index, ndim, n_size, model_id, continuous,
+                        poisson, dense_limit, stage, shared_off, block_off,
+                        index_out, system_out, grad_out, sumsq_out,
+                        n_valid_out, n_local_out,
+                        (sinv_blocks, cov_blocks, std_out))
 
 
-reduce_clusters = OverChunks(Specialized(_reduce_clusters), min_chunk=16)
+reduce_clusters = OverChunks(
+    Specialized(_reduce_clusters, LITERALS + ("poisson",)), min_chunk=16)

@@ -17,8 +17,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 import tifffile
-from test_shot_noise import DIAMETER, SIZE, count_scene
+from test_shot_noise import DIAMETER, SIZE, SPACING, count_scene, draw_counts
 
 import refinefit
 
@@ -135,6 +136,70 @@ def test_touching_dimers_reach_the_bound():
         assert 0.9 <= value <= 1.1, f"{name}: spread {value:.3f}"
 
 
+def _frames_of_four(rng, n_frames, photons=2000, background=10):
+    """Frames of 4 spots each (2 x 2 cells): truth, guesses, movie and the
+    true amplitude."""
+    amplitude = photons / (np.pi * SIZE ** 2)
+    truths, images = [], []
+    for frame in range(n_frames):
+        centres = synth.grid_centres(rng, 2, SPACING)
+        images.append(draw_counts((2 * SPACING,) * 2, centres, amplitude,
+                                  background, rng))
+        truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
+                                        x=centres[:, 1])))
+    truth = pd.concat(truths, ignore_index=True)
+    guess = truth.assign(y=truth["y"] + rng.uniform(-0.3, 0.3, len(truth)),
+                         x=truth["x"] + rng.uniform(-0.3, 0.3, len(truth)),
+                         signal=0.9 * amplitude, size=1.1 * SIZE,
+                         background=background + 0.5)
+    return truth, guess, np.stack(images), amplitude
+
+
+def test_shared_size_errors_are_the_bound():
+    """A size and a signal shared by each frame's features ('frame'): the
+    shared values' and the positions' errors calibrated (spread 0.85-1.15
+    from 300 frames for the shared values, 0.9-1.1 for positions)."""
+    rng = np.random.default_rng(94)
+    truth, guess, movie, amplitude = _frames_of_four(rng, 300)
+    result = refinefit.refine_leastsq(
+        guess, movie, DIAMETER, estimator="poisson", compute_error=True,
+        param_mode={"size": "frame", "signal": "frame"})
+    assert (result["status"] == 0).all()
+    first = result.groupby("frame").first()
+    for name, value in (("size", SIZE), ("signal", amplitude)):
+        spread = np.std((first[name] - value) / first[name + "_std"])
+        assert 0.85 <= spread <= 1.15, f"{name}: {spread:.3f}"
+    for name in ("y", "x"):
+        spread = np.std((result[name] - truth[name]) / result[name + "_std"])
+        assert 0.9 <= spread <= 1.1, f"{name}: {spread:.3f}"
+    assert 0.9 <= result["deviance_dof"].mean() <= 1.1
+
+
+def test_global_size_of_one_cluster_is_its_cluster_size():
+    """One cluster of three touching spots: 'global' (the shared solver)
+    and 'cluster' (the engine) are the same unknowns under the Poisson
+    estimator too: the same fit and the same errors."""
+    rng = np.random.default_rng(95)
+    amplitude = 2000 / (np.pi * SIZE ** 2)
+    centres = np.array([[30.2, 28.1], [31.0, 32.4], [34.6, 30.3]])
+    image = draw_counts((60, 60), centres, amplitude, 10, rng)
+    guess = pd.DataFrame(dict(y=centres[:, 0] + 0.2, x=centres[:, 1] - 0.2,
+                              signal=amplitude, size=2.2))
+    options = dict(estimator="poisson", compute_error=True)
+    shared = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                      param_mode={"size": "global"}, **options)
+    cluster = refinefit.refine_leastsq(guess, image, DIAMETER,
+                                       param_mode={"size": "cluster"},
+                                       **options)
+    assert (shared["cluster_size"] == 3).all()
+    columns = ["y", "x", "signal", "size"]
+    stds = [c + "_std" for c in columns]
+    difference = np.abs(shared[columns].to_numpy()
+                        - cluster[columns].to_numpy())
+    assert (difference < 0.05 * cluster[stds].to_numpy()).all()
+    np.testing.assert_allclose(shared[stds], cluster[stds], rtol=2e-3)
+
+
 def _counts_scene(seed=91):
     rng = np.random.default_rng(seed)
     truth, guess, movie, _ = count_scene(200, 2000, 10, rng)
@@ -215,8 +280,6 @@ def test_nan_pixels_are_left_out():
     (dict(gain=2.0), "gain: the camera model applies"),
     (dict(estimator="poisson", constraints=refinefit.dimer(4.0)),
      "does not yet support constraints"),
-    (dict(estimator="poisson", param_mode={"size": "global"}),
-     "shared parameter modes"),
     (dict(estimator="poisson", method="L-BFGS-B"), "a named method"),
 ])
 def test_bad_poisson_input_is_a_value_error(kwargs, match):

@@ -37,13 +37,19 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
         cov_blocks = np.empty(0)
     if std is None:
         std = np.empty((0, params.shape[1]))
+    noise = settings.noise
+    poisson = noise.estimator == "poisson"
+    extra = noise.camera.extra_at(batch.pix_coord) \
+        if poisson and noise.camera is not None else None
     reduce_clusters(np.arange(n_clusters, dtype=np.int64), batch.pix_val,
+                    batch.pix_val[:0] if extra is None else extra,
                     batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
                     batch.feat_entry_off, batch.cluster_feat_off,
                     np.ascontiguousarray(params), np.ascontiguousarray(lower),
                     np.ascontiguousarray(upper), kernel_modes,
                     np.ascontiguousarray(shared_index), *settings.model.literals,
-                    settings.solver.dense_limit, stage, shared_off, block_off, index,
+                    poisson, settings.solver.dense_limit, stage, shared_off,
+                    block_off, index,
                     system, grad, sumsq, n_valid, n_local,
                     np.ascontiguousarray(sinv_blocks, dtype=np.float64),
                     np.ascontiguousarray(cov_blocks, dtype=np.float64), std)

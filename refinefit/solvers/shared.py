@@ -186,8 +186,14 @@ def refine_shared(source, cluster_frames, cluster_feat_off, params, lower,
         std = _standard_errors(source, cluster_frames, cluster_feat_off,
                                lower, upper, settings, layout, state,
                                executor)
+    deviance = None
+    if settings.noise.estimator == "poisson":  # (sumsq: the deviance)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dof = state.n_valid - state.n_local
+            deviance = np.where(state.ok & (dof > 0), state.sumsq / dof,
+                                np.nan)
     return Solution(state.params, state.cost, state.status, std,
-                    state.iterations)
+                    state.iterations, deviance)
 
 
 def _pixel_variance(state):
