@@ -24,7 +24,7 @@ from .kernels.codes import (
     OUTSIDE_FRAME,
 )
 from .problem.bounds import bound_spec, compute_bounds, degenerate
-from .problem.camera import make_camera
+from .problem.camera import BelowOffsetWarning, make_camera
 from .problem.clustering import cluster_features
 from .problem.constraints import validate_constraints
 from .problem.models import resolve_model
@@ -372,9 +372,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
 def _warn_below_offset(camera):
     n_below = camera.below_offset()
     if n_below:
-        warnings.warn(f"{n_below} pixel(s) of the frames read had counts "
-                      "below the camera offset; they were taken as zero "
-                      "photons (check offset=)", UserWarning, stacklevel=3)
+        warnings.warn(BelowOffsetWarning(n_below), stacklevel=3)
 
 
 def _with_columns(f, written):

@@ -351,3 +351,20 @@ def test_bad_camera_flags_exit_2_and_write_nothing(counts_movie, tmp_path,
     assert len(lines) == 1 and lines[0].startswith("refinefit: error: ")
     assert re.search(message, lines[0]), lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_movie_run_warns_once_of_pixels_below_the_offset(tmp_path):
+    """refine_movie in chunks of one frame: one warning for the run, with
+    the pixels of every chunk."""
+    guess, photons = _counts_scene()
+    counts = 100.0 + np.concatenate([photons, photons])
+    counts[:, :2, :3] = 95.0  # 6 pixels below the offset in each frame
+    guess = pd.concat([guess, guess.assign(frame=1)], ignore_index=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refinefit.refine_movie(counts, guess, diameter=DIAMETER,
+                               chunk_frames=1, quiet=True,
+                               estimator="poisson", offset=100.0)
+    below = [w for w in caught if "below the camera offset" in str(w.message)]
+    assert len(below) == 1
+    assert str(below[0].message).startswith("12 pixel(s)")

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +47,7 @@ from ..io.tables import (
     writes_index,
 )
 from ..kernels.codes import MODE_FRAME, MODE_GLOBAL, MODE_PARTICLE
+from ..problem.camera import BelowOffsetWarning
 from ..refine import refine_features, refine_leastsq
 from ..status import count_status, degenerate_hint, describe_status
 from .checkpoint import (
@@ -301,7 +302,7 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
             threads, client, options.get("param_mode")))
         show = (not quiet and (sys.stderr.isatty() if progress is None
                                else bool(progress)))
-        with numba_threads(threads):
+        with numba_threads(threads), _one_below_offset_warning():
             if n_features == 0:
                 refined, counts = empty, (0, 0, 0, count_status([]))
             elif _couples_frames(options.get("param_mode")):
@@ -365,6 +366,25 @@ def refine_movie(movie, features, out=None, *, diameter, separation=None,
     if hint is not None:
         warnings.warn(hint, RuntimeWarning, stacklevel=2)
     return refined if return_table else None
+
+
+@contextmanager
+def _one_below_offset_warning():
+    """One warning for the run of the pixels below the camera offset that
+    each chunk's refinement counts (the others as they came)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            below = [w for w in caught
+                     if issubclass(w.category, BelowOffsetWarning)]
+            others = [w for w in caught if w not in below]
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    n_pixels = sum(w.message.n_pixels for w in below)
+    if n_pixels:
+        warnings.warn(BelowOffsetWarning(n_pixels), stacklevel=4)
 
 
 def _open_features(features, may_stream):

@@ -23,6 +23,18 @@ import numbers
 import numpy as np
 
 
+class BelowOffsetWarning(UserWarning):
+    """Pixels whose counts fell below the camera offset (taken as zero
+    photons); ``n_pixels`` says how many."""
+
+    def __init__(self, n_pixels):
+        self.n_pixels = int(n_pixels)
+        super().__init__(
+            f"{self.n_pixels} pixel(s) of the frames read had counts below "
+            "the camera offset; they were taken as zero photons (check "
+            "offset=)")
+
+
 class Camera:
     """Gain, offset and read noise: scalars, or arrays the shape of a frame.
 
