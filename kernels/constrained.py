@@ -21,7 +21,7 @@ from .covariance import (
     row_count,
     sandwich_std,
 )
-from .jit import Specialized, inline_kernel, kernel
+from .jit import LITERALS, Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve
 from .lm import cluster_scratch
 from .residuals import (
@@ -29,17 +29,19 @@ from .residuals import (
     column_table,
     diag_scale,
     evaluate,
+    evaluate_work,
     evaluation_buffers,
     layout,
+    unpack,
 )
 from .threads import OverChunks
 
 
 @inline_kernel
-def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
-                      feat_entry_off, cluster_feat_off, params, modes, ndim,
-                      n_size, model_id, continuous, x, jac_con, con, lam,
-                      step, cost_out, with_error, std_out):
+def _constrained_step(c, g, pix_val, pix_extra, pix_coord, cluster_pix_off,
+                      entry_pix, feat_entry_off, cluster_feat_off, params,
+                      modes, ndim, n_size, model_id, continuous, poisson, x,
+                      jac_con, con, lam, step, cost_out, with_error, std_out):
     f0 = cluster_feat_off[c]
     n_feat = cluster_feat_off[c + 1] - f0
     pix_base = cluster_pix_off[c]
@@ -48,7 +50,7 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
                                    pix_base, n_pix, modes, ndim, n_size, True,
-                                   False)
+                                   poisson)
     slot, n_cl, n_var = layout(modes, arena)
     n_unk = n_cl + n_feat * n_var
     n_con = con.shape[1]
@@ -56,15 +58,23 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
     cols = column_table(modes, slot, n_cl, n_var, n_feat, arena)
     ws = cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
                            pix_base, n_pix, n_params, n_unk, True,
-                           pairs, False, pix_val[:0], arena)
+                           pairs, poisson, pix_extra, arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, True, arena)
     deriv = np.empty(n_params)
     dextra = np.empty(max(n_params - 2 - ndim - n_size, 1))
-    cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
-                           pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                           pix_base, ndim, n_size, model_id, continuous, True,
-                           True, deriv, dextra, ws, b)
+    if poisson:  # (the deviance; its Fisher information as J^T J)
+        unpack(x[g], work, cols)
+        cost_out[g] = evaluate_work(True, True, work, cols, modes, slot, n_cl,
+                                    n_var, pix_val, pix_coord, entry_pix,
+                                    feat_entry_off, f0, pix_base, ndim,
+                                    n_size, model_id, continuous, True, deriv,
+                                    dextra, ws, b)
+    else:
+        cost_out[g] = evaluate(x[g], work, cols, modes, slot, n_cl, n_var,
+                               pix_val, pix_coord, entry_pix, feat_entry_off,
+                               f0, pix_base, ndim, n_size, model_id,
+                               continuous, True, True, deriv, dextra, ws, b)
     normal = b.normal
     grad = b.grad
     scale = np.empty(n_unk)
@@ -115,15 +125,19 @@ def _constrained_step(c, g, pix_val, pix_coord, cluster_pix_off, entry_pix,
         jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
                       feat_entry_off, f0, n_feat, pix_base, n_pix, ndim,
                       n_size, model_id, continuous, deriv, dextra, rows)
-        _constrained_std(m, big_y, schur, n_unk, n_con, rows, std_out[g])
+        _constrained_std(m, big_y, schur, n_unk, n_con, rows, poisson,
+                         std_out[g])
 
 
 @kernel
-def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, rows, std):
+def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, rows, fisher,
+                     std):
     """Standard errors of the unknowns under linearised equality
     constraints: the sandwich of :mod:`.covariance` with
     ``P = M^-1 - Y^T S^-1 Y`` (M = L L^T factored, Y = M^-1 A^T by rows,
-    S = A Y factored), J's rows from :func:`.covariance.jacobian_rows`."""
+    S = A Y factored), J's rows from :func:`.covariance.jacobian_rows`.
+    With ``fisher`` (M the Fisher information), ``P`` itself: the
+    Cramer-Rao bound under the constraints."""
     resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
                                                   rows[5], rows[6])
     n_valid = 0
@@ -144,15 +158,21 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, rows, std):
             for i in range(n_con):
                 total += big_y[i, v] * w[i]
             inverse[v, u] -= total
+    if fisher:
+        for u in range(n_unk):
+            std[u] = math.sqrt(inverse[u, u]) if inverse[u, u] >= 0.0 \
+                else math.nan
+        return
     sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col, row_val,
                  np.empty(n_unk), std)
 
 
 @kernel(entry=True)
-def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                       entry_pix, feat_entry_off, cluster_feat_off, params,
-                       modes, ndim, n_size, model_id, continuous, x, jac_con,
-                       con, lam, step, cost_out, with_error, std_out):
+def _constrained_steps(cluster_ids, pix_val, pix_extra, pix_coord,
+                       cluster_pix_off, entry_pix, feat_entry_off,
+                       cluster_feat_off, params, modes, ndim, n_size,
+                       model_id, continuous, poisson, x, jac_con, con, lam,
+                       step, cost_out, with_error, std_out):
     """One damped constrained step for every cluster in ``cluster_ids``.
 
     ``x[g]`` holds the unknowns of cluster ``cluster_ids[g]`` in the engine's
@@ -162,19 +182,23 @@ def _constrained_steps(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     ``cost_out[g]`` the sum of squared residuals at ``x[g]``. With
     ``with_error`` (and ``lam`` 0 at the optimum), ``std_out[g]`` receives
     the standard errors of the unknowns under the linearised constraints.
+    With ``poisson`` the cost is the Poisson deviance of the photons
+    ``pix_val`` (``pix_extra`` as in ``lm.solve_cluster``) and the steps
+    and errors come from its Fisher information.
     """
     numba.literally(ndim)  # specialise: see kernels/jit.py
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
+    numba.literally(poisson)
     for g in range(cluster_ids.shape[0]):
-        _constrained_step(cluster_ids[g], g, pix_val, pix_coord,
+        _constrained_step(cluster_ids[g], g, pix_val, pix_extra, pix_coord,
                           cluster_pix_off, entry_pix, feat_entry_off,
                           cluster_feat_off, params, modes, ndim, n_size,
-                          model_id, continuous, x, jac_con, con, lam, step,
-                          cost_out, with_error, std_out)
+                          model_id, continuous, poisson, x, jac_con, con, lam,
+                          step, cost_out, with_error, std_out)
 
 
 constrained_steps = OverChunks(
-    Specialized(_constrained_steps), min_chunk=16,
+    Specialized(_constrained_steps, LITERALS + ("poisson",)), min_chunk=16,
     rows=("x", "jac_con", "con", "lam", "step", "cost_out", "std_out"))

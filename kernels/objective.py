@@ -1,4 +1,5 @@
-"""Sum of squared residuals and its gradient per cluster, for general optimisers.
+"""Sum of squared residuals (or the Poisson deviance) and its gradient per
+cluster, for general optimisers.
 
 ``scipy.optimize.minimize`` (constraints, ``method=``) evaluates its objective
 and gradient through this kernel, one call per cluster batch: no Python runs
@@ -11,18 +12,21 @@ import math
 import numba
 import numpy as np
 
-from .jit import Specialized, kernel
+from .jit import LITERALS, Specialized, kernel
 from .terms import feature_term
 
 
 @kernel(entry=True)
-def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
-                       entry_pix, feat_entry_off, cluster_feat_off, params,
-                       ndim, n_size, model_id, continuous, cost_out,
-                       grad_out):
+def _cost_and_gradient(cluster_ids, pix_val, pix_extra, pix_coord,
+                       cluster_pix_off, entry_pix, feat_entry_off,
+                       cluster_feat_off, params, ndim, n_size, model_id,
+                       continuous, poisson, cost_out, grad_out):
     """For the clusters ``cluster_ids``: ``cost_out[c]`` = sum of squared
     residuals over the cluster's mask, ``grad_out[f, j]`` = its derivative
-    with respect to ``params[f, j]``.
+    with respect to ``params[f, j]``. With ``poisson``, the Poisson
+    deviance of the photons ``pix_val`` instead (``pix_extra``: expected
+    photons added at each pixel, or empty; infinite where the expectation
+    is not positive), as ``residuals._evaluate_poisson``.
 
     The model's background is the cluster's first feature's, so only that
     feature's background has a nonzero derivative.
@@ -31,6 +35,7 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     numba.literally(n_size)
     numba.literally(model_id)
     numba.literally(continuous)
+    numba.literally(poisson)
     n_params = params.shape[1]
     n_extra = max(n_params - 2 - ndim - n_size, 1)
     for i in range(cluster_ids.shape[0]):
@@ -52,14 +57,30 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
                     excluded[q - p0] = True
                 else:
                     model[q - p0] += value
-        for q in range(n_pix):  # model becomes the residual
-            model[q] = 0.0 if excluded[q] else model[q] - pix_val[p0 + q]
+        cost = 0.0
+        if poisson:  # model becomes the deviance's derivative by mu
+            for q in range(n_pix):
+                mu = model[q] + (pix_extra[p0 + q] if pix_extra.shape[0]
+                                 else 0.0)
+                n = pix_val[p0 + q]
+                if excluded[q]:
+                    model[q] = 0.0
+                elif not mu > 0.0:
+                    cost = math.inf
+                    model[q] = 0.0
+                else:
+                    cost += 2.0 * (mu - n - (n * math.log(mu / n)
+                                             if n > 0.0 else 0.0))
+                    model[q] = 1.0 - n / mu
+        else:  # model becomes the residual
+            for q in range(n_pix):
+                model[q] = 0.0 if excluded[q] else model[q] - pix_val[p0 + q]
         # sums over the kernel's own array, whose alignment is fixed (see
         # residuals.evaluate)
-        cost = 0.0
         bg_grad = 0.0
         for q in range(n_pix):
-            cost += model[q] * model[q]
+            if not poisson:
+                cost += model[q] * model[q]
             bg_grad += 2.0 * model[q]
         cost_out[c] = cost
         for feat in range(f0, f1):
@@ -76,4 +97,5 @@ def _cost_and_gradient(cluster_ids, pix_val, pix_coord, cluster_pix_off,
         grad_out[f0, 0] = bg_grad
 
 
-cost_and_gradient = Specialized(_cost_and_gradient)
+cost_and_gradient = Specialized(_cost_and_gradient,
+                                LITERALS + ("poisson",))

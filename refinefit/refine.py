@@ -148,8 +148,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         ``gain``, ``offset`` and ``read_noise``; a column ``deviance_dof``
         (the Poisson deviance per degree of freedom, about 1 for a good fit)
         is added, and ``cost`` keeps its meaning (in photons). Not yet with
-        constraints, a named ``method`` or a custom model that Numba cannot
-        compile.
+        a custom model that Numba cannot compile.
     gain, offset : float or ndarray, optional
         The camera: ``counts = offset + gain * photons``, scalars or maps
         the shape of a frame (sCMOS). Default 1 and 0. Pixels below the
@@ -265,8 +264,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
     isotropic = len(set(diameter)) == 1
     layout = make_layout(model, pos_columns, isotropic, param_mode)
     camera = _camera(estimator, gain, offset, read_noise, source,
-                     constraints=bool(constraints), method_given="method" in
-                     kwargs, custom=custom is not None)
+                     custom=custom is not None)
     if camera is not None:
         source = source.converted(camera.photons)
     spec = bound_spec(bounds, layout, radius)
@@ -372,7 +370,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
 def _warn_below_offset(camera):
     n_below = camera.below_offset()
     if n_below:
-        warnings.warn(BelowOffsetWarning(n_below), stacklevel=3)
+        warnings.warn(BelowOffsetWarning.of(n_below), stacklevel=3)
 
 
 def _with_columns(f, written):
@@ -433,8 +431,7 @@ def _camera(estimator, gain, offset, read_noise, source, **unsupported):
                              "to estimator='poisson' (least squares fits the "
                              "counts as they are)")
         return None
-    names = dict(constraints="constraints", method_given="a named method",
-                 custom="a custom model that Numba cannot compile")
+    names = dict(custom="a custom model that Numba cannot compile")
     used = [names[key] for key, value in unsupported.items() if value]
     if used:
         raise ValueError(f"estimator='poisson' does not yet support "

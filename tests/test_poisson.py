@@ -269,6 +269,11 @@ def test_nan_pixels_are_left_out():
     assert np.isfinite(got["deviance_dof"]).all()
 
 
+def _uncompiled(r2, p, ndim):
+    """A Gaussian shape Numba cannot compile (id() of an object)."""
+    return np.exp(-r2) + 0.0 * id(p)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(estimator="mle"), "estimator must be one of"),
     (dict(estimator="poisson", gain=0.0), "gain must be positive"),
@@ -278,10 +283,10 @@ def test_nan_pixels_are_left_out():
     (dict(estimator="poisson", gain=np.ones((3, 3))), "gain: a map must"),
     (dict(estimator="poisson", read_noise=-1.0), "read_noise"),
     (dict(gain=2.0), "gain: the camera model applies"),
-    (dict(estimator="poisson", constraints=refinefit.dimer(4.0)),
-     "does not yet support constraints"),
-    (dict(estimator="poisson", method="L-BFGS-B"), "a named method"),
+    (dict(estimator="poisson", fit_function=dict(params=[], fun=_uncompiled)),
+     "a custom model that Numba cannot compile"),
 ])
+@pytest.mark.filterwarnings("ignore:fit_function")
 def test_bad_poisson_input_is_a_value_error(kwargs, match):
     guess, photons = _counts_scene()
     with pytest.raises(ValueError, match=match):
@@ -368,3 +373,61 @@ def test_a_movie_run_warns_once_of_pixels_below_the_offset(tmp_path):
     below = [w for w in caught if "below the camera offset" in str(w.message)]
     assert len(below) == 1
     assert str(below[0].message).startswith("12 pixel(s)")
+
+
+def test_dimer_constraint_errors_are_the_bound():
+    """Touching dimers under the ``dimer`` constraint (the engine's
+    constrained solver): positions and signal calibrated; the constraint
+    makes the positions better known than the free pair's."""
+    rng = np.random.default_rng(96)
+    truth, guess, movie, amplitude = count_scene(600, 2000, 10, rng,
+                                                 dimer_distance=4.0)
+    options = dict(estimator="poisson", **FITTED)
+    held = refinefit.refine_leastsq(guess, movie, DIAMETER,
+                                    constraints=refinefit.dimer(4.0),
+                                    **options)
+    free = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
+    assert (held["status"] == 0).mean() > 0.99
+    values = spreads(held, truth, amplitude)
+    for name in ("y", "x", "signal"):
+        assert 0.9 <= values[name] <= 1.1, f"{name}: {values[name]:.3f}"
+    assert held["x_std"].median() < free["x_std"].median()
+    assert position_rms(held, truth) < position_rms(free, truth)
+
+
+def test_scipy_paths_under_poisson_match_the_engine():
+    """A named method, and a dimer held apart by an active inequality
+    (scipy's SLSQP): the engine's Poisson fit and Cramer-Rao errors."""
+    rng = np.random.default_rng(97)
+    truth, guess, movie, _ = count_scene(100, 2000, 10, rng)
+    options = dict(estimator="poisson", **FITTED)
+    engine = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
+    named = refinefit.refine_leastsq(guess, movie, DIAMETER,
+                                     method="L-BFGS-B", tol=1e-12,
+                                     options=dict(maxiter=2000), **options)
+    both = (engine["status"] == 0) & (named["status"] == 0)
+    assert both.mean() > 0.95
+    columns = ["y", "x", "y_std", "x_std", "signal_std"]
+    np.testing.assert_allclose(named.loc[both, columns],
+                               engine.loc[both, columns], rtol=0.02,
+                               atol=2e-3)
+
+    dimers = count_scene(100, 2000, 10, rng, dimer_distance=5.0)
+    truth, guess, movie, _ = dimers
+
+    def apart(x, dist):
+        gap = np.linalg.norm(x[:, 0, 2:4] - x[:, 1, 2:4], axis=1)
+        return gap - dist
+
+    ineq = refinefit.refine_leastsq(
+        guess, movie, DIAMETER, constraints=({
+            "type": "ineq", "fun": apart, "args": (5.5,),
+            "cluster_size": 2},), **options)
+    eq = refinefit.refine_leastsq(guess, movie, DIAMETER,
+                                  constraints=refinefit.dimer(5.5), **options)
+    ok = (ineq["status"] == 0) & (eq["status"] == 0)
+    assert ok.mean() > 0.95
+    np.testing.assert_allclose(ineq.loc[ok, ["y", "x"]],
+                               eq.loc[ok, ["y", "x"]], atol=2e-3)
+    np.testing.assert_allclose(ineq.loc[ok, ["y_std", "x_std"]],
+                               eq.loc[ok, ["y_std", "x_std"]], rtol=0.02)

@@ -384,7 +384,7 @@ def _one_below_offset_warning():
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n_pixels = sum(w.message.n_pixels for w in below)
     if n_pixels:
-        warnings.warn(BelowOffsetWarning(n_pixels), stacklevel=4)
+        warnings.warn(BelowOffsetWarning.of(n_pixels), stacklevel=4)
 
 
 def _open_features(features, may_stream):

@@ -25,14 +25,18 @@ import numpy as np
 
 class BelowOffsetWarning(UserWarning):
     """Pixels whose counts fell below the camera offset (taken as zero
-    photons); ``n_pixels`` says how many."""
+    photons); ``n_pixels`` says how many. Made by :meth:`of`; the message
+    alone rebuilds it (as pickling and pytest-xdist do)."""
 
-    def __init__(self, n_pixels):
-        self.n_pixels = int(n_pixels)
-        super().__init__(
-            f"{self.n_pixels} pixel(s) of the frames read had counts below "
-            "the camera offset; they were taken as zero photons (check "
-            "offset=)")
+    def __init__(self, message):
+        super().__init__(message)
+        self.n_pixels = int(str(message).split()[0])
+
+    @classmethod
+    def of(cls, n_pixels):
+        return cls(f"{int(n_pixels)} pixel(s) of the frames read had counts "
+                   "below the camera offset; they were taken as zero photons "
+                   "(check offset=)")
 
 
 class Camera:
@@ -137,3 +141,13 @@ def _scalar_or_map(name, value, frame_shape):
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: the map holds NaN or infinite values")
     return np.ascontiguousarray(array)
+
+
+def pixel_noise(noise, batch):
+    """What the kernels take of ``noise`` (``config.Noise``) for a flattened
+    batch: whether the estimator is Poisson, and the read noise's extra
+    expected photons at the batch's pixels (empty without)."""
+    poisson = noise.estimator == "poisson"
+    extra = noise.camera.extra_at(batch.pix_coord) \
+        if poisson and noise.camera is not None else None
+    return poisson, batch.pix_val[:0] if extra is None else extra

@@ -32,6 +32,7 @@ device (CUDA) is one module here plus its kernels, registered in the table.
 import numpy as np
 
 from ..kernels import BLANK, solve_clusters
+from ..problem.camera import pixel_noise
 from .result import Solution, empty_solution
 
 
@@ -43,10 +44,7 @@ def solve_batch_numba(batch, start, lower, upper, cluster_ids, settings):
     solver = settings.solver
     if len(cluster_ids):
         std = result.std if solver.with_error else start[:0]
-        noise = settings.noise
-        poisson = noise.estimator == "poisson"
-        extra = noise.camera.extra_at(batch.pix_coord) \
-            if poisson and noise.camera is not None else None
+        poisson, extra = pixel_noise(settings.noise, batch)
         solve_clusters(cluster_ids, batch.pix_val, batch.pix_coord,
                        batch.cluster_pix_off, batch.entry_pix,
                        batch.feat_entry_off, batch.cluster_feat_off, start,

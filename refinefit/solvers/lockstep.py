@@ -27,6 +27,7 @@ from ..kernels.codes import (
     MODE_CLUSTER,
     MODE_VAR,
 )
+from ..problem.camera import pixel_noise
 from .result import Solution
 
 _LAMBDA_START = 1e-3
@@ -236,6 +237,7 @@ class _Problem:
         self.work = params.copy()
         self._grad = np.zeros_like(params)
         self._cost = np.empty(len(batch.cluster_feat_off) - 1)
+        self.poisson, self.extra = pixel_noise(settings.noise, batch)
 
     def _put(self, rows, xs):
         members = (self.starts[rows, None]
@@ -251,11 +253,11 @@ class _Problem:
         """Sums of squared residuals of clusters ``ids[rows]`` at ``xs``."""
         self._put(rows, xs)
         b = self.batch
-        cost_and_gradient(self.ids[rows], b.pix_val, b.pix_coord,
+        cost_and_gradient(self.ids[rows], b.pix_val, self.extra, b.pix_coord,
                           b.cluster_pix_off, b.entry_pix, b.feat_entry_off,
                           b.cluster_feat_off, self.work,
-                          *self.settings.model.literals, self._cost,
-                          self._grad)
+                          *self.settings.model.literals, self.poisson,
+                          self._cost, self._grad)
         return self._cost[self.ids[rows]].copy()
 
     def step(self, rows, xs, hs, lam):
@@ -267,12 +269,12 @@ class _Problem:
         step = np.empty_like(xs)
         cost = np.empty(len(rows))
         b = self.batch
-        constrained_steps(self.ids[rows], b.pix_val, b.pix_coord,
+        constrained_steps(self.ids[rows], b.pix_val, self.extra, b.pix_coord,
                           b.cluster_pix_off, b.entry_pix, b.feat_entry_off,
                           b.cluster_feat_off, self.work,
                           self.settings.model.modes,
-                          *self.settings.model.literals, xs, jac, hs, lam,
-                          step, cost, False, _NO_STD)
+                          *self.settings.model.literals, self.poisson, xs,
+                          jac, hs, lam, step, cost, False, _NO_STD)
         ok = np.all(np.isfinite(step), axis=1)
         trial = np.where(ok[:, None],
                          np.clip(xs + step, self.lo[rows], self.hi[rows]), xs)
@@ -397,10 +399,11 @@ def _standard_errors(x, h, base, layout, constraints, ids, batch, work,
     step = np.empty_like(x)
     cost = np.empty(len(x))
     std = np.empty_like(x)
-    constrained_steps(ids, batch.pix_val, batch.pix_coord,
+    poisson, extra = pixel_noise(settings.noise, batch)
+    constrained_steps(ids, batch.pix_val, extra, batch.pix_coord,
                       batch.cluster_pix_off, batch.entry_pix,
                       batch.feat_entry_off, batch.cluster_feat_off, work,
-                      settings.model.modes, *settings.model.literals, x, jac, h,
-                      np.zeros(len(x)), step, cost, True, std)
+                      settings.model.modes, *settings.model.literals, poisson,
+                      x, jac, h, np.zeros(len(x)), step, cost, True, std)
     std[~success] = np.nan
     return layout.to_params(std, np.full_like(base, np.nan))

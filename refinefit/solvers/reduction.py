@@ -5,6 +5,7 @@ import numpy as np
 from ..kernels import reduce_clusters
 from ..kernels.codes import MODE_CLUSTER, MODE_VAR
 from ..kernels.shared import STAGE_STD
+from ..problem.camera import pixel_noise
 
 
 def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
@@ -37,13 +38,9 @@ def reduce_batch(batch, off, params, lower, upper, settings, kernel_modes,
         cov_blocks = np.empty(0)
     if std is None:
         std = np.empty((0, params.shape[1]))
-    noise = settings.noise
-    poisson = noise.estimator == "poisson"
-    extra = noise.camera.extra_at(batch.pix_coord) \
-        if poisson and noise.camera is not None else None
+    poisson, extra = pixel_noise(settings.noise, batch)
     reduce_clusters(np.arange(n_clusters, dtype=np.int64), batch.pix_val,
-                    batch.pix_val[:0] if extra is None else extra,
-                    batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
+                    extra, batch.pix_coord, batch.cluster_pix_off, batch.entry_pix,
                     batch.feat_entry_off, batch.cluster_feat_off,
                     np.ascontiguousarray(params), np.ascontiguousarray(lower),
                     np.ascontiguousarray(upper), kernel_modes,

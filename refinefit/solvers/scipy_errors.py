@@ -28,7 +28,7 @@ _MIN_ONE_MINUS_H = 1e-6  # as kernels/covariance.py
 _FD_STEP = 1e-7
 
 
-def group_errors(batch, params, evaluation, solved):
+def group_errors(batch, params, evaluation, solved, poisson_extra=None):
     """Standard errors (features x parameters, NaN elsewhere) of ``solved``.
 
     Parameters
@@ -40,6 +40,11 @@ def group_errors(batch, params, evaluation, solved):
     solved : list of (ids, members, x, modes, spec, constraints)
         Every group scipy solved: its cluster ids, feature rows, optimum,
         modes, groups spec and wrapped constraints.
+    poisson_extra : ndarray, optional
+        Under the Poisson estimator, the extra expected photons at each
+        pixel of the batch (empty for none): the errors are then the
+        Cramer-Rao bound, from the Fisher information ``J^T diag(1/mu) J``
+        in place of ``J^T J`` (with the constraints as above).
     """
     model, excluded, entry_deriv = evaluation
     std = np.full(params.shape, np.nan)
@@ -47,14 +52,14 @@ def group_errors(batch, params, evaluation, solved):
         try:
             std[members] = _one_group(batch, params, model, excluded,
                                       entry_deriv, ids, members, x, modes,
-                                      spec, constraints)
+                                      spec, constraints, poisson_extra)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             continue
     return std
 
 
 def _one_group(batch, params, model, excluded, entry_deriv, ids, members, x,
-               modes, spec, constraints):
+               modes, spec, constraints, poisson_extra):
     n_params = params.shape[1]
     n_v = len(x)
     base = np.zeros((len(members), n_params))
@@ -95,13 +100,23 @@ def _one_group(batch, params, model, excluded, entry_deriv, ids, members, x,
     resid = (model[pix] - batch.pix_val[pix])[valid]
     if len(resid) <= n_v:
         return np.full((len(members), n_params), np.nan)
+    if poisson_extra is not None:  # rows of the Fisher information
+        mu = model[pix][valid] + (poisson_extra[pix][valid]
+                                  if len(poisson_extra) else 0.0)
+        if not np.all(mu > 0):
+            return np.full((len(members), n_params), np.nan)
+        jac = jac / np.sqrt(mu)[:, None]
     inverse = np.linalg.inv(jac.T @ jac)
     active = _active_constraint_jacobian(constraints, x)
     if len(active):
         middle = active @ inverse @ active.T
         inverse = inverse - inverse @ active.T @ np.linalg.solve(
             middle, active @ inverse)
-    std_v = sandwich_std(inverse, jac, resid)
+    if poisson_extra is not None:
+        with np.errstate(invalid="ignore"):
+            std_v = np.sqrt(np.diag(inverse))
+    else:
+        std_v = sandwich_std(inverse, jac, resid)
     nan_base = np.full((len(members), n_params), np.nan)
     return vect_to_params(std_v, nan_base, modes, spec)
 

@@ -10,6 +10,7 @@ mask, divided by ``frame_max**2 / residual_factor``, summed over the batch.
 import numpy as np
 
 from ..kernels import CONVERGED, MAX_ITER, cost_and_gradient, evaluate_model
+from ..problem.camera import pixel_noise
 from ..problem.constraints import wrap_constraint
 from ..problem.params import vect_from_params, vect_to_params
 from . import custom_model
@@ -93,6 +94,7 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     work = params.copy()
     cost = np.empty(n_clusters)
     grad = np.zeros_like(params)
+    poisson, extra = pixel_noise(settings.noise, batch)
     solved = []
     for ids in groups:
         ids = np.asarray(ids, dtype=np.int64)
@@ -112,11 +114,11 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
                     settings.model.custom, ids, batch, work, settings.model.ndim,
                     settings.model.n_size, cost, grad)
             else:
-                cost_and_gradient(ids, batch.pix_val, batch.pix_coord,
+                cost_and_gradient(ids, batch.pix_val, extra, batch.pix_coord,
                                   batch.cluster_pix_off, batch.entry_pix,
                                   batch.feat_entry_off,
                                   batch.cluster_feat_off, work,
-                                  *settings.model.literals,
+                                  *settings.model.literals, poisson,
                                   cost, grad)
             value = float(np.sum(cost[ids] * weight[ids]))
             gradient = vect_from_params(grad[members] * feature_weight, modes,
@@ -160,7 +162,7 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     std = np.full_like(params, np.nan)
     if settings.solver.with_error and solved:
         std = group_errors(batch, out, _evaluation(batch, out, settings),
-                           solved)
+                           solved, extra if poisson else None)
     status = np.where(success, CONVERGED, MAX_ITER)
     return Solution(out, sumsq, status, std, iterations)
 
