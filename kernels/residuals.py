@@ -522,13 +522,10 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
     terms = ws.terms
     n_feat = work.shape[0]
     e0 = feat_entry_off[f0]
-    for k in range(n_feat):
-        model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
-                    feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
-                    model_id, continuous, terms, dextra)
-    cost, any_excluded = _model_and_cost(terms, work[0, 0], pix_val,
-                                         entry_pix, e0, pix_base, ws.in_order,
-                                         ws.model, buf.excluded, ws.resid)
+    cost, any_excluded = _terms_and_model(work, pix_val, entry_pix,
+                                          feat_entry_off, f0, pix_base, ndim,
+                                          n_size, model_id, continuous,
+                                          dextra, ws, buf)
     if not with_jac:
         return cost
     normal = buf.normal
@@ -550,6 +547,22 @@ def _evaluate_dense(work, cols, pix_val, entry_pix, feat_entry_off, f0,
 
 
 @inline_kernel
+def _terms_and_model(work, pix_val, entry_pix, feat_entry_off, f0, pix_base,
+                     ndim, n_size, model_id, continuous, dextra, ws, buf):
+    """Every feature's terms and derivatives into ``ws.terms``, the model
+    and residuals at the cluster's pixels (:func:`_model_and_cost`): the
+    sum of squared residuals and whether a pixel is excluded."""
+    e0 = feat_entry_off[f0]
+    for k in range(work.shape[0]):
+        model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
+                    feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
+                    model_id, continuous, ws.terms, dextra)
+    return _model_and_cost(ws.terms, work[0, 0], pix_val, entry_pix, e0,
+                           pix_base, ws.in_order, ws.model, buf.excluded,
+                           ws.resid)
+
+
+@inline_kernel
 def _evaluate_poisson(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                       pix_base, ndim, n_size, model_id, continuous, with_jac,
                       dextra, ws, buf):
@@ -564,13 +577,8 @@ def _evaluate_poisson(work, cols, pix_val, entry_pix, feat_entry_off, f0,
     """
     terms = ws.terms
     n_feat = work.shape[0]
-    e0 = feat_entry_off[f0]
-    for k in range(n_feat):
-        model_terms(ws.entry_coord, feat_entry_off[f0 + k] - e0,
-                    feat_entry_off[f0 + k + 1] - e0, work, k, ndim, n_size,
-                    model_id, continuous, terms, dextra)
-    _model_and_cost(terms, work[0, 0], pix_val, entry_pix, e0, pix_base,
-                    ws.in_order, ws.model, buf.excluded, ws.resid)
+    _terms_and_model(work, pix_val, entry_pix, feat_entry_off, f0, pix_base,
+                     ndim, n_size, model_id, continuous, dextra, ws, buf)
     deviance = _deviance(ws.model, ws.extra, pix_val, pix_base, buf.excluded,
                          ws.resid, ws.weight, buf.stats)
     if not with_jac or not math.isfinite(deviance):
