@@ -348,7 +348,7 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
         # keep their start values, as trackpy keeps those of a failed fit
         ok = (feature_status == CONVERGED) & np.isfinite(feature_cost)
         feature_status[~ok & (feature_status == CONVERGED)] = NOT_FINITE
-        if camera is not None:
+        if camera is not None and solution.deviance is not None:
             deviance[order[ok]] = np.repeat(solution.deviance, members)[ok]
         params[order[ok]] = solution.params[ok]
         std[order[ok]] = solution.std[ok][:, fitted]

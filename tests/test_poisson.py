@@ -393,6 +393,13 @@ def test_dimer_constraint_errors_are_the_bound():
         assert 0.9 <= values[name] <= 1.1, f"{name}: {values[name]:.3f}"
     assert held["x_std"].median() < free["x_std"].median()
     assert position_rms(held, truth) < position_rms(free, truth)
+    # cost and deviance as the engine reports them: the constraint costs
+    # the fit a little of both
+    assert np.isfinite(held["deviance_dof"]).all()
+    assert (held["deviance_dof"].mean() - free["deviance_dof"].mean()) \
+        == pytest.approx(0.0, abs=0.02)
+    np.testing.assert_allclose(held["cost"].median(), free["cost"].median(),
+                               rtol=0.02)
 
 
 def test_scipy_paths_under_poisson_match_the_engine():
@@ -407,7 +414,8 @@ def test_scipy_paths_under_poisson_match_the_engine():
                                      options=dict(maxiter=2000), **options)
     both = (engine["status"] == 0) & (named["status"] == 0)
     assert both.mean() > 0.95
-    columns = ["y", "x", "y_std", "x_std", "signal_std"]
+    columns = ["y", "x", "y_std", "x_std", "signal_std", "cost",
+               "deviance_dof"]
     np.testing.assert_allclose(named.loc[both, columns],
                                engine.loc[both, columns], rtol=0.02,
                                atol=2e-3)

@@ -12,7 +12,14 @@ import numpy as np
 
 from ..io.chunks import plan_frames
 from ..io.frames import KERNEL_DTYPES
-from ..kernels import CONVERGED, count_mask_pixels, fill_mask_pixels
+from ..kernels import (
+    CONVERGED,
+    MODE_CLUSTER,
+    MODE_VAR,
+    count_mask_pixels,
+    fill_mask_pixels,
+)
+from ..problem.camera import pixel_noise
 from .backend import solve_batch
 from .lockstep import Unsupported, solve_constrained
 from .reduction import errors_at
@@ -214,7 +221,41 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
         sumsq[scipy_ids] = scipy.cost[scipy_ids]
         status[scipy_ids] = scipy.status[scipy_ids]
         n_eval[scipy_ids] = scipy.iterations[scipy_ids]
+    if settings.noise.estimator == "poisson":
+        _deviance_outside_engine(batch, result, np.nonzero(on_scipy)[0],
+                                 settings)
     return result
+
+
+def _deviance_outside_engine(batch, result, ids, settings):
+    """Under the Poisson estimator, clusters ``ids`` solved under
+    constraints or by scipy have the deviance as their cost: as the engine
+    reports them, their cost becomes the sum of squared residuals at the
+    fit, and the deviance goes per degree of freedom to ``deviance``."""
+    if not len(ids):
+        return
+    from .scipy_path import model_image
+
+    model, excluded = model_image(batch, result.params, settings)
+    _, extra = pixel_noise(settings.noise, batch)
+    n_clusters = len(batch.cluster_feat_off) - 1
+    pixel_cluster = np.repeat(np.arange(n_clusters),
+                              np.diff(batch.cluster_pix_off))
+    resid = model + (extra if len(extra) else 0.0) - batch.pix_val
+    valid = ~excluded
+    sumsq = np.bincount(pixel_cluster, weights=np.where(valid, resid ** 2, 0),
+                        minlength=n_clusters)
+    n_valid = np.bincount(pixel_cluster, weights=valid, minlength=n_clusters)
+    modes = settings.model.modes
+    n_unknowns = (np.count_nonzero(modes == MODE_CLUSTER)
+                  + np.diff(batch.cluster_feat_off)
+                  * np.count_nonzero(modes == MODE_VAR))
+    dof = n_valid - n_unknowns
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result.deviance[ids] = np.where(dof[ids] > 0,
+                                        result.cost[ids] / dof[ids], np.nan)
+    result.cost[ids] = np.where(np.isfinite(result.cost[ids]), sumsq[ids],
+                                result.cost[ids])
 
 
 def _lockstep_possible(settings):

@@ -167,6 +167,13 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
     return Solution(out, sumsq, status, std, iterations)
 
 
+def model_image(batch, params, settings):
+    """The model at every pixel of the batch at ``params``, and the pixels
+    it excludes."""
+    model, excluded, _ = _evaluation(batch, params, settings)
+    return model, excluded
+
+
 def _evaluation(batch, params, settings):
     """Model image, excluded pixels and entry derivatives over the batch."""
     if settings.model.custom is not None:
