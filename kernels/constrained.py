@@ -20,6 +20,7 @@ from .covariance import (
     jacobian_rows,
     row_count,
     sandwich_std,
+    valid_pixels,
 )
 from .jit import LITERALS, Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve
@@ -140,11 +141,8 @@ def _constrained_std(factor, big_y, schur_factor, n_unk, n_con, rows, fisher,
     Cramer-Rao bound under the constraints."""
     resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
                                                   rows[5], rows[6])
-    n_valid = 0
-    for q in range(excluded.shape[0]):
-        n_valid += 0 if excluded[q] else 1
     std[:] = math.nan
-    if n_valid - n_unk + n_con <= 0:
+    if valid_pixels(excluded, excluded.shape[0]) - n_unk + n_con <= 0:
         return
     inverse = np.empty((n_unk, n_unk))
     inverse_from_factor(factor, n_unk, inverse)

@@ -35,6 +35,15 @@ MIN_ONE_MINUS_H = 1e-6
 
 
 @kernel
+def valid_pixels(excluded, n_pix):
+    """Pixels of the first ``n_pix`` not excluded."""
+    n_valid = 0
+    for q in range(n_pix):
+        n_valid += 0 if excluded[q] else 1
+    return n_valid
+
+
+@kernel
 def row_count(n_pix, n_entries, n_cl, n_var):
     """Elements of J's rows (:func:`jacobian_rows`): the cluster unknowns
     at every pixel, a feature's own unknowns at each of its entries."""

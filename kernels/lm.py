@@ -42,6 +42,7 @@ from .covariance import (
     normal_from_rows,
     row_count,
     sandwich_std,
+    valid_pixels,
 )
 from .custom import CUSTOM_BASE
 from .jit import (
@@ -623,7 +624,7 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
                       (n_unk - n_cl) // n_feat, pix_val, pix_coord,
                       entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
                       model_id, continuous, poisson, deriv, dextra, ws, b)
-        if _valid_pixels(b.excluded, n_pix) <= n_unk:
+        if valid_pixels(b.excluded, n_pix) <= n_unk:
             return
         std = floats(arena, n_unk)
         if poisson:
@@ -666,7 +667,7 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
         resid, excluded, row_off, row_col, row_val = (rows[1], rows[2],
                                                       rows[3], rows[5],
                                                       rows[6])
-        if _valid_pixels(excluded, n_pix) <= n_unk:
+        if valid_pixels(excluded, n_pix) <= n_unk:
             return
         factor = floats(arena, (n_unk, n_unk))
         normal_from_rows(n_unk, excluded, row_off, row_col, row_val, factor)
@@ -682,14 +683,6 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
     if not isinstance(dense, types.BooleanLiteral):
         raise TypeError("_standard_errors needs a literal 'dense'")
     return dense_errors if dense.literal_value else sparse_errors
-
-
-@kernel
-def _valid_pixels(excluded, n_pix):
-    n_valid = 0
-    for q in range(n_pix):
-        n_valid += 0 if excluded[q] else 1
-    return n_valid
 
 
 @kernel

@@ -21,10 +21,10 @@ solvers compute their errors inside the kernels.
 import numpy as np
 from scipy import sparse
 
+from ..kernels.covariance import MIN_ONE_MINUS_H
 from ..problem.params import vect_to_params
 
 _ACTIVE = 1e-6
-_MIN_ONE_MINUS_H = 1e-6  # as kernels/covariance.py
 _FD_STEP = 1e-7
 
 
@@ -128,7 +128,7 @@ def sandwich_std(inverse, jac, resid):
     uses); NaN where ``P``'s diagonal is negative."""
     phi = jac @ inverse  # row q: (P J_q^T)^T
     leverage = np.einsum("ij,ij->i", phi, jac)
-    weight = (resid / np.maximum(1.0 - leverage, _MIN_ONE_MINUS_H)) ** 2
+    weight = (resid / np.maximum(1.0 - leverage, MIN_ONE_MINUS_H)) ** 2
     variance = weight @ phi ** 2
     return np.where(np.diag(inverse) >= 0, np.sqrt(variance), np.nan)
 
