@@ -130,26 +130,42 @@ def test_first_call(tmp_path, results):
         assert warm < compiling
 
 
-def test_large_cluster(benchmark, results):
-    """One cluster of 500 touching features (hexagonal lattice, 5 px apart)."""
-    rng = np.random.default_rng(3)
+def _lattice(rng):
+    """500 touching features (hexagonal lattice, 5 px apart): the noise-free
+    image (background 10, amplitude 100, size 2.5) and the guesses."""
     nx, ny, pitch = (25, 20, 5.0)
     centres = np.array([(12 + j * pitch * np.sqrt(3) / 2,
                          12 + i * pitch + (j % 2) * pitch / 2)
                         for j in range(ny) for i in range(nx)])
     shape = tuple(int(v) + 14 for v in centres.max(axis=0))
     image = draw_gaussians(shape, centres, 2.5, 100.0, 10.0)
-    image += rng.normal(0, 10, shape)
     guess = pd.DataFrame(dict(
         y=centres[:, 0] + rng.uniform(-0.4, 0.4, len(centres)),
         x=centres[:, 1] + rng.uniform(-0.4, 0.4, len(centres)),
         signal=100.0, size=2.5))
-    refinefit.refine_leastsq(guess.iloc[:20], image, 11)  # warm
-    refined = benchmark.pedantic(refinefit.refine_leastsq,
-                                 args=(guess, image, 11), rounds=ROUNDS,
-                                 iterations=1)
-    seconds, _ = _best_time(lambda: refinefit.refine_leastsq(guess, image, 11),
-                            ROUNDS)
-    assert refined["cluster_size"].max() == len(centres)
+    return image, guess
+
+
+@pytest.mark.parametrize("estimator", ["lsq", "poisson"])
+def test_large_cluster(benchmark, results, estimator):
+    """One cluster of 500 touching features: least squares with Gaussian
+    noise, maximum likelihood on photon counts (both on the sparse solver)."""
+    rng = np.random.default_rng(3)
+    image, guess = _lattice(rng)
+    if estimator == "lsq":
+        image = image + rng.normal(0, 10, image.shape)
+    else:
+        image = rng.poisson(image).astype(float)
+
+    def refine(features=guess):
+        return refinefit.refine_leastsq(features, image, 11,
+                                        estimator=estimator)
+
+    refine(guess.iloc[:20])  # warm
+    refined = benchmark.pedantic(refine, rounds=ROUNDS, iterations=1)
+    seconds, _ = _best_time(refine, ROUNDS)
+    assert refined["cluster_size"].max() == len(guess)
     assert refined["cost"].notna().all()
-    results["one cluster of 500 touching features (s)"] = round(seconds, 3)
+    name = ("one cluster of 500 touching features (s)" if estimator == "lsq"
+            else "one cluster of 500 touching features, Poisson (s)")
+    results[name] = round(seconds, 3)

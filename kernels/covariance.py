@@ -116,6 +116,19 @@ def jacobian_rows(work, cols, n_cl, pix_val, pix_coord, entry_pix,
 
 
 @kernel
+def fisher_rows(rows, extra):
+    """J's rows (:func:`jacobian_rows`) divided by the square root of the
+    expected photons (the model plus ``extra``, the read noise's share, or
+    empty): then J^T J is the Fisher information of a Poisson fit."""
+    model, excluded, row_off, row_val = rows[0], rows[2], rows[3], rows[6]
+    for q in range(model.shape[0]):
+        mu = model[q] + (extra[q] if extra.shape[0] else 0.0)
+        scale = 1.0 / math.sqrt(mu) if mu > 0.0 and not excluded[q] else 0.0
+        for a in range(row_off[q], row_off[q + 1]):
+            row_val[a] *= scale
+
+
+@kernel
 def normal_from_rows(n_unk, excluded, row_off, row_col, row_val, normal):
     """J^T J from J's rows (:func:`jacobian_rows`) into ``normal``."""
     for i in range(n_unk):

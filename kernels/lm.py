@@ -36,6 +36,7 @@ from .codes import (
 )
 from .covariance import (
     dense_sandwich_std,
+    fisher_rows,
     inverse_from_factor,
     jacobian_by_unknown,
     jacobian_rows,
@@ -243,13 +244,13 @@ def solve_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
                   pairs, arena):
     """Refine cluster ``c`` (Levenberg-Marquardt, :func:`_lm_loop`);
     write its parameters, cost and status, and with ``with_error`` the
-    standard errors of its fitted parameters. With ``poisson`` (dense
-    only) it maximises the Poisson likelihood of the photons ``pix_val``
-    (see :func:`.residuals._evaluate_poisson`; ``pix_extra`` adds expected
+    standard errors of its fitted parameters. With ``poisson`` it
+    maximises the Poisson likelihood of the photons ``pix_val`` (see
+    :func:`.residuals._evaluate_poisson`; ``pix_extra`` adds expected
     photons at each pixel, or is empty), writes the deviance to
     ``deviance_out`` (per degree of freedom: valid pixels minus unknowns)
-    and the sum of squared residuals still to
-    ``sumsq_out``; its errors are the Cramer-Rao bound at the fit.
+    and the sum of squared residuals still to ``sumsq_out``; its errors
+    are the Cramer-Rao bound at the fit.
     ``pairs`` are the cluster's (:func:`.residuals.cluster_pairs`); its
     arrays come from ``arena`` (:mod:`.arena`), from the beginning, sized
     by :func:`cluster_needs`."""
@@ -400,9 +401,10 @@ def cluster_needs(n_pix, n_entries, n_feat, n_params, n_cl, n_var, ndim,
              + 3 * n_unk + n_dense * n_dense + n_dense + n_cl * n_cl
              + n_sparse_f * n_var * n_var + n_pix)
     # the workspace's Poisson arrays
-    n_f64 += (n_unk + 1) * n_pix + 2 * n_pix if poisson else 3
+    n_f64 += (n_unk + 1) * n_pix if poisson and dense else 1
+    n_f64 += 2 * n_pix if poisson else 2
     n_i64 = n_params + n_feat * n_params + n_dense  # slots, columns, index
-    n_i64 += n_unk + 1 if poisson else 1  # the workspace's unit_cols
+    n_i64 += n_unk + 1 if poisson and dense else 1  # the workspace's unit_cols
     n_flags = n_unk + 2 * n_pix + n_unk  # relative, excluded x 2, free
     if with_error and dense:  # _standard_errors
         n_f64 += 2 * n_unk * n_pix + 2 * n_unk * n_unk + n_unk + 2 * n_pix
@@ -669,13 +671,21 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
                                                       rows[6])
         if valid_pixels(excluded, n_pix) <= n_unk:
             return
+        if poisson:
+            fisher_rows(rows, ws.extra)
         factor = floats(arena, (n_unk, n_unk))
         normal_from_rows(n_unk, excluded, row_off, row_col, row_val, factor)
         if not cholesky_inplace(factor, n_unk):
             return
+        std = floats(arena, n_unk)
+        if poisson:
+            inverse_diagonal(factor, n_unk, std, floats(arena, n_unk))
+            for i in range(n_unk):
+                std[i] = math.sqrt(std[i])
+            _write_std(std, cols, f0, std_out)
+            return
         inverse = floats(arena, (n_unk, n_unk))
         inverse_from_factor(factor, n_unk, inverse)
-        std = floats(arena, n_unk)
         sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col,
                      row_val, floats(arena, n_unk), std)
         _write_std(std, cols, f0, std_out)
@@ -817,7 +827,7 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     With ``poisson``, the fit maximises the Poisson likelihood of photon
     counts ``pix_val`` (``pix_extra``: expected photons added at each
     pixel, optional); ``deviance_out`` receives each cluster's deviance and
-    ``std_out`` the Cramer-Rao bound. Every cluster takes the dense path.
+    ``std_out`` the Cramer-Rao bound.
     """
     if model_id < CUSTOM_BASE and model_id not in BUILTIN_MODELS:
         # (the dense solver takes any other id for the last built-in)
@@ -828,8 +838,6 @@ def solve_clusters(cluster_ids, pix_val, pix_coord, cluster_pix_off,
     n_feat = cluster_feat_off[cluster_ids + 1] - cluster_feat_off[cluster_ids]
     dense = n_cl + n_feat * n_var <= dense_limit
     poisson = bool(poisson)
-    if poisson:
-        dense[:] = True
     if pix_extra is None:
         pix_extra = pix_val[:0]
     if deviance_out is None:

@@ -41,12 +41,12 @@ Workspace = namedtuple("Workspace", [
                     # a pair's (_pair_products)
     "in_order",     # dense: one feature whose entries are the pixels in
                     # order (entry i at pixel i: no scatter, no gather)
-    "jac",          # Poisson: J by unknown, weighted (row 1 + i: unknown i,
+    "jac",          # dense Poisson: J by unknown, weighted (row 1 + i: unknown i,
                     # as ``terms``; 1 + unknowns x pixels)
-    "unit_cols",    # Poisson: row j of ``jac`` is unknown j - 1 (1 x rows),
+    "unit_cols",    # dense Poisson: row j of ``jac`` is unknown j - 1 (1 x rows),
                     # as ``column_table`` for _feature_products
     "weight",       # Poisson: 1 / expected photons at each pixel (row 0),
-                    # scratch (row 1)
+                    # scratch (row 1; sparse: the weighted residuals)
     "extra",        # Poisson: expected photons added at each pixel (the
                     # read noise's variance), or empty
 ])
@@ -206,8 +206,8 @@ def cluster_workspace(pix_coord, entry_pix, feat_entry_off, f0, n_feat,
     longest = longest_pair(pairs)
     # (sizes and views set here: conditional expressions among the
     # namedtuple's keyword arguments stop Numba's bytecode analysis)
-    jac = floats(arena, (n_unk + 1, n_pix) if poisson else (1, 1))
-    unit_cols = _unit_cols(n_unk if poisson else 0, arena)
+    jac = floats(arena, (n_unk + 1, n_pix) if poisson and dense else (1, 1))
+    unit_cols = _unit_cols(n_unk if poisson and dense else 0, arena)
     weight = floats(arena, (2, n_pix) if poisson else (2, 1))
     extra = pix_extra[pix_base:pix_base + n_pix] if pix_extra.shape[0] \
         else pix_extra
@@ -456,50 +456,43 @@ def _evaluate_work_overload(dense, poisson, work, cols, modes, slot, n_cl,
                             model_id, continuous, with_jac, deriv, dextra, ws,
                             buf):
     # with a literal ``dense`` (the solver's entry kernel specialises on it)
-    # only that path is compiled
-    def dense_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
-                   pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                   n_size, model_id, continuous, with_jac, deriv, dextra, ws,
-                   buf):
-        return _evaluate_dense(work, cols, pix_val, entry_pix,
-                               feat_entry_off, f0, pix_base, ndim, n_size,
-                               model_id, continuous, with_jac, dextra, ws,
-                               buf)
+    # only that path is compiled; ``poisson`` is literal wherever it is true
+    by_likelihood = (isinstance(poisson, types.BooleanLiteral)
+                     and poisson.literal_value)
+    small = _evaluate_poisson if by_likelihood else _evaluate_dense
 
-    def sparse_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
-                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
-                    buf):
-        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
-                                pix_val, pix_coord, entry_pix, feat_entry_off,
-                                f0, pix_base, ndim, n_size, model_id,
-                                continuous, with_jac, deriv, dextra, ws, buf)
-
-    def either_path(dense, poisson, work, cols, modes, slot, n_cl, n_var, pix_val,
-                    pix_coord, entry_pix, feat_entry_off, f0, pix_base, ndim,
-                    n_size, model_id, continuous, with_jac, deriv, dextra, ws,
-                    buf):
-        if dense:
-            return _evaluate_dense(work, cols, pix_val, entry_pix,
-                                   feat_entry_off, f0, pix_base, ndim, n_size,
-                                   model_id, continuous, with_jac, dextra, ws,
-                                   buf)
-        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
-                                pix_val, pix_coord, entry_pix, feat_entry_off,
-                                f0, pix_base, ndim, n_size, model_id,
-                                continuous, with_jac, deriv, dextra, ws, buf)
-
-    def poisson_path(dense, poisson, work, cols, modes, slot, n_cl, n_var,
-                     pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+    def dense_path(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                   pix_val, pix_coord, entry_pix, feat_entry_off, f0, pix_base,
+                   ndim, n_size, model_id, continuous, with_jac, deriv, dextra,
+                   ws, buf):
+        return small(work, cols, pix_val, entry_pix, feat_entry_off, f0,
                      pix_base, ndim, n_size, model_id, continuous, with_jac,
-                     deriv, dextra, ws, buf):
-        return _evaluate_poisson(work, cols, pix_val, entry_pix,
-                                 feat_entry_off, f0, pix_base, ndim, n_size,
-                                 model_id, continuous, with_jac, dextra, ws,
-                                 buf)
+                     dextra, ws, buf)
 
-    if isinstance(poisson, types.BooleanLiteral) and poisson.literal_value:
-        return poisson_path
+    def sparse_path(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                    pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                    pix_base, ndim, n_size, model_id, continuous, with_jac,
+                    deriv, dextra, ws, buf):
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, by_likelihood, with_jac, deriv,
+                                dextra, ws, buf)
+
+    def either_path(dense, poisson, work, cols, modes, slot, n_cl, n_var,
+                    pix_val, pix_coord, entry_pix, feat_entry_off, f0,
+                    pix_base, ndim, n_size, model_id, continuous, with_jac,
+                    deriv, dextra, ws, buf):
+        if dense:
+            return small(work, cols, pix_val, entry_pix, feat_entry_off, f0,
+                         pix_base, ndim, n_size, model_id, continuous,
+                         with_jac, dextra, ws, buf)
+        return _evaluate_sparse(work, cols, modes, slot, n_cl, n_var,
+                                pix_val, pix_coord, entry_pix, feat_entry_off,
+                                f0, pix_base, ndim, n_size, model_id,
+                                continuous, by_likelihood, with_jac, deriv,
+                                dextra, ws, buf)
+
     if isinstance(dense, types.BooleanLiteral):
         return dense_path if dense.literal_value else sparse_path
     return either_path
@@ -874,8 +867,13 @@ def _mirror(normal):
 @inline_kernel
 def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                      entry_pix, feat_entry_off, f0, pix_base, ndim, n_size,
-                     model_id, continuous, with_jac, deriv, dextra, ws, buf):
-    """:func:`evaluate` for a sparse cluster."""
+                     model_id, continuous, poisson, with_jac, deriv, dextra,
+                     ws, buf):
+    """:func:`evaluate` for a sparse cluster. With ``poisson`` the cost is
+    the deviance (:func:`_evaluate_poisson`), and the derivatives kept in
+    ``buf`` are J's rows times 1/sqrt(mu): the products of
+    :func:`sparse_matvec` and the blocks are then those of the Fisher
+    information, and ``grad`` is J^T (mu - n) / mu."""
     model = ws.model
     excluded = buf.excluded
     resid = ws.resid
@@ -913,15 +911,35 @@ def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
                 entry_deriv[e - e_base, j] = deriv[j]
                 if modes[j] == MODE_CLUSTER:
                     jac_cl[q, slot[j]] += deriv[j]
-    for q in range(n_pix):
-        resid[q] = 0.0 if excluded[q] else model[q] - pix_val[pix_base + q]
-    # (in pixel order: the kernels never reorder a sum, see jit)
-    cost = 0.0
-    for q in range(n_pix):
-        cost += resid[q] * resid[q]
+    if poisson:
+        cost = _deviance(model, ws.extra, pix_val, pix_base, excluded, resid,
+                         ws.weight, buf.stats)
+        if not math.isfinite(cost):
+            return cost
+    else:
+        for q in range(n_pix):
+            resid[q] = (0.0 if excluded[q]
+                        else model[q] - pix_val[pix_base + q])
+        # (in pixel order: the kernels never reorder a sum, see jit)
+        cost = 0.0
+        for q in range(n_pix):
+            cost += resid[q] * resid[q]
     if not with_jac:
         return cost
     bg_col = cols[0, 0]
+    if poisson:  # rows of J, and (into weight[1]) residuals, times 1/sqrt(mu)
+        root_w = ws.weight[1]
+        for q in range(n_pix):
+            root_w[q] = math.sqrt(ws.weight[0, q])
+        for e in range(feat_entry_off[f0], feat_entry_off[f0 + n_feat]):
+            for j in range(1, n_params):
+                entry_deriv[e - e_base, j] *= root_w[entry_pix[e] - pix_base]
+        for q in range(n_pix):
+            if bg_col >= 0:
+                jac_cl[q, bg_col] = 1.0
+            for i in range(jac_cl.shape[1]):
+                jac_cl[q, i] *= root_w[q]
+            root_w[q] *= resid[q]
     for i in range(n_unk):
         grad[i] = 0.0
     for i in range(n_cl):
@@ -934,9 +952,9 @@ def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
     for q in range(n_pix):
         if excluded[q]:
             continue
-        if bg_col >= 0:
+        if bg_col >= 0 and not poisson:
             jac_cl[q, bg_col] = 1.0
-        r = resid[q]
+        r = ws.weight[1, q] if poisson else resid[q]
         for i in range(n_cl):
             grad[i] += jac_cl[q, i] * r
             for j in range(n_cl):
@@ -949,7 +967,7 @@ def _evaluate_sparse(work, cols, modes, slot, n_cl, n_var, pix_val, pix_coord,
             if excluded[q]:
                 continue
             ee = e - e_base
-            r = resid[q]
+            r = ws.weight[1, q] if poisson else resid[q]
             for j in range(1, n_params):
                 if modes[j] != MODE_VAR:
                     continue

@@ -24,7 +24,7 @@ import math
 import numba
 import numpy as np
 
-from .covariance import MIN_ONE_MINUS_H, jacobian_rows, row_count
+from .covariance import MIN_ONE_MINUS_H, fisher_rows, jacobian_rows, row_count
 from .jit import LITERALS, Specialized, inline_kernel, kernel
 from .linalg import cholesky_inplace, cholesky_solve
 from .lm import cluster_scratch
@@ -32,7 +32,6 @@ from .residuals import (
     cluster_workspace,
     column_table,
     dense_normal,
-    evaluate,
     evaluate_work,
     evaluation_buffers,
     layout,
@@ -81,7 +80,7 @@ def _reduce_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
 
     n_cl, n_var = mode_counts(kernel_modes)
     n_unk = n_cl + n_feat * n_var
-    dense = poisson or n_unk <= dense_limit
+    dense = n_unk <= dense_limit
     n_entries = feat_entry_off[f0 + n_feat] - feat_entry_off[f0]
     pairs, arena = cluster_scratch(entry_pix, feat_entry_off, f0, n_feat,
                                    pix_base, n_pix, kernel_modes, ndim, n_size,
@@ -98,17 +97,12 @@ def _reduce_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
                            pairs, poisson, pix_extra, arena)
     b = evaluation_buffers(n_pix, n_entries, n_params, n_cl, n_var, n_feat,
                            n_unk, dense, arena)
-    if poisson:  # (the deviance; its Fisher information as J^T J)
-        unpack(x, work, cols)
-        cost = evaluate_work(True, True, work, cols, kernel_modes, slot, n_cl,
-                             n_var, pix_val, pix_coord, entry_pix,
-                             feat_entry_off, f0, pix_base, ndim, n_size,
-                             model_id, continuous, True, deriv, dextra, ws, b)
-    else:
-        cost = evaluate(x, work, cols, kernel_modes, slot, n_cl, n_var,
-                        pix_val, pix_coord, entry_pix, feat_entry_off, f0,
-                        pix_base, ndim, n_size, model_id, continuous, True,
-                        dense, deriv, dextra, ws, b)
+    # (under Poisson: the deviance, and the Fisher information as J^T J)
+    unpack(x, work, cols)
+    cost = evaluate_work(dense, poisson, work, cols, kernel_modes, slot, n_cl,
+                         n_var, pix_val, pix_coord, entry_pix, feat_entry_off,
+                         f0, pix_base, ndim, n_size, model_id, continuous,
+                         True, deriv, dextra, ws, b)
     if not math.isfinite(cost):
         return
     if dense:
@@ -188,7 +182,7 @@ def _reduce_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
                   feat_entry_off, f0, n_feat, pix_base, n_pix, ndim, n_size,
                   model_id, continuous, deriv, dextra, rows)
     if poisson:
-        _fisher_rows(rows, ws.extra)
+        fisher_rows(rows, ws.extra)
     sinv = np.empty((n_sh, n_sh))
     for s in range(n_sh):
         for s2 in range(n_sh):
@@ -216,19 +210,6 @@ def _reduce_cluster(c, pix_val, pix_extra, pix_coord, cluster_pix_off,
 
 
 @kernel
-def _fisher_rows(rows, extra):
-    """J's rows (:func:`.covariance.jacobian_rows`) divided by the square
-    root of the expected photons: then J^T J is the Fisher information, and
-    :func:`_pixel_sums` with unit weights gives its inverse."""
-    model, excluded, row_off, row_val = rows[0], rows[2], rows[3], rows[6]
-    for q in range(model.shape[0]):
-        mu = model[q] + (extra[q] if extra.shape[0] else 0.0)
-        scale = 1.0 / math.sqrt(mu) if mu > 0.0 and not excluded[q] else 0.0
-        for a in range(row_off[q], row_off[q + 1]):
-            row_val[a] *= scale
-
-
-@kernel
 def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk,
                 fisher):
     """A cluster's sums over its pixels for the sandwich covariance of the
@@ -249,8 +230,8 @@ def _pixel_sums(rows, factor, w, sinv, loc_cols, n_l, sh_cols, n_sh, n_unk,
 
     ``factor`` is A's Cholesky factor, ``w`` holds W^T by rows (n_sh x
     n_l). With ``fisher`` (rows of the Fisher information, see
-    :func:`_fisher_rows`) every weight is 1: the sums then give the inverse
-    of the Fisher information, the Cramer-Rao bound."""
+    :func:`.covariance.fisher_rows`) every weight is 1: the sums then give
+    the inverse of the Fisher information, the Cramer-Rao bound."""
     resid, excluded, row_off, row_col, row_val = (rows[1], rows[2], rows[3],
                                                   rows[5], rows[6])
     where = np.full(n_unk, -1, dtype=np.int64)  # local a, or n_l + shared s
@@ -337,7 +318,7 @@ def _reduce_clusters(cluster_ids, pix_val, pix_extra, pix_coord,
     ``std_out`` (features x parameters). Without shared unknowns this is
     the sandwich of a per-cluster fit.
 
-    With ``poisson`` (every cluster dense) the cost is the Poisson deviance
+    With ``poisson`` the cost is the Poisson deviance
     of the photons ``pix_val`` (``pix_extra``: expected photons added at
     each pixel, or empty), J^T J the Fisher information, and the errors its
     inverse, the Cramer-Rao bound.

@@ -147,8 +147,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         Cramer-Rao bound. The frames are converted to photons with
         ``gain``, ``offset`` and ``read_noise``; a column ``deviance_dof``
         (the Poisson deviance per degree of freedom, about 1 for a good fit)
-        is added, and ``cost`` keeps its meaning (in photons). Not yet with
-        a custom model that Numba cannot compile.
+        is added, and ``cost`` keeps its meaning (in photons).
     gain, offset : float or ndarray, optional
         The camera: ``counts = offset + gain * photons``, scalars or maps
         the shape of a frame (sCMOS). Default 1 and 0. Pixels below the
@@ -164,7 +163,9 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         takes bounds and a gradient ('L-BFGS-B', 'TNC', 'SLSQP',
         'trust-constr'); every cluster is then solved by it, per batch, with
         ``tol`` and ``options`` passed along and the objective and gradient
-        evaluated by Numba kernels.
+        evaluated by Numba kernels. Constraints across clusters, or with
+        shared parameters, make the whole refinement one SLSQP problem,
+        given at least three iterations per unknown.
 
     Returns
     -------
@@ -263,10 +264,11 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
                          "is that of one feature's mask, in pixels")
     isotropic = len(set(diameter)) == 1
     layout = make_layout(model, pos_columns, isotropic, param_mode)
-    camera = _camera(estimator, gain, offset, read_noise, source,
-                     custom=custom is not None)
+    camera = _camera(estimator, gain, offset, read_noise, source)
     if camera is not None:
         source = source.converted(camera.photons)
+        if executor is not None:  # (it reads the frames itself)
+            executor = executor.converted(camera)
     spec = bound_spec(bounds, layout, radius)
     for name, value in (("max_iter", max_iter), ("max_shift", max_shift),
                         ("max_rms_dev", max_rms_dev),
@@ -416,7 +418,7 @@ def _particle_ids(f, layout):
 ESTIMATORS = ("lsq", "poisson")
 
 
-def _camera(estimator, gain, offset, read_noise, source, **unsupported):
+def _camera(estimator, gain, offset, read_noise, source):
     """The camera of the Poisson estimator (None for least squares), after
     checking what goes with which estimator."""
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
@@ -431,11 +433,6 @@ def _camera(estimator, gain, offset, read_noise, source, **unsupported):
                              "to estimator='poisson' (least squares fits the "
                              "counts as they are)")
         return None
-    names = dict(custom="a custom model that Numba cannot compile")
-    used = [names[key] for key, value in unsupported.items() if value]
-    if used:
-        raise ValueError(f"estimator='poisson' does not yet support "
-                         f"{' or '.join(used)}; use estimator='lsq'")
     return make_camera(1.0 if gain is None else gain,
                        0.0 if offset is None else offset, read_noise,
                        source.frame_shape)

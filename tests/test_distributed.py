@@ -19,6 +19,7 @@ from refinefit import cli
 from refinefit.pipeline import checkpoint
 from refinefit.pipeline import chunk as chunk_module
 from refinefit.pipeline import movie as movie_module
+from refinefit.problem.camera import BelowOffsetWarning
 from refinefit.synthetic import make_movie
 
 DIAMETER = 11
@@ -99,6 +100,30 @@ def test_shared_size_equal_to_one_process(client, movie, mode,
         assert got["size"].nunique() == 1
         assert got["size"].iloc[0] == pytest.approx(truth["size"].iloc[0],
                                                     abs=0.1)
+
+
+@pytest.mark.parametrize("options", [
+    dict(chunk_frames=2, compute_error=True),
+    dict(param_mode={"size": "global"}, compute_error=True)],
+    ids=["chunks", "shared"])
+def test_camera_counts_on_the_workers(client, movie, options,
+                                      solver_chunks_of_2_frames):
+    """Under the Poisson estimator the workers turn counts into photons
+    (the shared solver's chunks too) and count the pixels below the
+    offset: the one process's fit, and its one warning with its count."""
+    path, _, _, guess = movie
+    camera = dict(estimator="poisson", gain=2.0, offset=6.0)
+    with pytest.warns(BelowOffsetWarning) as expected_warnings:
+        expected = run(path, guess, diameter=DIAMETER, **camera, **options)
+    with pytest.warns(BelowOffsetWarning) as got_warnings:
+        got = run(path, guess, diameter=DIAMETER, client=client, **camera,
+                  **options)
+    assert_bitwise(got, expected)
+    counts = [[w.message.n_pixels for w in caught
+               if issubclass(w.category, BelowOffsetWarning)]
+              for caught in (expected_warnings, got_warnings)]
+    assert counts[0] == counts[1] and len(counts[0]) == 1
+    assert counts[0][0] > 0
 
 
 def test_a_channel_inverted_on_the_workers(client, movie, tmp_path):

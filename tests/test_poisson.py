@@ -283,14 +283,35 @@ def _uncompiled(r2, p, ndim):
     (dict(estimator="poisson", gain=np.ones((3, 3))), "gain: a map must"),
     (dict(estimator="poisson", read_noise=-1.0), "read_noise"),
     (dict(gain=2.0), "gain: the camera model applies"),
-    (dict(estimator="poisson", fit_function=dict(params=[], fun=_uncompiled)),
-     "a custom model that Numba cannot compile"),
 ])
 @pytest.mark.filterwarnings("ignore:fit_function")
 def test_bad_poisson_input_is_a_value_error(kwargs, match):
     guess, photons = _counts_scene()
     with pytest.raises(ValueError, match=match):
         refinefit.refine_leastsq(guess, photons, DIAMETER, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:fit_function")
+def test_a_custom_model_numba_cannot_compile_fits_by_scipy():
+    """A Gaussian shape Numba cannot compile: scipy minimises the deviance
+    computed in NumPy, to the built-in Gaussian's fit, Cramer-Rao errors,
+    cost and deviance."""
+    rng = np.random.default_rng(106)
+    truth, guess, movie, _ = count_scene(100, 2000, 10, rng)
+    options = dict(estimator="poisson", compute_error=True, tol=1e-12,
+                   options=dict(maxiter=2000))
+    custom = refinefit.refine_leastsq(
+        guess, movie, DIAMETER, fit_function=dict(params=[], fun=_uncompiled),
+        **options)
+    builtin = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
+    both = (custom["status"] == 0) & (builtin["status"] == 0)
+    assert both.mean() > 0.95
+    for name in ("y", "x", "signal"):
+        difference = np.abs(custom.loc[both, name] - builtin.loc[both, name])
+        assert (difference < 0.05 * builtin.loc[both, name + "_std"]).all()
+    columns = ["y_std", "x_std", "signal_std", "cost", "deviance_dof"]
+    np.testing.assert_allclose(custom.loc[both, columns],
+                               builtin.loc[both, columns], rtol=0.01)
 
 
 def _cli(*args):
@@ -439,3 +460,97 @@ def test_scipy_paths_under_poisson_match_the_engine():
                                eq.loc[ok, ["y", "x"]], atol=2e-3)
     np.testing.assert_allclose(ineq.loc[ok, ["y_std", "x_std"]],
                                eq.loc[ok, ["y_std", "x_std"]], rtol=0.02)
+
+
+def _chains(rng, n_frames, length=14):
+    """Frames of one chain of ``length`` touching spots (one cluster):
+    truth, guesses, movie."""
+    amplitude = 2000 / (np.pi * SIZE ** 2)
+    truths, images = [], []
+    for frame in range(n_frames):
+        centres = np.array([[20.0 + 0.4 * k, 12.0 + 3.3 * k]
+                            for k in range(length)])
+        centres += rng.uniform(-0.3, 0.3, centres.shape)
+        images.append(draw_counts((46, 24 + 34 * length // 10), centres,
+                                  amplitude, 10, rng))
+        truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
+                                        x=centres[:, 1])))
+    truth = pd.concat(truths, ignore_index=True)
+    guess = truth.assign(y=truth["y"] + rng.uniform(-0.3, 0.3, len(truth)),
+                         x=truth["x"] + rng.uniform(-0.3, 0.3, len(truth)),
+                         signal=0.9 * amplitude, size=1.1 * SIZE)
+    return truth, guess, np.stack(images)
+
+
+@pytest.mark.parametrize("seed, param_mode", [
+    (101, {"size": "var"}), (102, {"size": "cluster", "signal": "cluster"}),
+    (103, {"size": "global"}), (104, {"size": "frame", "signal": "frame"}),
+], ids=["var", "cluster", "global", "frame"])
+def test_large_clusters_take_the_sparse_solver_to_the_dense_fit(seed,
+                                                                 param_mode):
+    """Clusters above the dense solver's limit of unknowns go to conjugate
+    gradients on the Fisher information (J held per mask entry, not
+    whole): the fit, the Cramer-Rao errors, cost and deviance of the dense
+    solver."""
+    rng = np.random.default_rng(seed)
+    truth, guess, movie = _chains(rng, 3)
+    options = dict(estimator="poisson", compute_error=True,
+                   param_mode=param_mode)
+    with refinefit.config.override(solver=dict(dense_limit=8)):
+        sparse = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
+    assert (sparse["cluster_size"] == 14).all()
+    with refinefit.config.override(solver=dict(dense_limit=10_000)):
+        dense = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
+    assert (sparse["status"] == 0).all() and (dense["status"] == 0).all()
+    stds = [c for c in dense.columns if c.endswith("_std")]
+    assert np.isfinite(sparse[stds]).all().all()
+    np.testing.assert_allclose(sparse[stds], dense[stds], rtol=1e-6)
+    for name in ("y", "x", "signal", "size", "background"):
+        difference = np.abs(sparse[name] - dense[name])
+        assert (difference <= 1e-5 * dense[name + "_std"]).all(), name
+    np.testing.assert_allclose(sparse[["cost", "deviance_dof"]],
+                               dense[["cost", "deviance_dof"]], rtol=1e-9)
+    assert np.abs(sparse["y"] - truth["y"]).max() < 6 * sparse["y_std"].max()
+
+
+def test_joint_fits_report_cost_and_deviance_as_the_engine():
+    """A size per frame under the ``dimer`` constraint takes the joint
+    solver (every cluster one problem); with one dimer per frame it is the
+    engine's constrained fit with a size per cluster: the same fit, cost,
+    deviance and errors. (SLSQP, which the joint solver runs, needs more
+    than its default 100 iterations for these 96 unknowns: the solver
+    gives it three per unknown.)"""
+    rng = np.random.default_rng(105)
+    amplitude = 2000 / (np.pi * SIZE ** 2)
+    truths, images = [], []
+    for frame in range(12):
+        middle = rng.uniform(14.0, 16.0, 2)
+        angle = rng.uniform(0, np.pi)
+        half = 2.0 * np.array([np.sin(angle), np.cos(angle)])
+        centres = np.array([middle - half, middle + half])
+        images.append(draw_counts((30, 30), centres, amplitude, 10, rng))
+        truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
+                                        x=centres[:, 1])))
+    truth = pd.concat(truths, ignore_index=True)
+    guess = truth.assign(y=truth["y"] + rng.uniform(-0.2, 0.2, len(truth)),
+                         x=truth["x"] + rng.uniform(-0.2, 0.2, len(truth)),
+                         signal=0.9 * amplitude, size=1.1 * SIZE)
+    options = dict(estimator="poisson", compute_error=True,
+                   constraints=refinefit.dimer(4.0), tol=1e-10)
+    joint = refinefit.refine_leastsq(guess, np.stack(images), DIAMETER,
+                                     param_mode={"size": "frame"}, **options)
+    engine = refinefit.refine_leastsq(guess, np.stack(images), DIAMETER,
+                                      param_mode={"size": "cluster"},
+                                      **options)
+    assert (joint["status"] == 0).all() and (engine["status"] == 0).all()
+    assert 0.85 <= joint["deviance_dof"].mean() <= 1.15
+    np.testing.assert_allclose(joint["cost"], engine["cost"], rtol=2e-3)
+    # (a size per frame is not among a cluster's own unknowns: one degree
+    # of freedom more)
+    np.testing.assert_allclose(joint["deviance_dof"], engine["deviance_dof"],
+                               rtol=0.01)
+    for name in ("y", "x", "size", "signal"):
+        difference = np.abs(joint[name] - engine[name])
+        assert (difference < 0.1 * engine[name + "_std"]).all(), name
+        np.testing.assert_allclose(joint[name + "_std"],
+                                   engine[name + "_std"], rtol=0.01)

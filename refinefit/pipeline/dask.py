@@ -22,15 +22,18 @@ with settings that make every chunk fault its memory in anew. A worker also
 keeps the engine's buffers (:mod:`refinefit.solvers.scratch`) between its tasks:
 those of its largest chunk so far: its frames and 3-4 kB a feature.
 """
+import copy
 import json
 import os
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..io.frames import as_kernel_image
 from ..io.movies import FrameSelection, open_movie
+from ..problem.camera import BelowOffsetWarning
 from ..solvers.scratch import Scratch
 from .chunk import numba_threads, refine_read_chunk
 from .memory import keep_freed_memory
@@ -205,12 +208,14 @@ def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
         for future in distributed.as_completed(futures):
             k = futures[future]
             try:
-                packed = future.result()
+                packed, n_below = future.result()
             except _cluster_failures(distributed) as exc:
                 raise ClusterError(
                     f"the Dask cluster lost the task of chunk {k} (frames "
                     f"{chunks[k][0][0]} to {chunks[k][0][-1]}): "
                     f"{type(exc).__name__}: {exc}") from None
+            if n_below:  # (the run's one warning sums them)
+                warnings.warn(BelowOffsetWarning.of(n_below), stacklevel=2)
             yield k, packed
             future.release()
     finally:
@@ -219,12 +224,21 @@ def refine_movie_chunks(client, spec, table, chunks, todo, fit_options,
 
 def _refine_movie_chunk(spec, frame_ids, rows, table, fit_options, threads):
     """One chunk on a worker: as ``refine_movie`` refines it in one
-    process."""
+    process. Returns the packed result and the pixels found below the
+    camera offset (a worker's warnings never reach the caller)."""
     keep_freed_memory()
     movie, frames = spec.read(frame_ids)
-    with _ENGINE_LOCK, _engine_threads(threads):
-        return refine_read_chunk(movie, frame_ids, frames, rows, table,
-                                 fit_options, _SCRATCH)
+    with _ENGINE_LOCK, _engine_threads(threads), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        packed = refine_read_chunk(movie, frame_ids, frames, rows, table,
+                                   fit_options, _SCRATCH)
+    below = [w for w in caught if issubclass(w.category, BelowOffsetWarning)]
+    for w in caught:
+        if w not in below:
+            warnings.warn_explicit(w.message, w.category, w.filename,
+                                   w.lineno)
+    return packed, sum(w.message.n_pixels for w in below)
 
 
 # --- the shared-parameter solver's chunks -----------------------------------
@@ -238,6 +252,16 @@ class DaskExecutor:
         self.client = client
         self.spec = spec
         self.threads = threads
+        self.camera = None
+
+    def converted(self, camera):
+        """This executor with every frame read turned into photons by
+        ``camera`` (a :class:`refinefit.problem.camera.Camera`) on the
+        workers; the pixels they find below its offset are counted in
+        ``camera``."""
+        executor = copy.copy(self)
+        executor.camera = camera
+        return executor
 
     def map_chunks(self, work, chunk_frames, chunk_images, payloads):
         """``[work(images, frame_max, cluster_image, payload) ...]`` per
@@ -249,26 +273,39 @@ class DaskExecutor:
         # run the task again if its worker dies
         futures = [
             self.client.submit(_map_chunk, self.spec, frames, cluster_image,
-                               work, payload, self.threads,
+                               work, payload, self.threads, self.camera,
                                key=f"refinefit-{work.__name__}-{i:06d}-{run}",
                                pure=False)
             for i, (frames, cluster_image, payload) in enumerate(
                 zip(chunk_frames, chunk_images, payloads))]
         try:
-            return self.client.gather(futures)
+            results = self.client.gather(futures)
         except _cluster_failures(distributed) as exc:
             raise ClusterError(f"the Dask cluster lost a chunk of the "
                                f"shared-parameter solver: "
                                f"{type(exc).__name__}: {exc}") from None
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+        if self.camera is None:
+            return results
+        for _, below in results:
+            self.camera.merge(below)
+        return [result for result, _ in results]
 
 
-def _map_chunk(spec, frames, cluster_image, work, payload, threads):
+def _map_chunk(spec, frames, cluster_image, work, payload, threads, camera):
+    """One chunk's ``work`` on a worker; with a ``camera``, also the pixels
+    below its offset in each frame."""
     from ..solvers.engine import frame_maxima
 
     keep_freed_memory()
     _, raw = spec.read(frames)
     images = [as_kernel_image(frame, spec.frame_ndim) for frame in raw]
+    if camera is not None:
+        images = [camera.photons(image, frame_no)
+                  for image, frame_no in zip(images, frames)]
     with _ENGINE_LOCK, _engine_threads(threads):
-        return work(images, frame_maxima(images), cluster_image, payload)
+        result = work(images, frame_maxima(images), cluster_image, payload)
+    if camera is None:
+        return result
+    return result, camera.below_by_frame()

@@ -91,6 +91,15 @@ class Camera:
         the offset."""
         return sum(self._below.values())
 
+    def below_by_frame(self):
+        """Frame number -> pixels below the offset, for the frames
+        converted so far (a worker's copy sends them back: :meth:`merge`)."""
+        return dict(self._below)
+
+    def merge(self, below_by_frame):
+        """Count the frames another copy of this camera converted."""
+        self._below.update(below_by_frame)
+
 
 def make_camera(gain, offset, read_noise, frame_shape):
     """A checked :class:`Camera` for frames of ``frame_shape``.

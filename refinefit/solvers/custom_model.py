@@ -1,8 +1,8 @@
 """A custom fit function that Numba cannot compile, with NumPy over a batch.
 
 ``cost_and_gradient`` has the contract of ``kernels.objective.
-cost_and_gradient`` (per cluster the sum of squared residuals, per feature
-and parameter its derivative), ``evaluate`` that of
+cost_and_gradient`` (per cluster the sum of squared residuals or the
+Poisson deviance, per feature and parameter its derivative), ``evaluate`` that of
 ``kernels.evaluate_model``; both build on one per-entry evaluation.
 ``fun``/``dfun`` are called once per distinct
 vector of extra shape parameters over all entries that share it (usually
@@ -92,8 +92,12 @@ def _model_image(batch, params, pix, terms):
 
 
 def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
-                      grad_out):
-    """Fill ``cost_out[ids]`` and the rows of ``grad_out`` of their features."""
+                      grad_out, poisson=False, extra=None):
+    """Fill ``cost_out[ids]`` and the rows of ``grad_out`` of their
+    features. With ``poisson`` the cost is the Poisson deviance of the
+    photons ``batch.pix_val`` (``extra``: expected photons added at each
+    pixel, or empty), infinite where the expected photons are not positive,
+    as ``kernels.objective.cost_and_gradient`` has it."""
     offsets = batch.cluster_feat_off
     feats = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in ids])
     pix, entry_feat, terms, deriv, excluded = _entry_terms(
@@ -101,15 +105,33 @@ def cost_and_gradient(model, ids, batch, params, ndim, n_size, cost_out,
     image, cluster_of_pix = _model_image(batch, params, pix, terms)
     used = np.zeros(len(batch.pix_val), dtype=bool)
     used[pix] = True
-    resid = np.where(used & ~excluded, image - batch.pix_val, 0.0)
-    cost = np.bincount(cluster_of_pix, weights=resid ** 2,
-                       minlength=len(offsets) - 1)
+    valid = used & ~excluded
+    n_clusters = len(offsets) - 1
+    if poisson:
+        # slope: the cost's derivative by the model at each pixel, halved
+        mu = image + (extra if extra is not None and len(extra) else 0.0)
+        counts = batch.pix_val
+        positive = valid & (mu > 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms_q = np.where(counts > 0.0,
+                               mu - counts - counts * np.log(mu / counts), mu)
+            slope = np.where(positive, 1.0 - counts / mu, 0.0)
+        cost = np.bincount(cluster_of_pix,
+                           weights=np.where(positive, 2.0 * terms_q, 0.0),
+                           minlength=n_clusters)
+        bad = np.bincount(cluster_of_pix, weights=valid & ~positive,
+                          minlength=n_clusters)
+        cost[bad > 0] = np.inf
+    else:
+        slope = np.where(valid, image - batch.pix_val, 0.0)
+        cost = np.bincount(cluster_of_pix, weights=slope ** 2,
+                           minlength=n_clusters)
     cost_out[ids] = cost[ids]
     deriv[:, 0] = 0.0  # the background enters once per pixel, below
     grad_out[feats] = 0.0
-    np.add.at(grad_out, entry_feat, 2.0 * resid[pix][:, None] * deriv)
-    bg_grad = np.bincount(cluster_of_pix, weights=2.0 * resid,
-                          minlength=len(offsets) - 1)
+    np.add.at(grad_out, entry_feat, 2.0 * slope[pix][:, None] * deriv)
+    bg_grad = np.bincount(cluster_of_pix, weights=2.0 * slope,
+                          minlength=n_clusters)
     grad_out[offsets[ids], 0] = bg_grad[ids]
 
 

@@ -222,16 +222,17 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
         status[scipy_ids] = scipy.status[scipy_ids]
         n_eval[scipy_ids] = scipy.iterations[scipy_ids]
     if settings.noise.estimator == "poisson":
-        _deviance_outside_engine(batch, result, np.nonzero(on_scipy)[0],
+        deviance_outside_engine(batch, result, np.nonzero(on_scipy)[0],
                                  settings)
     return result
 
 
-def _deviance_outside_engine(batch, result, ids, settings):
-    """Under the Poisson estimator, clusters ``ids`` solved under
-    constraints or by scipy have the deviance as their cost: as the engine
-    reports them, their cost becomes the sum of squared residuals at the
-    fit, and the deviance goes per degree of freedom to ``deviance``."""
+def deviance_outside_engine(batch, result, ids, settings):
+    """Under the Poisson estimator, clusters ``ids`` of ``result`` solved
+    under constraints or by scipy have the deviance as their cost: as the
+    engine reports them, their cost becomes the sum of squared residuals at
+    the fit (``batch``'s pixels), and the deviance goes per degree of
+    freedom to ``deviance`` (in place)."""
     if not len(ids):
         return
     from .scipy_path import model_image

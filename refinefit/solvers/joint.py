@@ -19,7 +19,7 @@ linearised).
 import numpy as np
 
 from ..kernels import CONVERGED, MAX_ITER
-from .engine import flatten_masks, frame_maxima
+from .engine import deviance_outside_engine, flatten_masks, frame_maxima
 from .result import Solution, judge
 from .scipy_path import solve_groups
 
@@ -88,13 +88,21 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
         if np.all(shift2 < settings.solver.max_shift ** 2):
             break
         centres = np.ascontiguousarray(current[:, pos])
+    deviance = None
+    if settings.noise.estimator == "poisson":  # (sumsq: the deviance)
+        solved = solved._replace(cost=sumsq.copy(),
+                                 deviance=np.full(n_clusters, np.nan))
+        deviance_outside_engine(batch, solved, ids, settings)
+        sumsq, deviance = solved.cost, solved.deviance
     status = np.where(success, CONVERGED, MAX_ITER)
     with np.errstate(invalid="ignore", divide="ignore"):
         cost = np.sqrt(sumsq / n_pix) / frame_max[cluster_image]
     cost, status = judge(cost, status, settings.solver.max_rms_dev)
     failed = status != CONVERGED
     std[np.repeat(failed, np.diff(cluster_feat_off))] = np.nan
-    return Solution(current, cost, status, std, iterations)
+    if deviance is not None:
+        deviance[failed] = np.nan
+    return Solution(current, cost, status, std, iterations, deviance)
 
 
 def _index_lists(keys):

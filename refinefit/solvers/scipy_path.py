@@ -112,7 +112,7 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
             if settings.model.custom is not None:
                 custom_model.cost_and_gradient(
                     settings.model.custom, ids, batch, work, settings.model.ndim,
-                    settings.model.n_size, cost, grad)
+                    settings.model.n_size, cost, grad, poisson, extra)
             else:
                 cost_and_gradient(ids, batch.pix_val, extra, batch.pix_coord,
                                   batch.cluster_pix_off, batch.entry_pix,
@@ -142,6 +142,10 @@ def solve_groups(groups, batch, params, lower, upper, modes, settings,
                        if w is not None]
         kwargs = dict(method=settings.scipy.method, tol=settings.solver.tol,
                       options=dict(settings.scipy.options))
+        if normalise and str(settings.scipy.method).upper() == "SLSQP":
+            # a whole movie's unknowns take more than SLSQP's 100 iterations
+            kwargs["options"]["maxiter"] = max(
+                kwargs["options"].get("maxiter", 100), 3 * len(x0))
         if constraints:
             kwargs["constraints"] = constraints
         try:
