@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .pipeline.checkpoint import Busy
+from .solvers.cuda_backend import NoGPUError
 
 try:
     import tomllib
@@ -34,14 +35,15 @@ EXIT_INTERRUPTED = 130
 FIT_KEYS = ("diameter", "separation", "fit_function", "param_mode",
             "param_val", "bounds", "compute_error", "pos_columns", "t_column",
             "max_iter", "max_shift", "max_rms_dev", "residual_factor", "tol",
-            "options", "method", "estimator", "gain", "offset", "read_noise")
+            "options", "method", "estimator", "gain", "offset", "read_noise",
+            "device")
 # camera values: a number, or a file holding a map (.npy, .tif)
 _CAMERA = ("gain", "offset", "read_noise")
 RUN_KEYS = ("threads", "chunk_frames", "lanes", "channel", "grey", "invert")
 # what refine_movie raises for input the user can fix; any other exception
 # is a bug and keeps its traceback
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError,
-                NotImplementedError, Busy)
+                NotImplementedError, Busy, NoGPUError)
 _TABLES = ("param_mode", "param_val", "bounds", "options")
 
 CONFIG_EXAMPLE = """\
@@ -170,6 +172,9 @@ def _build_parser():
     refine.add_argument("--read-noise", metavar="VAR",
                         help="read-noise variance in counts^2: a number or "
                         "a map file (.npy, .tif)")
+    refine.add_argument("--device", choices=("cpu", "cuda"),
+                        help="cpu (default) or cuda: each cluster's solve on "
+                        "an NVIDIA GPU (pip install 'refinefit[cuda]')")
     refine.add_argument("--max-iter", metavar="N", type=int,
                         help="at most N solves while re-centring the masks "
                         "(default 10)")
@@ -455,7 +460,7 @@ def _options(args):
                  pos_columns=args.pos_columns, t_column=args.t_column,
                  compute_error=args.compute_error, max_iter=args.max_iter,
                  estimator=args.estimator, gain=args.gain, offset=args.offset,
-                 read_noise=args.read_noise)
+                 read_noise=args.read_noise, device=args.device)
     if args.channel is not None or args.grey:  # one replaces the other
         options.pop("channel", None)
         options.pop("grey", None)

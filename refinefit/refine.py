@@ -44,7 +44,7 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
                    t_column="frame", max_iter=10, max_shift=1,
                    max_rms_dev=1.0, residual_factor=100000.0, *,
                    estimator="lsq", gain=None, offset=None, read_noise=None,
-                   **kwargs):
+                   device="cpu", **kwargs):
     """Refine feature positions by least-squares fits of radial models.
 
     A drop-in replacement for ``trackpy.refine_leastsq``: same arguments,
@@ -156,6 +156,13 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         Read-noise variance in counts^2 (a scalar or a map the shape of a
         frame), added to the expected photons as ``read_noise / gain^2``
         (the usual sCMOS approximation). Default none.
+    device : {'cpu', 'cuda'}
+        'cuda': each cluster's solve on an NVIDIA GPU (needs
+        ``pip install 'refinefit[cuda]'`` and a working driver; a clear
+        error otherwise). Clusters of more than 48 unknowns and custom
+        models are solved on the CPU, with a ``CPUFallbackWarning``;
+        constraints, shared parameters and named methods run on the CPU.
+        Standard errors are computed on the CPU at the GPU's optimum.
     **kwargs
         ``tol`` (relative cost reduction at convergence, default 1e-6) and
         ``options=dict(maxiter=...)`` (model evaluations per solve, default
@@ -207,7 +214,8 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
                    param_mode, param_val, constraints, bounds, compute_error,
                    pos_columns, t_column, max_iter, max_shift, max_rms_dev,
                    residual_factor, estimator=estimator, gain=gain,
-                   offset=offset, read_noise=read_noise, **kwargs)
+                   offset=offset, read_noise=read_noise, device=device,
+                   **kwargs)
 
 
 def refine_features(f, reader, executor=None, **options):
@@ -225,12 +233,13 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
             param_mode, param_val, constraints, bounds, compute_error,
             pos_columns, t_column, max_iter, max_shift, max_rms_dev,
             residual_factor, estimator="lsq", gain=None, offset=None,
-            read_noise=None, **kwargs):
+            read_noise=None, device="cpu", **kwargs):
     if not isinstance(f, pd.DataFrame):
         raise TypeError(f"f must be a pandas DataFrame, got {type(f).__name__}")
     constraints = validate_constraints(constraints)
     model = resolve_model(fit_function)
     custom = model if model.fun is not None else None
+    backend = _backend(device)
     tol, max_eval, method, options = _engine_options(
         kwargs, bool(constraints), custom is not None)
     method_given = "method" in kwargs
@@ -316,7 +325,8 @@ def _refine(executor, f, reader, diameter, separation, fit_function,
             model=Model(model_id=model.kernel_id, continuous=model.continuous,
                         ndim=ndim, n_size=layout.n_size, modes=layout.modes,
                         radius=radius, custom=custom),
-            solver=replace(defaults.solver, tol=tol, max_eval=max_eval,
+            solver=replace(defaults.solver, backend=backend or
+                           defaults.solver.backend, tol=tol, max_eval=max_eval,
                            max_iter=int(max_iter), max_shift=float(max_shift),
                            max_rms_dev=float(max_rms_dev),
                            with_error=bool(compute_error)),
@@ -416,6 +426,23 @@ def _particle_ids(f, layout):
 
 
 ESTIMATORS = ("lsq", "poisson")
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def _backend(device):
+    """The solver backend of ``device``: None (the configured one) for the
+    CPU, 'cuda' for an NVIDIA GPU, checked to be usable now."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got "
+                         f"{device!r}")
+    if device == "cpu":
+        return None
+    from .solvers.cuda_backend import cuda_module
+
+    cuda_module()  # a clear error before any work when no GPU can be used
+    return "cuda"
 
 
 def _camera(estimator, gain, offset, read_noise, source):

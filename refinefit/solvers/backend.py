@@ -57,7 +57,15 @@ def solve_batch_numba(batch, start, lower, upper, cluster_ids, settings):
     return result
 
 
-BACKENDS = {"numba": solve_batch_numba}
+def solve_batch_cuda(batch, start, lower, upper, cluster_ids, settings):
+    """On an NVIDIA GPU (:mod:`refinefit.solvers.cuda_backend`, imported
+    only when asked for: numba-cuda is optional)."""
+    from .cuda_backend import solve_batch_cuda as solve
+
+    return solve(batch, start, lower, upper, cluster_ids, settings)
+
+
+BACKENDS = {"numba": solve_batch_numba, "cuda": solve_batch_cuda}
 
 
 def solve_batch(batch, start, lower, upper, cluster_ids, settings):
