@@ -628,18 +628,15 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
                       model_id, continuous, poisson, deriv, dextra, ws, b)
         if valid_pixels(b.excluded, n_pix) <= n_unk:
             return
-        std = floats(arena, n_unk)
         if poisson:
             factor = floats(arena, (n_unk, n_unk))
             for i in range(n_unk):
                 for j in range(n_unk):
                     factor[i, j] = b.normal[i, j]
             if cholesky_inplace(factor, n_unk):
-                inverse_diagonal(factor, n_unk, std, floats(arena, n_unk))
-                for i in range(n_unk):
-                    std[i] = math.sqrt(std[i])
-                _write_std(std, cols, f0, std_out)
+                _write_bound(factor, cols, f0, std_out, arena)
             return
+        std = floats(arena, n_unk)
         jac = floats(arena, (n_unk, n_pix))
         jacobian_by_unknown(ws.terms, cols, entry_pix, feat_entry_off, f0,
                             n_feat, pix_base, ws.in_order, b.excluded, jac, 0)
@@ -677,13 +674,10 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
         normal_from_rows(n_unk, excluded, row_off, row_col, row_val, factor)
         if not cholesky_inplace(factor, n_unk):
             return
-        std = floats(arena, n_unk)
         if poisson:
-            inverse_diagonal(factor, n_unk, std, floats(arena, n_unk))
-            for i in range(n_unk):
-                std[i] = math.sqrt(std[i])
-            _write_std(std, cols, f0, std_out)
+            _write_bound(factor, cols, f0, std_out, arena)
             return
+        std = floats(arena, n_unk)
         inverse = floats(arena, (n_unk, n_unk))
         inverse_from_factor(factor, n_unk, inverse)
         sandwich_std(inverse, n_unk, resid, excluded, row_off, row_col,
@@ -693,6 +687,18 @@ def _standard_errors_overload(dense, poisson, work, cols, modes, slot, n_cl,
     if not isinstance(dense, types.BooleanLiteral):
         raise TypeError("_standard_errors needs a literal 'dense'")
     return dense_errors if dense.literal_value else sparse_errors
+
+
+@inline_kernel
+def _write_bound(factor, cols, f0, std_out, arena):
+    """The Cramer-Rao bound of a Poisson fit, sqrt(diag I^-1), from the
+    Cholesky factor of its Fisher information I, into ``std_out``."""
+    n_unk = factor.shape[0]
+    std = floats(arena, n_unk)
+    inverse_diagonal(factor, n_unk, std, floats(arena, n_unk))
+    for i in range(n_unk):
+        std[i] = math.sqrt(std[i])
+    _write_std(std, cols, f0, std_out)
 
 
 @kernel
