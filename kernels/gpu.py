@@ -31,6 +31,7 @@ from .codes import (
     NOT_FINITE,
     SINGULAR,
 )
+from .covariance import MIN_ONE_MINUS_H
 from .models import DISC, GAUSS, INV_SERIES, RING
 
 # the CPU solver's constants (kernels/lm.py)
@@ -280,6 +281,72 @@ def _cholesky(mat, n, stride):
 
 
 @cuda.jit(device=True)
+def _cholesky_solve(factor, n, stride, b):
+    """``b`` becomes the solution of L L^T x = b (``factor``: L)."""
+    for i in range(n):  # L y = b, then L^T x = y
+        s = b[i]
+        for k in range(i):
+            s -= factor[i * stride + k] * b[k]
+        b[i] = s / factor[i * stride + i]
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for k in range(i + 1, n):
+            s -= factor[k * stride + i] * b[k]
+        b[i] = s / factor[i * stride + i]
+
+
+@cuda.jit(device=True)
+def _standard_errors(normal, jac, model, excluded, pix_val, pix_base, n_pix,
+                     n, poisson, factor, inverse, phi, var):
+    """The variances of a converged cluster's unknowns into ``var`` (NaN
+    where not determined), as kernels/lm._standard_errors gives them: with
+    ``poisson`` the Cramer-Rao bound, the diagonal of the inverse Fisher
+    information ``normal``; else the sandwich covariance of
+    kernels/covariance (HC3 weights) with J's rows ``jac`` and the
+    residuals ``model - data``. ``factor``, ``inverse`` (n x n) and ``phi``
+    (n) are scratch. False where the normal matrix is singular."""
+    for a in range(n):
+        var[a] = math.nan
+    n_valid = 0
+    for q in range(n_pix):
+        n_valid += 1 if excluded[q] == 0.0 else 0
+    if n_valid <= n:
+        return False
+    for a in range(n * n):
+        factor[a] = normal[a]
+    if not _cholesky(factor, n, n):
+        return False
+    for i in range(n):  # (L L^T)^-1, row by row
+        for j in range(n):
+            inverse[i * n + j] = 1.0 if i == j else 0.0
+        _cholesky_solve(factor, n, n, inverse[i * n:(i + 1) * n])
+    if poisson:
+        for a in range(n):
+            var[a] = inverse[a * n + a]
+        return True
+    for a in range(n):
+        var[a] = 0.0
+    for q in range(n_pix):
+        if excluded[q] != 0.0:
+            continue
+        leverage = 0.0
+        for a in range(n):
+            total = 0.0
+            for b in range(n):
+                total += inverse[a * n + b] * jac[q * n + b]
+            phi[a] = total
+            leverage += jac[q * n + a] * total
+        w = (model[q] - pix_val[pix_base + q]) / max(1.0 - leverage,
+                                                     MIN_ONE_MINUS_H)
+        for a in range(n):
+            var[a] += w * w * phi[a] * phi[a]
+    for a in range(n):
+        if not (inverse[a * n + a] >= 0.0 and math.isfinite(var[a])):
+            var[a] = math.nan
+    return True
+
+
+@cuda.jit(device=True)
 def _damped_step(normal, grad, lam, scale, free, n_unk, mat, rhs, index,
                  step):
     """The damped step on the free unknowns (kernels/lm._solve_dense);
@@ -296,16 +363,7 @@ def _damped_step(normal, grad, lam, scale, free, n_unk, mat, rhs, index,
         rhs[a] = -grad[index[a]]
     if not _cholesky(mat, n_free, n_unk):
         return False
-    for i in range(n_free):  # L y = b, then L^T x = y
-        s = rhs[i]
-        for k in range(i):
-            s -= mat[i * n_unk + k] * rhs[k]
-        rhs[i] = s / mat[i * n_unk + i]
-    for i in range(n_free - 1, -1, -1):
-        s = rhs[i]
-        for k in range(i + 1, n_free):
-            s -= mat[k * n_unk + i] * rhs[k]
-        rhs[i] = s / mat[i * n_unk + i]
+    _cholesky_solve(mat, n_free, n_unk, rhs)
     for i in range(n_unk):
         step[i] = 0.0
     for a in range(n_free):
@@ -320,11 +378,12 @@ def solve_kernel(cluster_ids, pix_val, pix_extra, pix_coord, cluster_pix_off,
                  continuous, poisson, has_extra, tol, max_eval, scratch,
                  scratch_off,
                  iscratch, iscratch_off, params_out, sumsq_out, deviance_out,
-                 status_out, n_eval_out):
+                 status_out, n_eval_out, with_error, std_out):
     """Refine cluster ``cluster_ids[i]`` in thread ``i`` (see the module
     docstring): writes its parameters, its cost (the sum of squared
     residuals), the deviance per degree of freedom (Poisson), the status
-    and the evaluations spent, as kernels/lm.solve_cluster does."""
+    and the evaluations spent, and with ``with_error`` the standard errors,
+    as kernels/lm.solve_cluster does."""
     i = cuda.grid(1)
     if i >= cluster_ids.shape[0]:
         return
@@ -337,6 +396,8 @@ def solve_kernel(cluster_ids, pix_val, pix_extra, pix_coord, cluster_pix_off,
     for k in range(n_feat):
         for j in range(n_params):
             params_out[f0 + k, j] = params[f0 + k, j]
+            if with_error:
+                std_out[f0 + k, j] = math.nan
     sumsq_out[c] = math.nan
     deviance_out[c] = math.nan
     n_eval_out[c] = 0
@@ -519,3 +580,19 @@ def solve_kernel(cluster_ids, pix_val, pix_extra, pix_coord, cluster_pix_off,
         deviance_out[c] = cost / dof if dof > 0 else math.nan
     status_out[c] = status if math.isfinite(cost) else NOT_FINITE
     n_eval_out[c] = n_eval
+    if not (with_error and status_out[c] == CONVERGED):
+        return
+    # J, the model and the normal matrix at the fit (the last evaluation
+    # may have been a trial point's)
+    _evaluate(params_out, f0, n_feat, pix_val, pix_extra, pix_coord, pix_base,
+              n_pix, entry_pix, feat_entry_off, modes, slot, n_cl, n_var, n,
+              ndim, n_size, model_id, continuous, poisson, has_extra, jac,
+              model, excluded, deriv, dextra, normals[:n * n], grads[:n])
+    if _standard_errors(normals[:n * n], jac, model, excluded, pix_val,
+                        pix_base, n_pix, n, poisson, mat,
+                        normals[n * n:2 * n * n], trial, step):
+        for k in range(n_feat):
+            for j in range(n_params):
+                col = _column(modes, slot, n_cl, n_var, k, j)
+                if col >= 0:
+                    std_out[f0 + k, j] = math.sqrt(step[col])

@@ -162,7 +162,6 @@ def refine_leastsq(f, reader, diameter, separation=None, fit_function="gauss",
         error otherwise). Clusters of more than 48 unknowns and custom
         models are solved on the CPU, with a ``CPUFallbackWarning``;
         constraints, shared parameters and named methods run on the CPU.
-        Standard errors are computed on the CPU at the GPU's optimum.
     **kwargs
         ``tol`` (relative cost reduction at convergence, default 1e-6) and
         ``options=dict(maxiter=...)`` (model evaluations per solve, default

@@ -32,7 +32,8 @@ POSITION_ATOL = 1e-6  # px: the issue's agreement with the CPU in float64
 
 def _same_fits(gpu, cpu, scene=None):
     """Every column of the two refinements: positions within 1e-6 px, the
-    other values to rounding, the same status."""
+    other values (standard errors among them) to rounding, the same
+    status."""
     assert (gpu["status"] == cpu["status"]).all()
     positions = ["y", "x"] if scene is None else scene.pos_columns
     np.testing.assert_allclose(gpu[positions], cpu[positions], rtol=0,
@@ -52,8 +53,9 @@ GPU_CASES = cases(MODELS, ("2d", "3d-aniso"), (1, 2)) + cases(
 def test_least_squares_as_on_the_cpu(model, geometry, group_size):
     scene = scene_for(model, geometry, group_size, snr=10,
                       noise_model="gauss")
-    cpu = refine(scene, param_mode={"size": "var"})
-    gpu = refine(scene, param_mode={"size": "var"}, device="cuda")
+    options = dict(param_mode={"size": "var"}, compute_error=True)
+    cpu = refine(scene, **options)
+    gpu = refine(scene, device="cuda", **options)
     check_fit(gpu, scene, group_size)
     _same_fits(gpu, cpu, scene)
 
@@ -64,8 +66,9 @@ def test_poisson_as_on_the_cpu(model, geometry, group_size):
     scene = scene_for(model, geometry, group_size)
     rng = np.random.default_rng(seed_for("gpu", model, geometry))
     counts = replace(scene, image=rng.poisson(scene.image).astype(float))
-    cpu = refine(counts, estimator="poisson")
-    gpu = refine(counts, estimator="poisson", device="cuda")
+    cpu = refine(counts, estimator="poisson", compute_error=True)
+    gpu = refine(counts, estimator="poisson", compute_error=True,
+                 device="cuda")
     check_fit(gpu, scene, group_size)
     _same_fits(gpu, cpu, scene)
 
@@ -78,8 +81,8 @@ def test_poisson_as_on_the_cpu(model, geometry, group_size):
          param_mode={"size": "var"}),
 ], ids=["cluster-modes", "size-at-bound", "errors", "poisson-read-noise"])
 def test_modes_bounds_and_errors_as_on_the_cpu(options):
-    """Cluster modes, an active bound, errors (computed on the CPU at the
-    GPU's optimum) and the read noise's extra photons."""
+    """Cluster modes, an active bound, a constant background with errors,
+    and the read noise's extra photons."""
     rng = np.random.default_rng(11)
     _, guess, movie, _ = count_scene(40, 2000, 10, rng, dimer_distance=4.0)
     guess = guess.iloc[:12]  # six dimers of the first frame

@@ -5,14 +5,15 @@ GPU (``kernels/gpu.py``), with the contract of
 The GPU takes the clusters of a built-in model with no more unknowns than
 the solver's dense limit, under either estimator; the others (large
 clusters, custom models) are solved on the CPU in the same call, with a
-:class:`CPUFallbackWarning`. Standard errors are computed on the CPU at the
-GPU's optimum (the engine's covariance, ``kernels/covariance.py``).
+:class:`CPUFallbackWarning`. Standard errors are those of the CPU backend
+(the sandwich covariance of ``kernels/covariance.py``, or the Cramer-Rao
+bound), computed on the GPU.
 """
 import warnings
 
 import numpy as np
 
-from ..kernels.codes import BLANK, CONVERGED, MODE_CLUSTER, MODE_VAR
+from ..kernels.codes import BLANK, MODE_CLUSTER, MODE_VAR
 from ..kernels.custom import CUSTOM_BASE
 from ..problem.camera import pixel_noise
 from .result import empty_solution, store
@@ -112,14 +113,22 @@ def _solve_on_gpu(batch, start, lower, upper, ids, settings, modes, n_cl,
     poisson, extra = pixel_noise(settings.noise, batch)
     n_clusters = len(result.cost)
 
-    to = cuda.to_device
+    # one stream per call: the lanes of refine_movie (threads) each copy
+    # and solve on their own, so that one's copies overlap another's solve
+    stream = cuda.stream()
+
+    def to(array):
+        return cuda.to_device(array, stream=stream)
+
     params_out = to(start)
     sumsq = to(np.full(n_clusters, np.nan))
     deviance = to(np.full(n_clusters, np.nan))
     status = to(result.status)
     n_eval = to(np.zeros(n_clusters, dtype=np.int64))
+    with_error = bool(settings.solver.with_error)
+    std = to(result.std if with_error else result.std[:1])
     blocks = (len(ids) + gpu.THREADS_PER_BLOCK - 1) // gpu.THREADS_PER_BLOCK
-    gpu.solve_kernel[blocks, gpu.THREADS_PER_BLOCK](
+    gpu.solve_kernel[blocks, gpu.THREADS_PER_BLOCK, stream](
         to(ids), to(batch.pix_val.astype(np.float64, copy=False)),
         to(extra if len(extra) else np.zeros(1)), to(batch.pix_coord),
         to(batch.cluster_pix_off), to(batch.entry_pix),
@@ -128,26 +137,24 @@ def _solve_on_gpu(batch, start, lower, upper, ids, settings, modes, n_cl,
         settings.model.ndim, settings.model.n_size, settings.model.model_id,
         bool(settings.model.continuous), bool(poisson), len(extra) > 0,
         float(settings.solver.tol), int(settings.solver.max_eval),
-        cuda.device_array(int(scratch_off[-1]), dtype=np.float64),
+        cuda.device_array(int(scratch_off[-1]), dtype=np.float64,
+                          stream=stream),
         to(scratch_off[:-1]),
-        cuda.device_array(max(int(int_off[-1]), 1), dtype=np.int64),
-        to(int_off[:-1]), params_out, sumsq, deviance, status, n_eval)
+        cuda.device_array(max(int(int_off[-1]), 1), dtype=np.int64,
+                          stream=stream),
+        to(int_off[:-1]), params_out, sumsq, deviance, status, n_eval,
+        with_error, std)
+    params, cost, codes, evaluations, per_dof, errors = (
+        array.copy_to_host(stream=stream)
+        for array in (params_out, sumsq, status, n_eval, deviance, std))
+    stream.synchronize()
     off = batch.cluster_feat_off
     rows = np.concatenate([np.arange(off[c], off[c + 1]) for c in ids])
-    params = params_out.copy_to_host()
     result.params[rows] = params[rows]
-    result.cost[ids] = sumsq.copy_to_host()[ids]
-    result.status[ids] = status.copy_to_host()[ids]
-    result.iterations[ids] = n_eval.copy_to_host()[ids]
+    result.cost[ids] = cost[ids]
+    result.status[ids] = codes[ids]
+    result.iterations[ids] = evaluations[ids]
     if poisson:
-        result.deviance[ids] = deviance.copy_to_host()[ids]
-    if settings.solver.with_error:
-        from .reduction import errors_at
-
-        converged = ids[result.status[ids] == CONVERGED]
-        if len(converged):
-            std = errors_at(batch, converged, result.params, lower, upper,
-                            settings)
-            keep = np.concatenate([np.arange(off[c], off[c + 1])
-                                   for c in converged])
-            result.std[keep] = std[keep]
+        result.deviance[ids] = per_dof[ids]
+    if with_error:
+        result.std[rows] = errors[rows]
