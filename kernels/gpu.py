@@ -9,6 +9,12 @@ Poisson likelihood. Imported only when a GPU is asked for: numba-cuda is
 an optional dependency. Under ``NUMBA_ENABLE_CUDASIM=1`` the kernel runs in
 Numba's CUDA simulator (slowly, in Python), as the tests run it.
 
+The shapes, the term and the iterations mirror the CPU kernels rather than
+call them: those compile for the CPU only (their exp is vectorised LLVM IR,
+their arrays come from an arena), and a CUDA device function can call
+neither. tests/test_gpu.py holds the two to the same fits, errors and
+statuses, model by model.
+
 Per cluster, the scratch slice holds (:func:`scratch_size`): the unknowns,
 their bounds, the trial point, the step, the scale and two gradients
 (``8 n``), two normal matrices and the damped matrix (``3 n^2``), the
