@@ -446,12 +446,24 @@ def solve_kernel(cluster_ids, pix_val, pix_extra, pix_coord, cluster_pix_off,
     relative = iscratch[iat + n:iat + 2 * n]
     index = iscratch[iat + 2 * n:iat + 3 * n]
 
-    # start values clipped into the bounds; signals and sizes step
-    # relative to their value (kernels/lm._relative_steps)
-    for k in range(n_feat):
-        for j in range(n_params):
-            col = _column(modes, slot, n_cl, n_var, k, j)
-            if col >= 0:
+    # start values clipped into the bounds (kernels/residuals.start_values:
+    # a 'cluster' unknown starts at its features' mean, within the widest of
+    # their bounds); signals and sizes step relative to their value
+    # (kernels/lm._relative_steps)
+    for j in range(n_params):
+        if modes[j] == MODE_CLUSTER:
+            col = slot[j]
+            total = 0.0
+            lo[col] = lower[f0, j]
+            hi[col] = upper[f0, j]
+            for k in range(n_feat):
+                total += params[f0 + k, j]
+                lo[col] = min(lo[col], lower[f0 + k, j])
+                hi[col] = max(hi[col], upper[f0 + k, j])
+            x[col] = total / n_feat
+        elif modes[j] == MODE_VAR:
+            for k in range(n_feat):
+                col = n_cl + k * n_var + slot[j]
                 x[col] = params[f0 + k, j]
                 lo[col] = lower[f0 + k, j]
                 hi[col] = upper[f0 + k, j]

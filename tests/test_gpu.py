@@ -75,22 +75,33 @@ def test_poisson_as_on_the_cpu(model, geometry, group_size):
 
 @pytest.mark.parametrize("options", [
     dict(param_mode={"size": "cluster", "signal": "cluster"}),
+    dict(param_mode={"signal": "cluster"}, bounds={"signal_rel": 2.0}),
     dict(param_mode={"size": "var"}, bounds={"size": (0.5, 1.9)}),
     dict(param_mode={"background": "const"}, compute_error=True),
     dict(estimator="poisson", read_noise=4.0, compute_error=True,
          param_mode={"size": "var"}),
-], ids=["cluster-modes", "size-at-bound", "errors", "poisson-read-noise"])
+], ids=["cluster-modes", "cluster-bounds", "size-at-bound", "errors",
+        "poisson-read-noise"])
 def test_modes_bounds_and_errors_as_on_the_cpu(options):
     """Cluster modes, an active bound, a constant background with errors,
     and the read noise's extra photons."""
     rng = np.random.default_rng(11)
     _, guess, movie, _ = count_scene(40, 2000, 10, rng, dimer_distance=4.0)
-    guess = guess.iloc[:12]  # six dimers of the first frame
+    # six dimers of the first frame (each frame lists the dimers' first
+    # features, then their second)
+    guess = guess.iloc[np.r_[0:6, 100:106]]
+    # guesses that differ within a cluster: a 'cluster' unknown starts at
+    # their mean, within the widest of their bounds (a dimer's second
+    # signal guess, 3x the truth, bounded to 1.5-6x by signal_rel=2)
+    guess = guess.assign(signal=guess["signal"] * np.repeat([0.5, 3.0], 6),
+                         background=guess["background"]
+                         * rng.uniform(0.5, 1.5, 12))
     cpu = refinefit.refine_leastsq(guess, movie, DIAMETER, **options)
     gpu = refinefit.refine_leastsq(guess, movie, DIAMETER, device="cuda",
                                    **options)
+    assert (cpu["cluster_size"] == 2).all()
     assert (cpu["status"] == 0).mean() > 0.8
-    if "bounds" in options:
+    if "size" in options.get("bounds", {}):
         assert (cpu["size"] == 1.9).any()
     _same_fits(gpu, cpu)
 
