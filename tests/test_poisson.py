@@ -242,6 +242,24 @@ def test_counts_below_the_offset_are_zero_photons_and_counted():
     pd.testing.assert_frame_equal(got, expected)
 
 
+def test_photons_below_zero_are_counted_and_the_frames_kept():
+    """Frames that are photons already (float64, no camera): used as they
+    are, except negative pixels, which are zero photons in a copy; the
+    caller's frames are never changed."""
+    guess, photons = _counts_scene()
+    given = photons.copy()
+    given[0, :2, :5] = -3.0  # 10 pixels, far from spots
+    before = given.copy()
+    with pytest.warns(UserWarning, match="10 pixel"):
+        got = refinefit.refine_leastsq(guess, given, DIAMETER,
+                                       estimator="poisson")
+    np.testing.assert_array_equal(given, before)
+    photons[0, :2, :5] = 0.0
+    expected = refinefit.refine_leastsq(guess, photons, DIAMETER,
+                                        estimator="poisson")
+    pd.testing.assert_frame_equal(got, expected)
+
+
 def test_read_noise_enters_as_extra_photons():
     """A read-noise variance s2 adds s2 / gain^2 to the photons and their
     expectation: with the image drawn so (Poisson noise of mu + v, minus

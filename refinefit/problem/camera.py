@@ -52,8 +52,9 @@ class Camera:
         # frame number -> pixels below the offset (one entry per frame: a
         # frame read again is not counted twice)
         self._below = {}
-        # frames that count photons already: unsigned integers are left
-        # as they are (no copy to float64, which the masks then read)
+        # frames that count photons already (unsigned integers, or float64
+        # with no negative pixel) are left as they are: no copy, which the
+        # masks then read
         self._identity = (np.ndim(gain) == 0 and gain == 1.0
                           and np.ndim(offset) == 0 and offset == 0.0
                           and variance is None)
@@ -61,17 +62,25 @@ class Camera:
     def photons(self, image, frame_no):
         """``image`` (counts) as photons (float64, plus the read noise's
         ``v``); pixels below the offset become zero photons, and are
-        counted once per frame."""
-        if self._identity and image.dtype.kind == "u":
-            self._below[int(frame_no)] = 0
-            return image
-        photons = (np.asarray(image, dtype=np.float64) - self.offset) \
-            / self.gain
-        below = photons < 0.0
-        n_below = int(np.count_nonzero(below))
+        counted once per frame. ``image`` itself is never changed, and is
+        returned as it is where nothing changes it (counts of an identity
+        camera)."""
+        if self._identity and (image.dtype.kind == "u"
+                               or image.dtype == np.float64):
+            photons = image  # (copied below only if a pixel must change)
+        else:  # one new array, changed in place from here on
+            photons = np.subtract(image, self.offset, dtype=np.float64)
+            if not (np.ndim(self.gain) == 0 and self.gain == 1.0):
+                photons /= self.gain
+        below = photons < 0.0 if photons.dtype.kind == "f" else None
+        n_below = 0 if below is None else int(np.count_nonzero(below))
+        self._below[int(frame_no)] = n_below
+        if n_below == 0 and self.variance is None:
+            return photons
+        if photons is image:
+            photons = np.array(image, dtype=np.float64)
         if n_below:
             photons[below] = 0.0
-        self._below[int(frame_no)] = n_below
         if self.variance is not None:
             photons += self.variance
         return photons
