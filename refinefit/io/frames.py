@@ -52,19 +52,36 @@ class FrameSource:
     def image(self, frame_no):
         """Frame ``frame_no`` as a C-contiguous array of a kernel dtype
         (converted by :meth:`converted`'s function, if any)."""
+        image = self._raw(frame_no)
+        if self._convert is not None:
+            image = self._convert(image, frame_no)
+        return image
+
+    def images(self, frame_numbers):
+        """The frames ``frame_numbers``, as :meth:`image` gives each. Frames
+        that the conversion copies are written back to back into one new
+        array, so that a chunk's concatenation is a view of it."""
+        if self._convert is None or not len(frame_numbers):
+            return [self.image(fr) for fr in frame_numbers]
+        out = np.empty((len(frame_numbers),) + self.frame_shape)
+        images = []
+        for i, fr in enumerate(frame_numbers):
+            images.append(self._convert(self._raw(fr), fr, out=out[i]))
+        return images
+
+    def _raw(self, frame_no):
         try:
             frame = self._get(int(frame_no))
         except (IndexError, KeyError) as exc:
             raise ValueError(f"frame {int(frame_no)} cannot be read from the "
                              f"reader: {exc}") from None
-        image = as_kernel_image(frame, self.ndim)
-        if self._convert is not None:
-            image = self._convert(image, frame_no)
-        return image
+        return as_kernel_image(frame, self.ndim)
 
     def converted(self, convert):
         """This source with every frame passed through
-        ``convert(image, frame_no)`` (e.g. counts to photons)."""
+        ``convert(image, frame_no, out=None)`` (e.g. counts to photons;
+        ``out``: an array the frame's shape, float64, that the result may
+        be written to)."""
         source = copy.copy(self)
         source._convert = convert
         return source

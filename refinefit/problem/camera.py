@@ -59,17 +59,19 @@ class Camera:
                           and np.ndim(offset) == 0 and offset == 0.0
                           and variance is None)
 
-    def photons(self, image, frame_no):
+    def photons(self, image, frame_no, out=None):
         """``image`` (counts) as photons (float64, plus the read noise's
         ``v``); pixels below the offset become zero photons, and are
         counted once per frame. ``image`` itself is never changed, and is
         returned as it is where nothing changes it (counts of an identity
-        camera)."""
+        camera); otherwise the photons go to ``out`` (float64, the frame's
+        shape) when given, else to a new array."""
         if self._identity and (image.dtype.kind == "u"
                                or image.dtype == np.float64):
             photons = image  # (copied below only if a pixel must change)
-        else:  # one new array, changed in place from here on
-            photons = np.subtract(image, self.offset, dtype=np.float64)
+        else:  # one array, changed in place from here on
+            photons = np.subtract(image, self.offset, out=out,
+                                  dtype=np.float64)
             if not (np.ndim(self.gain) == 0 and self.gain == 1.0):
                 photons /= self.gain
         below = photons < 0.0 if photons.dtype.kind == "f" else None
@@ -77,8 +79,11 @@ class Camera:
         self._below[int(frame_no)] = n_below
         if n_below == 0 and self.variance is None:
             return photons
-        if photons is image:
+        if photons is image and out is None:
             photons = np.array(image, dtype=np.float64)
+        elif photons is image:
+            out[...] = image
+            photons = out
         if n_below:
             photons[below] = 0.0
         if self.variance is not None:

@@ -401,7 +401,7 @@ def iter_chunks(source, cluster_frames, cluster_feat_off, settings):
     ``(c0, c1, images, frame_max, cluster_image)``."""
     for c0, c1, frames, cluster_image in plan_chunks(
             source.frame_shape, cluster_frames, cluster_feat_off, settings):
-        images = [source.image(fr) for fr in frames]
+        images = source.images(frames)
         yield c0, c1, images, frame_maxima(images), cluster_image
 
 

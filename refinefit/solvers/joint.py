@@ -55,7 +55,7 @@ def refine_joint(source, cluster_frames, cluster_feat_off, params, lower,
     frame_numbers, cluster_image = np.unique(cluster_frames,
                                              return_inverse=True)
     cluster_image = cluster_image.ravel().astype(np.int64)
-    images = [source.image(fr) for fr in frame_numbers]
+    images = source.images(frame_numbers)
     frame_max = frame_maxima(images)  # NaN pixels ignored, as the engine
     groups = [_index_lists(np.repeat(np.arange(n_clusters),
                                      np.diff(cluster_feat_off))),
