@@ -223,7 +223,7 @@ def _solve_round(batch, start, lower, upper, on_scipy, cluster_image,
         n_eval[scipy_ids] = scipy.iterations[scipy_ids]
     if settings.noise.estimator == "poisson":
         deviance_outside_engine(batch, result, np.nonzero(on_scipy)[0],
-                                 settings)
+                                settings)
     return result
 
 
