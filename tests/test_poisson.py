@@ -139,6 +139,17 @@ def test_touching_dimers_reach_the_bound():
         assert 0.9 <= value <= 1.1, f"{name}: spread {value:.3f}"
 
 
+def _truth_and_guess(truths, amplitude, rng, jitter):
+    """The truth of a movie (one table per frame) and guesses whose
+    positions are off by up to ``jitter`` px, signal and size 10 % off."""
+    truth = pd.concat(truths, ignore_index=True)
+    guess = truth.assign(
+        y=truth["y"] + rng.uniform(-jitter, jitter, len(truth)),
+        x=truth["x"] + rng.uniform(-jitter, jitter, len(truth)),
+        signal=0.9 * amplitude, size=1.1 * SIZE)
+    return truth, guess
+
+
 def _frames_of_four(rng, n_frames, photons=2000, background=10):
     """Frames of 4 spots each (2 x 2 cells): truth, guesses, movie and the
     true amplitude."""
@@ -150,11 +161,8 @@ def _frames_of_four(rng, n_frames, photons=2000, background=10):
                                   background, rng))
         truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
                                         x=centres[:, 1])))
-    truth = pd.concat(truths, ignore_index=True)
-    guess = truth.assign(y=truth["y"] + rng.uniform(-0.3, 0.3, len(truth)),
-                         x=truth["x"] + rng.uniform(-0.3, 0.3, len(truth)),
-                         signal=0.9 * amplitude, size=1.1 * SIZE,
-                         background=background + 0.5)
+    truth, guess = _truth_and_guess(truths, amplitude, rng, 0.3)
+    guess["background"] = background + 0.5
     return truth, guess, np.stack(images), amplitude
 
 
@@ -496,10 +504,7 @@ def _chains(rng, n_frames, length=14):
                                   amplitude, 10, rng))
         truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
                                         x=centres[:, 1])))
-    truth = pd.concat(truths, ignore_index=True)
-    guess = truth.assign(y=truth["y"] + rng.uniform(-0.3, 0.3, len(truth)),
-                         x=truth["x"] + rng.uniform(-0.3, 0.3, len(truth)),
-                         signal=0.9 * amplitude, size=1.1 * SIZE)
+    truth, guess = _truth_and_guess(truths, amplitude, rng, 0.3)
     return truth, guess, np.stack(images)
 
 
@@ -552,10 +557,7 @@ def test_joint_fits_report_cost_and_deviance_as_the_engine():
         images.append(draw_counts((30, 30), centres, amplitude, 10, rng))
         truths.append(pd.DataFrame(dict(frame=frame, y=centres[:, 0],
                                         x=centres[:, 1])))
-    truth = pd.concat(truths, ignore_index=True)
-    guess = truth.assign(y=truth["y"] + rng.uniform(-0.2, 0.2, len(truth)),
-                         x=truth["x"] + rng.uniform(-0.2, 0.2, len(truth)),
-                         signal=0.9 * amplitude, size=1.1 * SIZE)
+    truth, guess = _truth_and_guess(truths, amplitude, rng, 0.2)
     options = dict(estimator="poisson", compute_error=True,
                    constraints=refinefit.dimer(4.0), tol=1e-10)
     joint = refinefit.refine_leastsq(guess, np.stack(images), DIAMETER,
